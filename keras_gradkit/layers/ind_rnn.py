@@ -1,0 +1,1 @@
+IndRNN=IndRNNCell=None
