@@ -1,0 +1,515 @@
+import inspect
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+import keras_gradkit as gk
+from keras_gradkit.layers.ind_rnn import recurrent_bound
+from layer_testing import assert_config_round_trip
+from layer_testing import assert_export_serves
+from layer_testing import assert_keras_file_round_trip
+from layer_testing import run_layer_test
+
+ACTIVATIONS = {
+    "relu": lambda z: np.maximum(z, 0.0),
+    "tanh": np.tanh,
+    "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+    "linear": lambda z: z,
+    "elu": lambda z: np.where(z > 0, z, np.exp(np.minimum(z, 0)) - 1.0),
+}
+
+
+def numpy_ind_rnn(x, kernel, u, bias, h0=None, activation="relu", mask=None, go_backwards=False, zero_output=False):
+    """The paper's equation, h_t = act(W x_t + u * h_{t-1} + b), step by step,
+    with Keras's masking conventions: a masked step keeps the state and repeats
+    the previous output (zeros before the first unmasked step), or outputs
+    zeros with `zero_output`."""
+    act = ACTIVATIONS[activation]
+    batch, steps, _ = x.shape
+    h = np.zeros((batch, kernel.shape[1])) if h0 is None else h0.astype("float64")
+    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+    out_prev = np.zeros_like(h)
+    outputs = []
+    for t in order:
+        new = act(x[:, t] @ kernel + u * h + bias)
+        keep = np.ones((batch, 1), bool) if mask is None else mask[:, t][:, None]
+        h = np.where(keep, new, h)
+        out_prev = np.where(keep, new, 0.0 if zero_output else out_prev)
+        outputs.append(out_prev)
+    return np.stack(outputs, axis=1), h
+
+
+def random_weights(rng, input_dim, units, recurrent_scale=1.0):
+    kernel = rng.normal(0.0, 0.5, size=(input_dim, units)).astype("float32")
+    u = rng.uniform(-recurrent_scale, recurrent_scale, size=(units,)).astype("float32")
+    bias = rng.normal(0.0, 0.1, size=(units,)).astype("float32")
+    return [kernel, u, bias]
+
+
+def ragged_mask(batch, steps):
+    mask = np.ones((batch, steps), bool)
+    mask[0, steps - 3 :] = False  # right padding
+    if batch > 1:
+        mask[1, :2] = False  # left padding
+    if batch > 2:
+        mask[2, steps // 2] = False  # a hole
+    return mask
+
+
+def build_pair(units, x, weights, **kwargs):
+    """A fast IndRNN and keras.layers.RNN(IndRNNCell) sharing `weights`."""
+    cell_kwargs = {k: v for k, v in kwargs.items() if k not in ("return_sequences", "return_state", "go_backwards", "zero_output_for_mask", "stateful")}
+    rnn_kwargs = {k: v for k, v in kwargs.items() if k not in cell_kwargs}
+    reference = keras.layers.RNN(gk.layers.IndRNNCell(units, **cell_kwargs), **rnn_kwargs)
+    fast = gk.layers.IndRNN(units, **kwargs)
+    reference(x)
+    fast(x)
+    reference.set_weights(weights)
+    fast.set_weights(weights)
+    return fast, reference
+
+
+def outputs_and_grads(layer, x, h0=None, mask=None, training=False):
+    x = tf.constant(x)
+    h0 = None if h0 is None else tf.constant(h0)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        if h0 is not None:
+            tape.watch(h0)
+        out = layer(x, initial_state=None if h0 is None else [h0], mask=mask, training=training)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        # A loss that weighs every output and time step differently.
+        loss = sum(
+            tf.reduce_sum(o * np.linspace(0.5, 1.5, o.shape[-1]).astype("float32") * (k + 1))
+            + tf.reduce_sum(tf.square(o))
+            for k, o in enumerate(outs)
+        )
+    sources = layer.trainable_weights + [x] + ([h0] if h0 is not None else [])
+    grads = tape.gradient(loss, sources)
+    return [o.numpy() for o in outs], [g.numpy() for g in grads]
+
+
+def assert_close_relative(actual, expected, tol):
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    np.testing.assert_allclose(actual, expected, atol=tol * scale, rtol=tol)
+
+
+class TestIndRNNCellAgainstNumPy:
+    @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "linear"])
+    def test_cell_matches_numpy_equation(self, activation):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(3, 7, 4)).astype("float32")
+        weights = random_weights(rng, 4, 5)
+        layer = keras.layers.RNN(
+            gk.layers.IndRNNCell(5, activation=activation), return_sequences=True, return_state=True
+        )
+        layer(x)
+        layer.set_weights(weights)
+        outputs, state = layer(x)
+        expected_outputs, expected_state = numpy_ind_rnn(x, *weights, activation=activation)
+        np.testing.assert_allclose(outputs, expected_outputs, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(state, expected_state, atol=1e-5, rtol=1e-5)
+
+    def test_weights_are_named_and_ordered(self):
+        cell = gk.layers.IndRNNCell(5)
+        keras.layers.RNN(cell)(np.zeros((2, 3, 4), "float32"))
+        names = [w.name for w in cell.weights]
+        shapes = [tuple(w.shape) for w in cell.weights]
+        assert names == ["kernel", "recurrent_kernel", "bias"]
+        assert shapes == [(4, 5), (5,), (5,)]
+        fast = gk.layers.IndRNN(5)
+        fast(np.zeros((2, 3, 4), "float32"))
+        assert [w.name for w in fast.weights] == names
+        assert [tuple(w.shape) for w in fast.weights] == shapes
+
+    def test_no_bias(self):
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=(2, 5, 3)).astype("float32")
+        kernel, u, _ = random_weights(rng, 3, 4)
+        for layer in (gk.layers.IndRNN(4, use_bias=False), keras.layers.RNN(gk.layers.IndRNNCell(4, use_bias=False))):
+            layer(x)
+            assert len(layer.weights) == 2
+            layer.set_weights([kernel, u])
+            _, expected = numpy_ind_rnn(x, kernel, u, np.zeros(4))
+            np.testing.assert_allclose(layer(x), expected, atol=1e-5)
+
+
+class TestFastLayerEqualsCell:
+    @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "linear", "elu"])
+    @pytest.mark.parametrize("go_backwards", [False, True])
+    @pytest.mark.parametrize("masked", [False, True])
+    def test_sequences_states_and_gradients(self, activation, go_backwards, masked):
+        rng = np.random.default_rng(2)
+        x = rng.normal(size=(3, 12, 4)).astype("float32")
+        weights = random_weights(rng, 4, 5)
+        kwargs = dict(activation=activation, return_sequences=True, return_state=True, go_backwards=go_backwards)
+        fast, reference = build_pair(5, x, weights, **kwargs)
+        mask = ragged_mask(3, 12) if masked else None
+        h0 = rng.normal(size=(3, 5)).astype("float32")
+        got_out, got_grad = outputs_and_grads(fast, x, h0, mask)
+        want_out, want_grad = outputs_and_grads(reference, x, h0, mask)
+        for g, w in zip(got_out, want_out):
+            assert_close_relative(g, w, 1e-5)
+        for g, w in zip(got_grad, want_grad):
+            assert_close_relative(g, w, 1e-5)
+        expected_seq, expected_state = numpy_ind_rnn(x, *weights, h0=h0, activation=activation, mask=mask, go_backwards=go_backwards)
+        assert_close_relative(got_out[0], expected_seq, 1e-5)
+        assert_close_relative(got_out[1], expected_state, 1e-5)
+
+    @pytest.mark.parametrize("masked", [False, True])
+    @pytest.mark.parametrize("zero_output_for_mask", [False, True])
+    @pytest.mark.parametrize("go_backwards", [False, True])
+    def test_last_output_and_gradients(self, masked, zero_output_for_mask, go_backwards):
+        rng = np.random.default_rng(3)
+        x = rng.normal(size=(3, 9, 2)).astype("float32")
+        weights = random_weights(rng, 2, 6)
+        fast, reference = build_pair(
+            6, x, weights, return_state=True, zero_output_for_mask=zero_output_for_mask, go_backwards=go_backwards
+        )
+        mask = ragged_mask(3, 9) if masked else None
+        if masked:
+            mask[1, :] = False  # a fully padded sample
+        got_out, got_grad = outputs_and_grads(fast, x, None, mask)
+        want_out, want_grad = outputs_and_grads(reference, x, None, mask)
+        for g, w in zip(got_out + got_grad, want_out + want_grad):
+            assert_close_relative(g, w, 1e-5)
+
+    @settings(max_examples=8, deadline=None)
+    @given(
+        batch=st.integers(1, 3),
+        steps=st.integers(1, 37),
+        features=st.integers(1, 4),
+        units=st.integers(1, 5),
+        seed=st.integers(0, 1000),
+    )
+    def test_any_shape_matches_numpy(self, batch, steps, features, units, seed):
+        # Sequence lengths with and without small divisors exercise every chunk size.
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(batch, steps, features)).astype("float32")
+        weights = random_weights(rng, features, units)
+        layer = gk.layers.IndRNN(units, return_sequences=True)
+        layer(x)
+        layer.set_weights(weights)
+        expected, _ = numpy_ind_rnn(x, *weights)
+        assert_close_relative(layer(x).numpy(), expected, 1e-5)
+
+    def test_unknown_sequence_length_in_a_graph(self):
+        # An exported or symbolic model sees `timesteps=None`: the loop runs
+        # over packed inputs then; values and gradients must not change.
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=(2, 11, 3)).astype("float32")
+        mask = ragged_mask(2, 11)
+        weights = random_weights(rng, 3, 4)
+        fast, reference = build_pair(4, x, weights, return_sequences=True)
+        spec = [tf.TensorSpec((None, None, 3)), tf.TensorSpec((None, None), tf.bool)]
+
+        @tf.function(input_signature=spec)
+        def run(inputs, m):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                loss = tf.reduce_sum(tf.square(fast(inputs, mask=m)))
+            return fast(inputs, mask=m), tape.gradient(loss, fast.trainable_weights + [inputs])
+
+        got, grads = run(x, mask)
+        want, want_grads = outputs_and_grads(reference, x, None, mask)
+        assert_close_relative(got.numpy(), reference(x, mask=mask).numpy(), 1e-5)
+        x_t = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x_t)
+            loss = tf.reduce_sum(tf.square(reference(x_t, mask=mask)))
+        ref_grads = tape.gradient(loss, reference.trainable_weights + [x_t])
+        for g, w in zip(grads, ref_grads):
+            assert_close_relative(g.numpy(), w.numpy(), 1e-5)
+
+    def test_set_weights_both_ways(self):
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(2, 6, 3)).astype("float32")
+        reference = keras.layers.RNN(gk.layers.IndRNNCell(4))
+        reference(x)
+        fast = gk.layers.IndRNN(4)
+        fast(x)
+        fast.set_weights(reference.get_weights())
+        np.testing.assert_allclose(fast(x), reference(x), atol=1e-6)
+        reference.set_weights([w * 0.5 for w in fast.get_weights()])
+        fast.set_weights(reference.get_weights())
+        np.testing.assert_allclose(fast(x), reference(x), atol=1e-6)
+
+    def test_stateful_matches_one_long_sequence(self):
+        rng = np.random.default_rng(6)
+        x = rng.normal(size=(2, 10, 3)).astype("float32")
+        weights = random_weights(rng, 3, 4)
+        stateful = gk.layers.IndRNN(4, stateful=True, return_sequences=True)
+        stateful(x[:, :5])
+        stateful.reset_states()
+        stateful.set_weights(weights)
+        first = stateful(x[:, :5]).numpy()
+        second = stateful(x[:, 5:]).numpy()
+        expected, _ = numpy_ind_rnn(x, *weights)
+        assert_close_relative(np.concatenate([first, second], axis=1), expected, 1e-5)
+        stateful.reset_states()
+        assert_close_relative(stateful(x[:, :5]).numpy(), first, 1e-6)
+
+    def test_bidirectional(self):
+        rng = np.random.default_rng(7)
+        x = rng.normal(size=(2, 8, 3)).astype("float32")
+        fast = keras.layers.Bidirectional(gk.layers.IndRNN(4, return_sequences=True))
+        reference = keras.layers.Bidirectional(keras.layers.RNN(gk.layers.IndRNNCell(4), return_sequences=True))
+        fast(x)
+        reference(x)
+        weights = random_weights(rng, 3, 4) + random_weights(rng, 3, 4)
+        fast.set_weights(weights)
+        reference.set_weights(weights)
+        mask = ragged_mask(2, 8)
+        assert_close_relative(fast(x, mask=mask).numpy(), reference(x, mask=mask).numpy(), 1e-5)
+        # Bidirectional sets zero_output_for_mask on its layers.
+        forward, _ = numpy_ind_rnn(x, *weights[:3], mask=mask, zero_output=True)
+        assert_close_relative(fast(x, mask=mask).numpy()[..., :4], forward, 1e-5)
+
+    def test_stacked_cells(self):
+        rng = np.random.default_rng(8)
+        x = rng.normal(size=(2, 6, 3)).astype("float32")
+        stacked = keras.layers.RNN(
+            keras.layers.StackedRNNCells([gk.layers.IndRNNCell(4), gk.layers.IndRNNCell(5, activation="tanh")]),
+            return_sequences=True,
+        )
+        stacked(x)
+        first, second = random_weights(rng, 3, 4), random_weights(rng, 4, 5)
+        stacked.set_weights(first + second)
+        hidden, _ = numpy_ind_rnn(x, *first)
+        expected, _ = numpy_ind_rnn(hidden.astype("float32"), *second, activation="tanh")
+        assert_close_relative(stacked(x).numpy(), expected, 1e-5)
+
+    def test_masking_layer_in_a_model(self):
+        rng = np.random.default_rng(9)
+        x = rng.normal(size=(3, 7, 2)).astype("float32")
+        x[0, 5:] = 0.0
+        inputs = keras.Input((None, 2))
+        masked = keras.layers.Masking(0.0)(inputs)
+        model = keras.Model(inputs, gk.layers.IndRNN(3)(masked))
+        single = model(x[:1, :5]).numpy()
+        padded = model(x[:1]).numpy()
+        np.testing.assert_allclose(padded, single, atol=1e-6)
+
+
+class TestDropout:
+    def test_mask_shared_over_time_in_both_paths(self):
+        units = 6
+        x = np.ones((4, 5, units), "float32")
+        weights = [np.eye(units, dtype="float32"), np.zeros(units, "float32"), np.zeros(units, "float32")]
+        for layer in (
+            gk.layers.IndRNN(units, activation="linear", dropout=0.5, seed=3, return_sequences=True),
+            keras.layers.RNN(gk.layers.IndRNNCell(units, activation="linear", dropout=0.5, seed=3), return_sequences=True),
+        ):
+            layer(x)
+            layer.set_weights(weights)
+            out = layer(x, training=True).numpy()
+            assert set(np.unique(out)) <= {0.0, 2.0}
+            assert 0 < np.count_nonzero(out[:, 0]) < out[:, 0].size
+            for t in range(1, 5):
+                np.testing.assert_array_equal(out[:, t], out[:, 0])
+            np.testing.assert_array_equal(layer(x, training=False).numpy(), x)
+
+
+class TestRecurrentBound:
+    def test_bound_from_timesteps_and_priority(self):
+        assert recurrent_bound(None, None) is None
+        assert recurrent_bound(None, 100) == pytest.approx(2 ** (1 / 100))
+        assert recurrent_bound(0.9, 100) == 0.9
+        assert gk.layers.IndRNNCell(3, timesteps=10).bound == pytest.approx(2 ** 0.1)
+
+    @pytest.mark.parametrize("kwargs,high", [({}, 1.0), ({"timesteps": 5}, 2 ** 0.2), ({"recurrent_max_abs": 0.5}, 0.5)])
+    def test_default_recurrent_initializer(self, kwargs, high):
+        layer = gk.layers.IndRNN(4000, **kwargs)
+        layer(np.zeros((1, 2, 1), "float32"))
+        u = layer.cell.recurrent_kernel.numpy()
+        assert u.min() >= 0.0 and u.max() <= high
+        assert u.max() > 0.95 * high and u.min() < 0.05 * high
+
+    def test_projection_after_update_not_clip_in_forward(self):
+        bound = 0.5
+        layer = gk.layers.IndRNN(3, recurrent_max_abs=bound, activation="linear", return_sequences=True)
+        x = np.ones((2, 4, 1), "float32")
+        layer(x)
+        over = np.array([0.9, -0.8, 0.2], "float32")
+        layer.cell.recurrent_kernel.assign(over)
+        # The forward pass uses the weight as it is (no clipping inside).
+        kernel, _, bias = layer.get_weights()
+        expected, _ = numpy_ind_rnn(x, kernel, over, bias, activation="linear")
+        assert_close_relative(layer(x).numpy(), expected, 1e-6)
+        # And its gradient is not zeroed past the bound.
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x))
+        grad_u = tape.gradient(loss, layer.cell.recurrent_kernel)
+        assert np.all(np.abs(grad_u.numpy()[:2]) > 0)
+        # The optimizer update is followed by the projection.
+        optimizer = keras.optimizers.SGD(0.01)
+        optimizer.apply([grad_u, None, None][:1], [layer.cell.recurrent_kernel])
+        u = layer.cell.recurrent_kernel.numpy()
+        np.testing.assert_allclose(u[:2], [0.5, -0.5])
+        assert abs(u[2]) < bound
+
+    def test_training_keeps_the_bound(self):
+        inputs = keras.Input((6, 2))
+        layer = gk.layers.IndRNN(4, timesteps=6, recurrent_initializer=keras.initializers.Constant(2 ** (1 / 6)))
+        model = keras.Model(inputs, keras.layers.Dense(1)(layer(inputs)))
+        model.compile(keras.optimizers.SGD(1.0), "mse")
+        x = np.ones((8, 6, 2), "float32")
+        model.fit(x, np.full((8, 1), 100.0, "float32"), epochs=2, verbose=0)
+        u = layer.cell.recurrent_kernel.numpy()
+        assert np.all(np.abs(u) <= 2 ** (1 / 6) + 1e-6)
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        "kwargs,error,pattern",
+        [
+            ({"units": 0}, ValueError, "units=0"),
+            ({"units": -3}, ValueError, "units=-3"),
+            ({"units": 2.5}, TypeError, "units=2.5"),
+            ({"units": 4, "recurrent_max_abs": -1.0}, ValueError, "recurrent_max_abs=-1.0"),
+            ({"units": 4, "recurrent_max_abs": 0.0}, ValueError, "recurrent_max_abs=0.0"),
+            ({"units": 4, "timesteps": 0}, ValueError, "timesteps=0"),
+            ({"units": 4, "timesteps": 1.5}, TypeError, "timesteps=1.5"),
+            ({"units": 4, "dropout": 1.0}, ValueError, "dropout=1.0"),
+            ({"units": 4, "dropout": -0.1}, ValueError, "dropout=-0.1"),
+        ],
+    )
+    @pytest.mark.parametrize("cls", [gk.layers.IndRNNCell, gk.layers.IndRNN])
+    def test_bad_arguments(self, cls, kwargs, error, pattern):
+        with pytest.raises(error, match=re.escape(pattern)):
+            cls(**kwargs)
+
+    def test_input_not_rank_3(self):
+        with pytest.raises(ValueError, match=r"rank 3.*\(4, 5\)"):
+            gk.layers.IndRNN(3)(np.zeros((4, 5), "float32"))
+
+    def test_unknown_feature_dimension(self):
+        with pytest.raises(ValueError, match="feature dimension"):
+            gk.layers.IndRNNCell(3).build((None, None))
+
+    def test_unroll_is_rejected(self):
+        with pytest.raises(ValueError, match="unroll"):
+            gk.layers.IndRNN(3, unroll=True)
+
+    def test_max_abs_constraint_arguments(self):
+        with pytest.raises(ValueError, match="max_value=-1"):
+            gk.constraints.MaxAbs(-1)
+        with pytest.raises(TypeError, match="max_value='a'"):
+            gk.constraints.MaxAbs("a")
+
+
+class TestSerialization:
+    def test_layer_test_fast_layer(self, tmp_path):
+        x = np.random.default_rng(10).normal(size=(3, 6, 4)).astype("float32")
+        run_layer_test(
+            gk.layers.IndRNN,
+            {"units": 5, "timesteps": 6, "dropout": 0.1, "seed": 1, "kernel_regularizer": "l2", "return_sequences": True},
+            x,
+            expected_output_shape=(3, 6, 5),
+            expected_num_trainable_weights=3,
+            tmp_path=tmp_path,
+        )
+
+    def test_cell_config_and_keras_file(self, tmp_path):
+        cell = gk.layers.IndRNNCell(
+            5,
+            activation="tanh",
+            recurrent_initializer=keras.initializers.RandomUniform(0.5, 1.0),
+            recurrent_max_abs=1.0,
+            dropout=0.2,
+            seed=4,
+            bias_constraint="non_neg",
+        )
+        restored = assert_config_round_trip(cell)
+        assert restored.recurrent_max_abs == 1.0 and restored.dropout == 0.2
+        x = np.random.default_rng(11).normal(size=(2, 5, 3)).astype("float32")
+        inputs = keras.Input((None, 3))
+        model = keras.Model(inputs, keras.layers.RNN(cell)(inputs))
+        loaded = assert_keras_file_round_trip(model, x, tmp_path)
+        loaded_cell = loaded.layers[-1].cell
+        assert isinstance(loaded_cell, gk.layers.IndRNNCell)
+        assert isinstance(loaded_cell.recurrent_kernel.constraint, gk.constraints.MaxAbs)
+
+    def test_flat_config_is_complete(self):
+        signature = inspect.signature(gk.layers.IndRNN.__init__)
+        layer = gk.layers.IndRNN(3, timesteps=7, seed=5, dropout=0.3, go_backwards=True)
+        config = layer.get_config()
+        for name in signature.parameters:
+            if name not in ("self", "kwargs"):
+                assert name in config, name
+        assert "cell" not in config
+        restored = gk.layers.IndRNN.from_config(config)
+        assert restored.cell.seed == 5 and restored.cell.timesteps == 7 and restored.go_backwards
+
+    def test_registered_names(self):
+        assert keras.saving.get_registered_name(gk.layers.IndRNN) == "keras_gradkit>IndRNN"
+        assert keras.saving.get_registered_name(gk.layers.IndRNNCell) == "keras_gradkit>IndRNNCell"
+        assert keras.saving.get_registered_name(gk.constraints.MaxAbs) == "keras_gradkit>MaxAbs"
+
+    def test_export_serves_without_package(self, tmp_path):
+        rng = np.random.default_rng(12)
+        inputs = keras.Input((None, 3))
+        x = keras.layers.Masking(0.0)(inputs)
+        x = gk.layers.IndRNN(6, timesteps=20, return_sequences=True)(x)
+        x = keras.layers.Bidirectional(keras.layers.RNN(gk.layers.IndRNNCell(4), return_sequences=True))(x)
+        x = gk.layers.IndRNN(5, activation="tanh", go_backwards=True)(x)
+        model = keras.Model(inputs, keras.layers.Dense(2)(x))
+        data = rng.normal(size=(4, 9, 3)).astype("float32")
+        data[1, 6:] = 0.0
+        assert_export_serves(model, data, tmp_path)
+
+
+class TestTraining:
+    def test_mixed_precision_close_to_float32(self):
+        rng = np.random.default_rng(13)
+        x = rng.normal(size=(2, 10, 3)).astype("float32")
+        weights = random_weights(rng, 3, 4, recurrent_scale=0.9)
+        full = gk.layers.IndRNN(4, return_sequences=True)
+        half = gk.layers.IndRNN(4, return_sequences=True, dtype="mixed_float16")
+        full(x)
+        half(x)
+        full.set_weights(weights)
+        half.set_weights(weights)
+        out = half(x)
+        assert out.dtype == "float16"
+        np.testing.assert_allclose(out.numpy().astype("float32"), full(x).numpy(), atol=2e-2, rtol=2e-2)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(half(x), "float32"))
+        grads = tape.gradient(loss, half.trainable_weights)
+        assert all(g.dtype == "float32" and np.all(np.isfinite(g.numpy())) for g in grads)
+
+    @pytest.mark.parametrize("jit_compile", [False, True])
+    def test_fit_matches_cell_model(self, jit_compile):
+        rng = np.random.default_rng(14)
+        x = rng.uniform(size=(16, 8, 2)).astype("float32")
+        y = x.sum(axis=(1, 2))[:, None] / 8.0
+        models = []
+        for make in (lambda: gk.layers.IndRNN(4), lambda: keras.layers.RNN(gk.layers.IndRNNCell(4))):
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input((8, 2))
+            model = keras.Model(inputs, keras.layers.Dense(1)(make()(inputs)))
+            model.compile(keras.optimizers.Adam(0.01), "mse", jit_compile=jit_compile)
+            models.append(model)
+        models[1].set_weights(models[0].get_weights())
+        losses = [m.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0).history["loss"] for m in models]
+        np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+        for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_docstring_args_exist_in_signature():
+    for cls in (gk.layers.IndRNNCell, gk.layers.IndRNN, gk.constraints.MaxAbs):
+        doc = cls.__doc__
+        args_section = doc.split("Args:")[1].split("Call arguments:")[0].split("Example:")[0]
+        documented = re.findall(r"^\s{8}(\w+(?:, \w+)*)(?:,)?:", args_section, flags=re.M)
+        names = [n.strip() for group in documented for n in group.split(",")]
+        parameters = inspect.signature(cls.__init__).parameters
+        assert names, cls
+        for name in names:
+            assert name in parameters, (cls.__name__, name)
