@@ -1,4 +1,8 @@
 """Public layers of keras_gradkit."""
 
+from keras_gradkit.layers.cosine_norm import CosineConv1D
+from keras_gradkit.layers.cosine_norm import CosineConv2D
+from keras_gradkit.layers.cosine_norm import CosineDense
+from keras_gradkit.layers.group_norm import GroupNorm
 from keras_gradkit.layers.ind_rnn import IndRNN
 from keras_gradkit.layers.ind_rnn import IndRNNCell

@@ -1,0 +1,124 @@
+"""Times one forward+backward training step of the normalization layers
+against their Keras counterparts.
+
+Compares, in one run and on the same inputs:
+  * `keras_gradkit.layers.GroupNorm` against `keras.layers.GroupNormalization`
+    (target ratio <= 1.15 without a mask), and GroupNorm with a mask;
+  * `keras_gradkit.layers.CosineConv2D` against `keras.layers.Conv2D`
+    (target ratio <= 2.5), and `CosineDense` against `keras.layers.Dense`.
+
+    python benchmarks/norm_speed.py               # default shapes, 15 rounds of 3 steps
+    python benchmarks/norm_speed.py --repeats 5 --batch 16
+
+A step is the forward pass and the gradients with respect to the weights and
+the input (as inside a deeper network), traced once with tf.function, warmed
+up, then timed in interleaved rounds (ours and Keras's alternate within a
+round); the table reports the median and the minimum over rounds.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_gradkit as gk  # noqa: E402
+
+
+def make_step(layer, inputs, mask=None):
+    layer(inputs) if mask is None else layer(inputs, mask=mask)  # build
+    weights = layer.trainable_weights
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            kwargs = {} if mask is None else {"mask": mask}
+            loss = tf.reduce_mean(tf.square(layer(inputs, training=True, **kwargs)))
+        return tape.gradient(loss, [inputs] + weights)
+
+    return step
+
+
+def time_once(step, inner=1):
+    """Seconds per step, averaged over `inner` consecutive steps."""
+    start = time.perf_counter()
+    for _ in range(inner):
+        for g in step():
+            g.numpy()
+    return (time.perf_counter() - start) / inner
+
+
+def cases(batch):
+    rng = np.random.default_rng(0)
+    seq = tf.constant(rng.normal(size=(batch, 200, 128)).astype("float32"))
+    lengths = rng.integers(100, 201, size=batch)
+    mask = tf.constant(np.arange(200)[None, :] < lengths[:, None])
+    image = tf.constant(rng.normal(size=(batch, 32, 32, 64)).astype("float32"))
+    conv_in = tf.constant(rng.normal(size=(batch, 32, 32, 32)).astype("float32"))
+    small_in = tf.constant(rng.normal(size=(batch, 8, 8, 16)).astype("float32"))
+    dense_in = tf.constant(rng.normal(size=(batch, 512)).astype("float32"))
+    return [
+        ("GroupNorm, seq (B,200,128), G=8", 1.15,
+         lambda: make_step(gk.layers.GroupNorm(8), seq),
+         lambda: make_step(keras.layers.GroupNormalization(8), seq)),
+        ("GroupNorm masked vs Keras unmasked, seq (B,200,128)", None,
+         lambda: make_step(gk.layers.GroupNorm(8), seq, mask),
+         lambda: make_step(keras.layers.GroupNormalization(8), seq)),
+        ("GroupNorm, image (B,32,32,64), G=32", 1.15,
+         lambda: make_step(gk.layers.GroupNorm(32), image),
+         lambda: make_step(keras.layers.GroupNormalization(32), image)),
+        ("CosineConv2D vs Conv2D, (B,32,32,32) -> 64, 3x3 same", 2.5,
+         lambda: make_step(gk.layers.CosineConv2D(64, 3, padding="same", use_bias=True), conv_in),
+         lambda: make_step(keras.layers.Conv2D(64, 3, padding="same"), conv_in)),
+        ("CosineConv2D vs Conv2D, (B,8,8,16) -> 32, 3x3 same", 2.5,
+         lambda: make_step(gk.layers.CosineConv2D(32, 3, padding="same", use_bias=True), small_in),
+         lambda: make_step(keras.layers.Conv2D(32, 3, padding="same"), small_in)),
+        ("CosineDense vs Dense, (B,512) -> 512", None,
+         lambda: make_step(gk.layers.CosineDense(512, use_bias=True), dense_in),
+         lambda: make_step(keras.layers.Dense(512), dense_in)),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds")
+    parser.add_argument("--inner", type=int, default=3, help="steps averaged per timing")
+    args = parser.parse_args()
+    tf.get_logger().setLevel("ERROR")  # one tf.function per case is intended
+    print(f"keras {keras.__version__}, tensorflow {tf.__version__}, {os.cpu_count()} CPU cores, "
+          f"batch {args.batch}, {args.repeats} interleaved rounds of {args.inner} steps")
+    built = [(name, target, ours(), theirs()) for name, target, ours, theirs in cases(args.batch)]
+    for _, _, ours, theirs in built:
+        for _ in range(3):
+            time_once(ours)
+            time_once(theirs)
+    times = {name: ([], []) for name, *_ in built}
+    for _ in range(args.repeats):
+        for name, _, ours, theirs in built:
+            times[name][0].append(time_once(ours, args.inner))
+            times[name][1].append(time_once(theirs, args.inner))
+    print("| case | ours ms (median / min) | Keras ms (median / min) | ratio median | ratio min | target |")
+    print("|---|---|---|---|---|---|")
+    for name, target, *_ in built:
+        ours, theirs = times[name]
+        med = statistics.median(ours) / statistics.median(theirs)
+        low = min(ours) / min(theirs)
+        verdict = "-" if target is None else f"<= {target} ({'met' if med <= target else 'MISSED'})"
+        print(
+            f"| {name} | {statistics.median(ours) * 1e3:.2f} / {min(ours) * 1e3:.2f} "
+            f"| {statistics.median(theirs) * 1e3:.2f} / {min(theirs) * 1e3:.2f} "
+            f"| {med:.2f} | {low:.2f} | {verdict} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Normalization in a deep tanh (or sigmoid) network: do the first layer's gradients survive?
+
+Trains the same 20-layer network on scikit-learn's bundled 8x8 digits
+(1,797 images, 10 classes, no download) three ways and prints the test
+accuracy and the first layer's gradient norm:
+
+- `plain`: `Dense` (or `Conv2D`) followed by the activation;
+- `groupnorm`: `Dense`/`Conv2D`, then `keras_gradkit.layers.GroupNorm`, then
+  the activation;
+- `cosine`: `keras_gradkit.layers.CosineDense` (or `CosineConv2D`) with a
+  bias, then the activation.
+
+Every variant uses the same optimizer, seed and data split, and a plain
+`Dense(10, softmax)` head. The gradient norm is the L2 norm of the gradient of
+the cross-entropy with respect to the first layer's kernel, computed with
+`tf.GradientTape` on a fixed batch of 256 training images, once at
+initialization and once after training (the project's gradient callback does
+not exist yet, so it is computed here directly). TensorBoard logs (loss and
+accuracy per epoch, weight histograms) go under `--logdir/<arch>/<variant>`.
+
+    python examples/normalization.py                 # 20-layer tanh MLP, about 3 minutes on 2 cores
+    python examples/normalization.py --arch conv --depth 12
+    tensorboard --logdir runs/normalization
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+
+import keras_gradkit  # noqa: E402
+
+VARIANTS = ("plain", "groupnorm", "cosine")
+
+
+def load_data(seed):
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    y = digits.target.astype("int32")
+    return train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
+
+
+def hidden_block(variant, arch, width, groups, activation):
+    """One hidden layer of the chosen variant, as a list of Keras layers."""
+    if arch == "mlp":
+        if variant == "cosine":
+            return [keras_gradkit.layers.CosineDense(width, use_bias=True, activation=activation)]
+        layers = [keras.layers.Dense(width)]
+    else:
+        if variant == "cosine":
+            return [keras_gradkit.layers.CosineConv2D(
+                width, 3, padding="same", use_bias=True, activation=activation)]
+        layers = [keras.layers.Conv2D(width, 3, padding="same")]
+    if variant == "groupnorm":
+        layers.append(keras_gradkit.layers.GroupNorm(groups=groups))
+    return layers + [keras.layers.Activation(activation)]
+
+
+def build_model(variant, args):
+    inputs = keras.Input((8, 8, 1))
+    hidden = keras.layers.Flatten()(inputs) if args.arch == "mlp" else inputs
+    first_kernel = None
+    for _ in range(args.depth):
+        for layer in hidden_block(variant, args.arch, args.width, args.groups, args.activation):
+            hidden = layer(hidden)
+            if first_kernel is None and hasattr(layer, "kernel"):
+                first_kernel = layer.kernel
+    if args.arch == "conv":
+        hidden = keras.layers.GlobalAveragePooling2D()(hidden)
+    outputs = keras.layers.Dense(10, activation="softmax")(hidden)
+    return keras.Model(inputs, outputs), first_kernel
+
+
+def first_layer_gradient_norm(model, kernel, x, y):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    return float(tf.norm(tape.gradient(loss, kernel)))
+
+
+def run_variant(variant, args, data):
+    x_train, x_test, y_train, y_test = data
+    keras.utils.set_random_seed(args.seed)
+    model, kernel = build_model(variant, args)
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    probe_x, probe_y = x_train[:256], y_train[:256]
+    grad_init = first_layer_gradient_norm(model, kernel, probe_x, probe_y)
+    start = time.perf_counter()
+    model.fit(
+        x_train, y_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        validation_data=(x_test, y_test),
+        verbose=0,
+        callbacks=[keras.callbacks.TensorBoard(
+            os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1))],
+    )
+    seconds = time.perf_counter() - start
+    grad_final = first_layer_gradient_norm(model, kernel, probe_x, probe_y)
+    _, accuracy = model.evaluate(x_test, y_test, verbose=0)
+    return accuracy, grad_init, grad_final, seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
+    parser.add_argument("--depth", type=int, default=20, help="number of hidden layers")
+    parser.add_argument("--width", type=int, default=64, help="units (mlp) or filters (conv)")
+    parser.add_argument("--groups", type=int, default=8, help="GroupNorm groups")
+    parser.add_argument("--activation", default="tanh", help="tanh or sigmoid")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--logdir", default=os.path.join("runs", "normalization"))
+    args = parser.parse_args()
+
+    data = load_data(args.seed)
+    print(f"digits: {len(data[0])} train / {len(data[1])} test images; {args.arch}, "
+          f"{args.depth} hidden layers of {args.width}, {args.activation}, Adam lr "
+          f"{args.learning_rate}, {args.epochs} epochs, batch {args.batch_size}")
+    print("| variant | test accuracy | first-layer grad norm at init | after training | train s |")
+    print("|---|---|---|---|---|")
+    for variant in args.variants:
+        accuracy, grad_init, grad_final, seconds = run_variant(variant, args, data)
+        print(f"| {variant} | {accuracy:.3f} | {grad_init:.2e} | {grad_final:.2e} | {seconds:.0f} |",
+              flush=True)
+    print(f"TensorBoard logs: tensorboard --logdir {args.logdir}")
+
+
+if __name__ == "__main__":
+    main()
