@@ -255,6 +255,17 @@ class TestFastLayerEqualsCell:
         stateful.reset_states()
         assert_close_relative(stateful(x[:, :5]).numpy(), first, 1e-6)
 
+    def test_cell_stateful_equals_fast_stateful(self):
+        rng = np.random.default_rng(15)
+        x = rng.normal(size=(2, 8, 3)).astype("float32")
+        weights = random_weights(rng, 3, 4)
+        fast, reference = build_pair(4, x[:, :4], weights, stateful=True, return_sequences=True)
+        fast.reset_states()
+        reference.reset_states()
+        for half in (x[:, :4], x[:, 4:]):
+            assert_close_relative(fast(half).numpy(), reference(half).numpy(), 1e-5)
+        np.testing.assert_allclose(fast.states[0].numpy(), reference.states[0].numpy(), atol=1e-5)
+
     def test_bidirectional(self):
         rng = np.random.default_rng(7)
         x = rng.normal(size=(2, 8, 3)).astype("float32")
