@@ -1,0 +1,280 @@
+"""Gate-bias initializers for Keras's LSTM and GRU bias layouts.
+
+`GateBias` fills each gate's slice of the bias with a constant (a forget-gate
+bias of 1, Gers et al. 2000; Jozefowicz et al. 2015); `Chrono` draws the
+forget (LSTM) or update (GRU) bias from the chrono distribution of Tallec &
+Ollivier 2018. Both return the complete bias in Keras's gate order, so they can
+be passed as `bias_initializer` to `keras.layers.LSTM` or `keras.layers.GRU`.
+"""
+
+import math
+import numbers
+import random as python_random
+
+import keras
+
+from keras_gradkit.api_export import keras_gradkit_export
+
+LAYOUTS = ("lstm", "gru")
+# Keras's gate order inside the bias vector of each layout.
+GATES = {
+    "lstm": ("input", "forget", "cell", "output"),
+    "gru": ("update", "reset", "candidate"),
+}
+
+
+def _check_layout(layout, reset_after):
+    if layout not in LAYOUTS:
+        raise ValueError(f"Argument `layout` must be one of {LAYOUTS}. Received: layout={layout!r}")
+    if not isinstance(reset_after, bool):
+        raise TypeError(f"Argument `reset_after` must be a bool. Received: reset_after={reset_after!r}")
+    if layout == "lstm" and not reset_after:
+        raise ValueError(
+            "Argument `reset_after` only applies to `layout='gru'`; the LSTM bias "
+            "has a single row. Received: layout='lstm', reset_after=False"
+        )
+
+
+def _check_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Argument `{name}` must be a real number. Received: {name}={value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"Argument `{name}` must be finite. Received: {name}={value!r}")
+    return float(value)
+
+
+def _units_from_shape(shape, layout, reset_after):
+    """The number of units a bias of `shape` holds; raises if the shape is not
+    Keras's bias shape for the layout."""
+    shape = tuple(shape)
+    num_gates = len(GATES[layout])
+    expected_rank = 2 if (layout == "gru" and reset_after) else 1
+    ok = len(shape) == expected_rank and shape[-1] is not None and shape[-1] > 0 and shape[-1] % num_gates == 0
+    if ok and expected_rank == 2:
+        ok = shape[0] == 2
+    if not ok:
+        form = "(2, 3 * units)" if expected_rank == 2 else f"({num_gates} * units,)"
+        raise ValueError(
+            f"The bias for layout={layout!r}, reset_after={reset_after} must have shape "
+            f"{form}. Received: shape={shape}"
+        )
+    return shape[-1] // num_gates
+
+
+def _assemble(gate_rows, units, layout, reset_after, dtype):
+    """Concatenates per-gate `(units,)` tensors in Keras's order; for the GRU
+    with `reset_after=True` adds the zero recurrent row."""
+    row = keras.ops.concatenate([keras.ops.cast(gate_rows[g], dtype) for g in GATES[layout]], axis=0)
+    if layout == "gru" and reset_after:
+        row = keras.ops.stack([row, keras.ops.zeros((3 * units,), dtype=dtype)], axis=0)
+    return row
+
+
+@keras_gradkit_export
+class GateBias(keras.initializers.Initializer):
+    """Constant per-gate bias in Keras's LSTM or GRU gate order.
+
+    Use it to choose the starting value of each gate: a forget-gate bias of 1
+    (or more) makes an LSTM remember from the first step, and a positive GRU
+    update bias makes a GRU keep its state. Gates not named start at 0.
+
+    The bias is `[b_i, b_f, b_c, b_o]` of shape `(4 * units,)` for the LSTM and
+    `[b_z, b_r, b_h]` for the GRU: of shape `(3 * units,)` with
+    `reset_after=False`, or `(2, 3 * units)` with `reset_after=True`, where the
+    gate values go in the input row and the recurrent row is zero (Keras adds
+    the two rows).
+
+    Args:
+        layout: str, `"lstm"` (gates `input, forget, cell, output`) or `"gru"`
+            (gates `update, reset, candidate`). Defaults to `"lstm"`.
+        reset_after: bool, the GRU convention of the layer the bias is for;
+            `True` gives the `(2, 3 * units)` bias. Only for `layout="gru"`.
+            Defaults to `True`.
+        **gate_values: float, the bias of each named gate, e.g. `forget=1.0`.
+            Gates not named are 0.
+
+    Returns:
+        A tensor of the requested shape when called with `(shape, dtype)`.
+
+    Example:
+
+    >>> init = keras_gradkit.initializers.GateBias("lstm", forget=1.0)
+    >>> bias = init((4 * 3,))
+    >>> layer = keras.layers.LSTM(3, unit_forget_bias=False, bias_initializer=init)
+
+    References:
+        Gers et al., [Learning to Forget: Continual Prediction with LSTM](
+        https://doi.org/10.1162/089976600300015015), 2000.
+        Jozefowicz et al., [An Empirical Exploration of Recurrent Network
+        Architectures](https://proceedings.mlr.press/v37/jozefowicz15.html), 2015.
+    """
+
+    def __init__(self, layout="lstm", reset_after=True, **gate_values):
+        _check_layout(layout, reset_after)
+        allowed = GATES[layout]
+        unknown = sorted(set(gate_values) - set(allowed))
+        if unknown:
+            hints = [f"{g!r} (layout={other!r})" for g in unknown for other in LAYOUTS if g in GATES[other]]
+            raise ValueError(
+                f"Unknown gate name(s) {unknown} for layout={layout!r}; its gates are {list(allowed)}."
+                + (f" Gate(s) of another layout: {', '.join(hints)}." if hints else "")
+            )
+        self.layout = layout
+        self.reset_after = reset_after
+        self.gate_values = {g: _check_number(g, gate_values.get(g, 0.0)) for g in allowed}
+
+    def __call__(self, shape, dtype=None):
+        dtype = dtype or keras.config.floatx()
+        units = _units_from_shape(shape, self.layout, self.reset_after)
+        rows = {g: keras.ops.full((units,), v, dtype=dtype) for g, v in self.gate_values.items()}
+        return _assemble(rows, units, self.layout, self.reset_after, dtype)
+
+    def get_config(self):
+        return {"layout": self.layout, "reset_after": self.reset_after, **self.gate_values}
+
+
+@keras_gradkit_export
+class Chrono(keras.initializers.Initializer):
+    """Chrono initialization of the LSTM or GRU gate biases.
+
+    Use it when the task needs memory over a known range of time steps: the
+    gates then start with characteristic forgetting times spread up to
+    `max_timesteps`, instead of the few steps a zero bias gives.
+
+    LSTM: `b_f ~ log(U[1, max_timesteps - 1])`, `b_i = -b_f`, `b_c = b_o = 0`.
+    GRU: `b_z ~ log(U[1, max_timesteps - 1])`, `b_r = b_h = 0`. Keras's GRU
+    computes `h_t = z * h_{t-1} + (1 - z) * candidate`, so a large update bias
+    keeps the state, the role of the forget gate in the paper. With
+    `reset_after=True` the values go in the input row of the `(2, 3 * units)`
+    bias and the recurrent row is zero.
+
+    Args:
+        max_timesteps: number >= 2, `T_max`, the longest dependency range
+            expected (of the order of the sequence length).
+        layout: str, `"lstm"` or `"gru"`. Defaults to `"lstm"`.
+        reset_after: bool, the GRU convention; only for `layout="gru"`.
+            Defaults to `True`.
+        seed: int or `None`, the random seed. `None` draws a seed from Python's
+            `random` (fixed by `keras.utils.set_random_seed`). An instance
+            returns the same values each time it is called. Defaults to `None`.
+
+    Returns:
+        A tensor of the requested shape when called with `(shape, dtype)`.
+
+    Example:
+
+    >>> init = keras_gradkit.initializers.Chrono(100, layout="gru")
+    >>> bias = init((2, 3 * 8))
+    >>> layer = keras.layers.GRU(8, bias_initializer=init)
+
+    References:
+        Tallec & Ollivier, [Can recurrent neural networks warp time?](
+        https://arxiv.org/abs/1804.11188), 2018.
+    """
+
+    def __init__(self, max_timesteps, layout="lstm", reset_after=True, seed=None):
+        if isinstance(max_timesteps, bool) or not isinstance(max_timesteps, numbers.Real):
+            raise TypeError(f"Argument `max_timesteps` must be a number. Received: max_timesteps={max_timesteps!r}")
+        if not (math.isfinite(max_timesteps) and max_timesteps >= 2):
+            raise ValueError(
+                f"Argument `max_timesteps` must be at least 2 (the bias is log(U[1, max_timesteps - 1])). "
+                f"Received: max_timesteps={max_timesteps!r}"
+            )
+        _check_layout(layout, reset_after)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"Argument `seed` must be an int or None. Received: seed={seed!r}")
+        self.max_timesteps = max_timesteps
+        self.layout = layout
+        self.reset_after = reset_after
+        self.seed = seed
+        self._seed = seed if seed is not None else python_random.randint(1, int(1e9))
+
+    def __call__(self, shape, dtype=None):
+        dtype = dtype or keras.config.floatx()
+        units = _units_from_shape(shape, self.layout, self.reset_after)
+        # Drawn in float32 then cast, so float16 biases get the same values.
+        uniform = keras.random.uniform((units,), 1.0, float(self.max_timesteps) - 1.0, dtype="float32", seed=self._seed)
+        memory = keras.ops.log(uniform)
+        zeros = keras.ops.zeros((units,), dtype="float32")
+        if self.layout == "lstm":
+            rows = {"input": -memory, "forget": memory, "cell": zeros, "output": zeros}
+        else:
+            rows = {"update": memory, "reset": zeros, "candidate": zeros}
+        return _assemble(rows, units, self.layout, self.reset_after, dtype)
+
+    def get_config(self):
+        return {
+            "max_timesteps": self.max_timesteps,
+            "layout": self.layout,
+            "reset_after": self.reset_after,
+            "seed": self.seed,
+        }
+
+
+# Helpers shared by the keras_gradkit LSTM and GRU cells (not public API).
+
+
+def _validate_gate_arguments(gate_args, defaults, chrono_timesteps, unit_forget_bias, bias_initializer):
+    """Checks a cell's gate-bias arguments; raises when two sources of the
+    bias are given, so that neither silently wins.
+
+    `gate_args` maps argument names (`forget_bias`, ...) to values and
+    `defaults` to their defaults. A gate value counts as given when it differs
+    from its default.
+    """
+    for name, value in gate_args.items():
+        _check_number(name, value)
+    if chrono_timesteps is not None:
+        if isinstance(chrono_timesteps, bool) or not isinstance(chrono_timesteps, numbers.Real):
+            raise TypeError(
+                f"Argument `chrono_timesteps` must be a number or None. Received: chrono_timesteps={chrono_timesteps!r}"
+            )
+        if not (math.isfinite(chrono_timesteps) and chrono_timesteps >= 2):
+            raise ValueError(
+                f"Argument `chrono_timesteps` must be at least 2. Received: chrono_timesteps={chrono_timesteps!r}"
+            )
+    if unit_forget_bias is not None and not isinstance(unit_forget_bias, bool):
+        raise TypeError(
+            f"Argument `unit_forget_bias` must be None or a bool. Received: unit_forget_bias={unit_forget_bias!r}"
+        )
+    given = [f"{n}={v!r}" for n, v in gate_args.items() if v != defaults[n]]
+    if chrono_timesteps is not None and given:
+        raise ValueError(
+            f"Argument `chrono_timesteps` replaces the constant gate biases, so it cannot be combined with "
+            f"{', '.join(given)}. Received: chrono_timesteps={chrono_timesteps!r}. Pass one or the other."
+        )
+    if chrono_timesteps is not None:
+        given = [f"chrono_timesteps={chrono_timesteps!r}"]
+    keras_style = []
+    if unit_forget_bias is not None:
+        keras_style.append(f"unit_forget_bias={unit_forget_bias!r}")
+    if bias_initializer is not None:
+        keras_style.append(f"bias_initializer={bias_initializer!r}")
+    if given and keras_style:
+        raise ValueError(
+            f"The gate bias is given twice: by {', '.join(given)} and by {', '.join(keras_style)}. "
+            "Use the gate arguments alone, or leave them at their defaults and use Keras's "
+            "`unit_forget_bias`/`bias_initializer`."
+        )
+
+
+def _gate_bias_initializer(
+    layout, reset_after, units, gate_values, chrono_timesteps, seed, unit_forget_bias, bias_initializer
+):
+    """The initializer of a cell's bias: from the gate arguments, or, when the
+    Keras arguments are given, exactly what Keras's cell would use."""
+    if unit_forget_bias is None and bias_initializer is None:
+        if chrono_timesteps is not None:
+            return Chrono(chrono_timesteps, layout=layout, reset_after=reset_after, seed=seed)
+        return GateBias(layout, reset_after=reset_after, **gate_values)
+    base = bias_initializer if bias_initializer is not None else keras.initializers.Zeros()
+    # Keras's LSTM defaults to unit_forget_bias=True, so bias_initializer alone keeps it.
+    if layout != "lstm" or unit_forget_bias is False:
+        return base
+
+    def unit_forget(_, dtype=None):
+        return keras.ops.concatenate(
+            [base((units,), dtype=dtype), keras.ops.ones((units,), dtype=dtype), base((2 * units,), dtype=dtype)]
+        )
+
+    return unit_forget

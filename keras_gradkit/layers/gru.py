@@ -1,0 +1,378 @@
+"""GRU cell and layer with per-gate bias arguments and chrono initialization."""
+
+import keras
+
+from keras_gradkit import initializers as gk_initializers
+from keras_gradkit.api_export import keras_gradkit_export
+from keras_gradkit.layers.lstm import _check_rate
+from keras_gradkit.layers.lstm import _check_units
+from keras_gradkit.layers.lstm import _check_use_cudnn
+from keras_gradkit.layers.lstm import _cudnn_possible
+
+_GRU_GATE_DEFAULTS = {"update_bias": 0.0, "reset_bias": 0.0, "candidate_bias": 0.0}
+
+
+def _gru_gate_config(obj):
+    return {
+        "bias_initializer": keras.initializers.serialize(obj.bias_initializer),
+        "update_bias": obj.update_bias,
+        "reset_bias": obj.reset_bias,
+        "candidate_bias": obj.candidate_bias,
+        "chrono_timesteps": obj.chrono_timesteps,
+    }
+
+
+@keras_gradkit_export
+class GRUCell(keras.layers.GRUCell):
+    """`keras.layers.GRUCell` with a bias argument for each gate and chrono initialization.
+
+    Use it in `keras.layers.RNN` (or `keras_gradkit.layers.GRU` for the whole
+    sequence) to choose how long the GRU keeps its state at the start of
+    training. The computation is Keras's (`reset_after=True` shown):
+
+        z = σ(x W_z + b_z + h_{t-1} U_z + b'_z)
+        r = σ(x W_r + b_r + h_{t-1} U_r + b'_r)
+        ĥ = tanh(x W_h + b_h + r ⊙ (h_{t-1} U_h + b'_h))
+        h_t = z ⊙ h_{t-1} + (1 - z) ⊙ ĥ
+
+    so a large update bias `b_z` keeps the state. With `reset_after=False`,
+    `ĥ = tanh(x W_h + b_h + (r ⊙ h_{t-1}) U_h)` and there is no `b'`. The
+    input biases start at `update_bias`, `reset_bias`, `candidate_bias` and
+    the recurrent ones `b'` at 0; with `chrono_timesteps=T`,
+    `b_z ~ log(U[1, T - 1])`, the others 0 (Tallec & Ollivier 2018).
+
+    Args:
+        units: int, dimensionality of the output space.
+        activation: activation of the candidate. Defaults to `"tanh"`.
+        recurrent_activation: activation of the gates. Defaults to `"sigmoid"`.
+        use_bias: bool, whether to use a bias. Defaults to `True`.
+        kernel_initializer: initializer of `kernel`. Defaults to
+            `"glorot_uniform"`.
+        recurrent_initializer: initializer of `recurrent_kernel`. Defaults to
+            `"orthogonal"`.
+        bias_initializer: Keras's bias initializer, or `None` to build the bias
+            from the gate arguments. When given, the gate arguments must stay
+            at their defaults. Defaults to `None`.
+        kernel_regularizer: regularizer of `kernel`. Defaults to `None`.
+        recurrent_regularizer: regularizer of `recurrent_kernel`. Defaults to
+            `None`.
+        bias_regularizer: regularizer of `bias`. Defaults to `None`.
+        kernel_constraint: constraint of `kernel`. Defaults to `None`.
+        recurrent_constraint: constraint of `recurrent_kernel`. Defaults to
+            `None`.
+        bias_constraint: constraint of `bias`. Defaults to `None`.
+        dropout: float in [0, 1], input dropout rate. Defaults to `0.0`.
+        recurrent_dropout: float in [0, 1], recurrent dropout rate. Defaults
+            to `0.0`.
+        reset_after: bool, apply the reset gate after the recurrent matrix
+            multiplication (`True`, cuDNN compatible, bias `(2, 3 * units)`) or
+            before (`False`, bias `(3 * units,)`). Defaults to `True`.
+        seed: int or `None`, seed of the dropout and of chrono
+            initialization. Defaults to `None`.
+        update_bias: float, initial update-gate bias `b_z`. Defaults to `0.0`.
+        reset_bias: float, initial reset-gate bias `b_r`. Defaults to `0.0`.
+        candidate_bias: float, initial candidate bias `b_h`. Defaults to `0.0`.
+        chrono_timesteps: number >= 2 or `None`; chrono initialization with
+            `T_max = chrono_timesteps` instead of the constant gate biases,
+            which must then stay at their defaults. Defaults to `None`.
+
+    Call arguments:
+        inputs: tensor of shape `(batch, features)`.
+        states: tensor (or list of one tensor) of shape `(batch, units)`.
+        training: bool, whether dropout applies.
+
+    Returns:
+        `(h, new_state)` with `h` of shape `(batch, units)`.
+
+    Example:
+
+    >>> cell = keras_gradkit.layers.GRUCell(8, update_bias=1.0)
+    >>> rnn = keras.layers.RNN(cell)
+    >>> tuple(rnn(np.zeros((2, 5, 3))).shape)
+    (2, 8)
+
+    References:
+        Cho et al., [Learning Phrase Representations using RNN Encoder-Decoder
+        for Statistical Machine Translation](https://arxiv.org/abs/1406.1078), 2014.
+        Tallec & Ollivier, [Can recurrent neural networks warp time?](
+        https://arxiv.org/abs/1804.11188), 2018.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer=None,
+        kernel_regularizer=None,
+        recurrent_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        recurrent_constraint=None,
+        bias_constraint=None,
+        dropout=0.0,
+        recurrent_dropout=0.0,
+        reset_after=True,
+        seed=None,
+        update_bias=0.0,
+        reset_bias=0.0,
+        candidate_bias=0.0,
+        chrono_timesteps=None,
+        **kwargs,
+    ):
+        _check_units(units)
+        _check_rate("dropout", dropout)
+        _check_rate("recurrent_dropout", recurrent_dropout)
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"Argument `reset_after` must be a bool. Received: reset_after={reset_after!r}")
+        gates = {"update_bias": update_bias, "reset_bias": reset_bias, "candidate_bias": candidate_bias}
+        gk_initializers._validate_gate_arguments(gates, _GRU_GATE_DEFAULTS, chrono_timesteps, None, bias_initializer)
+        super().__init__(
+            units,
+            activation=activation,
+            recurrent_activation=recurrent_activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            recurrent_constraint=recurrent_constraint,
+            bias_constraint=bias_constraint,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            reset_after=reset_after,
+            seed=seed,
+            **kwargs,
+        )
+        self.update_bias = float(update_bias)
+        self.reset_bias = float(reset_bias)
+        self.candidate_bias = float(candidate_bias)
+        self.chrono_timesteps = chrono_timesteps
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError(f"The last axis of the input must be defined. Received: input_shape={tuple(input_shape)}")
+        self.kernel = self.add_weight(
+            shape=(input_dim, 3 * self.units),
+            name="kernel",
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.recurrent_kernel = self.add_weight(
+            shape=(self.units, 3 * self.units),
+            name="recurrent_kernel",
+            initializer=self.recurrent_initializer,
+            regularizer=self.recurrent_regularizer,
+            constraint=self.recurrent_constraint,
+        )
+        self.bias = None
+        if self.use_bias:
+            gate_values = {"update": self.update_bias, "reset": self.reset_bias, "candidate": self.candidate_bias}
+            initializer = gk_initializers._gate_bias_initializer(
+                "gru", self.reset_after, self.units, gate_values, self.chrono_timesteps, self.seed, None,
+                self.bias_initializer,
+            )
+            self.bias = self.add_weight(
+                shape=(2, 3 * self.units) if self.reset_after else (3 * self.units,),
+                name="bias",
+                initializer=initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+
+    def get_config(self):
+        return {**super().get_config(), **_gru_gate_config(self)}
+
+
+@keras_gradkit_export
+class GRU(keras.layers.GRU):
+    """`keras.layers.GRU` with a bias argument for each gate and chrono initialization.
+
+    A drop-in replacement for `keras.layers.GRU` (same arguments, same
+    positions, a subclass of it) that sets the initial gate biases: a positive
+    `update_bias` makes the GRU keep its state from the first step, and
+    `chrono_timesteps` spreads the memory times up to a given length.
+    Everything else is Keras's layer, including the fused kernels: on a GPU
+    with the TensorFlow backend the cuDNN kernel is chosen under the same
+    conditions as for `keras.layers.GRU` (also `reset_after=True`). For each
+    step (`reset_after=True`):
+
+        z = σ(x W_z + h_{t-1} U_z + b_z + b'_z),  r = σ(x W_r + h_{t-1} U_r + b_r + b'_r)
+        ĥ = tanh(x W_h + b_h + r ⊙ (h_{t-1} U_h + b'_h)),  h_t = z ⊙ h_{t-1} + (1 - z) ⊙ ĥ
+
+    with the input biases starting at `update_bias`, `reset_bias`,
+    `candidate_bias` and `b'` at 0, or, with `chrono_timesteps=T`,
+    `b_z ~ log(U[1, T - 1])` and the others 0.
+
+    Args:
+        units: int, dimensionality of the output space.
+        activation: activation of the candidate. Defaults to `"tanh"`.
+        recurrent_activation: activation of the gates. Defaults to `"sigmoid"`.
+        use_bias: bool, whether to use a bias. Defaults to `True`.
+        kernel_initializer: initializer of `kernel`. Defaults to
+            `"glorot_uniform"`.
+        recurrent_initializer: initializer of `recurrent_kernel`. Defaults to
+            `"orthogonal"`.
+        bias_initializer: Keras's bias initializer, or `None` to build the bias
+            from the gate arguments. When given, the gate arguments must stay
+            at their defaults. Defaults to `None`.
+        kernel_regularizer: regularizer of `kernel`. Defaults to `None`.
+        recurrent_regularizer: regularizer of `recurrent_kernel`. Defaults to
+            `None`.
+        bias_regularizer: regularizer of `bias`. Defaults to `None`.
+        activity_regularizer: regularizer of the output. Defaults to `None`.
+        kernel_constraint: constraint of `kernel`. Defaults to `None`.
+        recurrent_constraint: constraint of `recurrent_kernel`. Defaults to
+            `None`.
+        bias_constraint: constraint of `bias`. Defaults to `None`.
+        dropout: float in [0, 1], input dropout rate. Defaults to `0.0`.
+        recurrent_dropout: float in [0, 1], recurrent dropout rate. Defaults
+            to `0.0`.
+        seed: int or `None`, seed of the dropout and of chrono
+            initialization. Defaults to `None`.
+        return_sequences: bool, return the whole sequence. Defaults to `False`.
+        return_state: bool, also return the last state. Defaults to `False`.
+        go_backwards: bool, process the sequence backwards. Defaults to
+            `False`.
+        stateful: bool, carry the last state over to the next batch.
+            Defaults to `False`.
+        unroll: bool, unroll the loop. Defaults to `False`.
+        reset_after: bool, GRU convention, see `keras_gradkit.layers.GRUCell`.
+            Defaults to `True`.
+        use_cudnn: `"auto"`, `True` or `False`, whether to use cuDNN. Defaults
+            to `"auto"`.
+        update_bias: float, initial update-gate bias. Defaults to `0.0`.
+        reset_bias: float, initial reset-gate bias. Defaults to `0.0`.
+        candidate_bias: float, initial candidate bias. Defaults to `0.0`.
+        chrono_timesteps: number >= 2 or `None`; chrono initialization with
+            `T_max = chrono_timesteps` instead of the constant gate biases.
+            Defaults to `None`.
+
+    Call arguments:
+        inputs: tensor of shape `(batch, timesteps, features)`.
+        mask: optional boolean tensor of shape `(batch, timesteps)`.
+        training: bool, whether dropout applies.
+        initial_state: optional tensor of shape `(batch, units)`.
+
+    Returns:
+        `(batch, units)`, or `(batch, timesteps, units)` with
+        `return_sequences=True`; followed by the final state with
+        `return_state=True`.
+
+    Example:
+
+    >>> gru = keras_gradkit.layers.GRU(8, chrono_timesteps=100)
+    >>> tuple(gru(np.zeros((2, 5, 3))).shape)
+    (2, 8)
+
+    References:
+        Cho et al., [Learning Phrase Representations using RNN Encoder-Decoder
+        for Statistical Machine Translation](https://arxiv.org/abs/1406.1078), 2014.
+        Tallec & Ollivier, [Can recurrent neural networks warp time?](
+        https://arxiv.org/abs/1804.11188), 2018.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer=None,
+        kernel_regularizer=None,
+        recurrent_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        recurrent_constraint=None,
+        bias_constraint=None,
+        dropout=0.0,
+        recurrent_dropout=0.0,
+        seed=None,
+        return_sequences=False,
+        return_state=False,
+        go_backwards=False,
+        stateful=False,
+        unroll=False,
+        reset_after=True,
+        use_cudnn="auto",
+        update_bias=0.0,
+        reset_bias=0.0,
+        candidate_bias=0.0,
+        chrono_timesteps=None,
+        **kwargs,
+    ):
+        _check_use_cudnn(use_cudnn)
+        cell = GRUCell(
+            units,
+            activation=activation,
+            recurrent_activation=recurrent_activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            recurrent_constraint=recurrent_constraint,
+            bias_constraint=bias_constraint,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            reset_after=reset_after,
+            seed=seed,
+            update_bias=update_bias,
+            reset_bias=reset_bias,
+            candidate_bias=candidate_bias,
+            chrono_timesteps=chrono_timesteps,
+            dtype=kwargs.get("dtype", None),
+            trainable=kwargs.get("trainable", True),
+            name="gru_cell",
+            implementation=kwargs.pop("implementation", 2),
+        )
+        # keras.layers.GRU.__init__ would build its own cell: go to RNN directly
+        # and repeat the rest of GRU.__init__ (input spec, cuDNN flag).
+        keras.layers.RNN.__init__(
+            self,
+            cell,
+            return_sequences=return_sequences,
+            return_state=return_state,
+            go_backwards=go_backwards,
+            stateful=stateful,
+            unroll=unroll,
+            activity_regularizer=activity_regularizer,
+            **kwargs,
+        )
+        self.input_spec = keras.layers.InputSpec(ndim=3)
+        self.use_cudnn = use_cudnn
+        if _cudnn_possible(cell, self.unroll, use_cudnn, reset_after=reset_after):
+            self.supports_jit = False
+
+    @property
+    def update_bias(self):
+        return self.cell.update_bias
+
+    @property
+    def reset_bias(self):
+        return self.cell.reset_bias
+
+    @property
+    def candidate_bias(self):
+        return self.cell.candidate_bias
+
+    @property
+    def chrono_timesteps(self):
+        return self.cell.chrono_timesteps
+
+    def get_config(self):
+        return {**super().get_config(), "use_cudnn": self.use_cudnn, **_gru_gate_config(self)}

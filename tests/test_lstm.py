@@ -1,0 +1,295 @@
+import importlib
+import inspect
+import math
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_gradkit
+from keras_gradkit.layers import GRU
+from keras_gradkit.layers import LSTM
+from keras_gradkit.layers import GRUCell
+from keras_gradkit.layers import LayerNormLSTMCell
+from keras_gradkit.layers import LSTMCell
+from tests.layer_testing import assert_config_round_trip
+from tests.layer_testing import assert_export_serves
+from tests.layer_testing import assert_keras_file_round_trip
+from tests.layer_testing import run_layer_test
+
+B, T, D, U = 3, 5, 4, 6
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def numpy_lstm(x, kernel, recurrent_kernel, bias):
+    """Hochreiter & Schmidhuber's LSTM with forget gate, gates in order i, f, c, o."""
+    units = recurrent_kernel.shape[0]
+    h = np.zeros((x.shape[0], units))
+    c = np.zeros((x.shape[0], units))
+    outputs = []
+    for t in range(x.shape[1]):
+        z = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        i = _sigmoid(z[:, :units])
+        f = _sigmoid(z[:, units : 2 * units])
+        g = np.tanh(z[:, 2 * units : 3 * units])
+        o = _sigmoid(z[:, 3 * units :])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        outputs.append(h)
+    return np.stack(outputs, axis=1), h, c
+
+
+def _inputs(seed=0):
+    return np.random.default_rng(seed).normal(size=(B, T, D)).astype("float32")
+
+
+def _randomize(layer, seed=1):
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32") for w in layer.get_weights()])
+
+
+def _documented_args(cls):
+    doc = inspect.getdoc(cls)
+    section = doc.split("Args:")[1].split("Call arguments:")[0]
+    return re.findall(r"^    (\w+):", section, flags=re.M)
+
+
+class TestLSTM:
+    def test_equation_and_gate_order_against_numpy(self):
+        x = _inputs()
+        layer = LSTM(U, return_sequences=True, return_state=True, forget_bias=2.0, input_bias=-1.0, cell_bias=0.5,
+                     output_bias=0.25)
+        layer(x)
+        rng = np.random.default_rng(2)
+        kernel = rng.normal(scale=0.5, size=(D, 4 * U)).astype("float32")
+        recurrent = rng.normal(scale=0.5, size=(U, 4 * U)).astype("float32")
+        layer.cell.kernel.assign(kernel)
+        layer.cell.recurrent_kernel.assign(recurrent)
+        # The bias the arguments ask for, written out independently of the layer.
+        bias = np.concatenate([np.full(U, -1.0), np.full(U, 2.0), np.full(U, 0.5), np.full(U, 0.25)])
+        seq, h, c = layer(x)
+        e_seq, e_h, e_c = numpy_lstm(x.astype("float64"), kernel, recurrent, bias)
+        np.testing.assert_allclose(seq, e_seq, atol=1e-5)
+        np.testing.assert_allclose(h, e_h, atol=1e-5)
+        np.testing.assert_allclose(c, e_c, atol=1e-5)
+
+    def test_default_bias_is_keras_default(self):
+        ours, theirs = LSTM(U), keras.layers.LSTM(U)
+        ours(_inputs()), theirs(_inputs())
+        np.testing.assert_array_equal(ours.cell.bias.numpy(), theirs.cell.bias.numpy())
+        np.testing.assert_array_equal(ours.cell.bias.numpy(), np.repeat([0.0, 1.0, 0.0, 0.0], U))
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [{"unit_forget_bias": False}, {"unit_forget_bias": True, "bias_initializer": "ones"},
+         {"bias_initializer": "ones"}, {"unit_forget_bias": False, "bias_initializer": "ones"}],
+    )
+    def test_keras_bias_arguments_give_keras_bias(self, kwargs):
+        ours, theirs = LSTM(U, **kwargs), keras.layers.LSTM(U, **kwargs)
+        ours(_inputs()), theirs(_inputs())
+        np.testing.assert_array_equal(ours.cell.bias.numpy(), theirs.cell.bias.numpy())
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {},
+            {"return_sequences": True, "go_backwards": True},
+            {"return_state": True, "dropout": 0.0, "activation": "relu"},
+            {"use_bias": False, "return_sequences": True},
+        ],
+    )
+    def test_equals_keras_lstm_with_same_weights(self, kwargs):
+        x = tf.constant(_inputs())
+        ours, theirs = LSTM(U, **kwargs), keras.layers.LSTM(U, **kwargs)
+        ours(x), theirs(x)
+        _randomize(ours)
+        theirs.set_weights(ours.get_weights())
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            out_ours = keras.ops.sum(keras.ops.square(keras.ops.concatenate(ours(x), axis=-1)
+                                                      if kwargs.get("return_state") else ours(x)))
+            out_theirs = keras.ops.sum(keras.ops.square(keras.ops.concatenate(theirs(x), axis=-1)
+                                                        if kwargs.get("return_state") else theirs(x)))
+        for a, b in zip(keras.tree.flatten(ours(x)), keras.tree.flatten(theirs(x))):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(tape.gradient(out_ours, [x] + ours.trainable_weights),
+                        tape.gradient(out_theirs, [x] + theirs.trainable_weights)):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+
+    def test_masked_equals_keras(self):
+        x = _inputs()
+        mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], bool)
+        ours, theirs = LSTM(U, return_sequences=True), keras.layers.LSTM(U, return_sequences=True)
+        ours(x), theirs(x)
+        _randomize(ours)
+        theirs.set_weights(ours.get_weights())
+        np.testing.assert_array_equal(ours(x, mask=mask), theirs(x, mask=mask))
+
+    def test_cell_in_rnn_equals_layer(self):
+        x = _inputs()
+        layer = LSTM(U, return_sequences=True, forget_bias=3.0)
+        rnn = keras.layers.RNN(LSTMCell(U, forget_bias=3.0), return_sequences=True)
+        layer(x), rnn(x)
+        np.testing.assert_array_equal(rnn.cell.bias.numpy(), layer.cell.bias.numpy())
+        _randomize(layer)
+        rnn.set_weights(layer.get_weights())
+        np.testing.assert_allclose(rnn(x), layer(x), atol=1e-6)
+
+    def test_is_a_keras_lstm_and_reaches_the_cudnn_kernel(self, monkeypatch):
+        """With a GPU reported, the layer hands its own variables to Keras's cuDNN LSTM."""
+        tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
+
+        calls = []
+
+        def fake_cudnn(inputs, h, c, kernel, recurrent_kernel, bias, *args):
+            calls.append((kernel, recurrent_kernel, bias))
+            raise NotImplementedError  # Keras then falls back to the generic loop
+
+        monkeypatch.setattr(tf_rnn, "_is_gpu_available", lambda: True)
+        monkeypatch.setattr(tf_rnn, "_cudnn_lstm", fake_cudnn)
+        layer = LSTM(U, forget_bias=2.0)
+        assert isinstance(layer, keras.layers.LSTM) and isinstance(layer.cell, keras.layers.LSTMCell)
+        layer(_inputs())
+        assert len(calls) == 1
+        np.testing.assert_array_equal(calls[0][2].numpy(), layer.cell.bias.numpy())
+        assert layer.supports_jit is False
+        calls.clear()
+        LSTM(U, use_cudnn=False)(_inputs())
+        assert calls == []
+
+    def test_chrono(self):
+        layer = LSTM(20, chrono_timesteps=40, seed=3)
+        layer(_inputs())
+        b_i, b_f, b_c, b_o = np.split(layer.cell.bias.numpy(), 4)
+        assert b_f.min() >= 0 and b_f.max() <= math.log(39) + 1e-6 and b_f.std() > 0.3
+        np.testing.assert_array_equal(b_i, -b_f)
+        np.testing.assert_array_equal(np.concatenate([b_c, b_o]), 0)
+        again = LSTM(20, chrono_timesteps=40, seed=3)
+        again(_inputs())
+        np.testing.assert_array_equal(again.cell.bias.numpy(), layer.cell.bias.numpy())
+
+    @pytest.mark.parametrize(
+        "kwargs, name",
+        [
+            ({"forget_bias": 2.0, "unit_forget_bias": True}, "unit_forget_bias"),
+            ({"forget_bias": 2.0, "unit_forget_bias": False}, "unit_forget_bias"),
+            ({"input_bias": -1.0, "bias_initializer": "zeros"}, "bias_initializer"),
+            ({"chrono_timesteps": 10, "unit_forget_bias": True}, "unit_forget_bias"),
+            ({"chrono_timesteps": 10, "bias_initializer": "ones"}, "bias_initializer"),
+            ({"chrono_timesteps": 10, "forget_bias": 3.0}, "chrono_timesteps"),
+            ({"chrono_timesteps": 1}, "chrono_timesteps"),
+            ({"units": 0}, "units"),
+            ({"units": 2.5}, "units"),
+            ({"dropout": 1.5}, "dropout"),
+            ({"recurrent_dropout": -0.1}, "recurrent_dropout"),
+            ({"use_cudnn": "yes"}, "use_cudnn"),
+            ({"output_bias": float("inf")}, "output_bias"),
+        ],
+    )
+    def test_invalid_arguments_raise(self, kwargs, name):
+        kwargs = {"units": 4, **kwargs}
+        with pytest.raises(ValueError, match=name):
+            LSTM(**kwargs)
+        if "use_cudnn" not in kwargs:
+            with pytest.raises(ValueError, match=name):
+                LSTMCell(**kwargs)
+
+    def test_non_number_gate_raises_type_error(self):
+        with pytest.raises(TypeError, match="forget_bias"):
+            LSTM(4, forget_bias="1")
+        with pytest.raises(TypeError, match="unit_forget_bias"):
+            LSTM(4, unit_forget_bias="yes")
+
+    def test_layer_checks(self, tmp_path):
+        run_layer_test(
+            LSTM,
+            {"units": U, "forget_bias": 2.0, "output_bias": -0.5, "return_sequences": True},
+            _inputs(),
+            expected_output_shape=(B, T, U),
+            expected_num_trainable_weights=3,
+            tmp_path=tmp_path,
+        )
+        run_layer_test(LSTM, {"units": U, "chrono_timesteps": 8, "seed": 1}, _inputs(), expected_output_shape=(B, U),
+                       run_training=False)
+
+    def test_config_is_complete(self):
+        layer = LSTM(U, forget_bias=2.0, input_bias=-1.0, cell_bias=0.1, output_bias=0.2, use_cudnn=False)
+        config = layer.get_config()
+        signature = inspect.signature(LSTM.__init__).parameters
+        assert set(signature) - {"self", "kwargs"} <= set(config)
+        assert config["use_cudnn"] is False and config["forget_bias"] == 2.0
+        assert_config_round_trip(LSTM(U, chrono_timesteps=30, seed=2))
+        cell_config = LSTMCell(U, cell_bias=0.3).get_config()
+        assert set(inspect.signature(LSTMCell.__init__).parameters) - {"self", "kwargs"} <= set(cell_config)
+        assert_config_round_trip(LSTMCell(U, cell_bias=0.3))
+
+    def test_cell_keras_file_round_trip(self, tmp_path):
+        inputs = keras.Input((T, D))
+        outputs = keras.layers.RNN(LSTMCell(U, output_bias=1.0, seed=2))(inputs)
+        model = keras.Model(inputs, outputs)
+        _randomize(model)
+        loaded = assert_keras_file_round_trip(model, _inputs(), tmp_path)
+        assert isinstance(loaded.layers[1].cell, LSTMCell) and loaded.layers[1].cell.output_bias == 1.0
+
+    @pytest.mark.parametrize("cls", [LSTM, LSTMCell])
+    def test_documented_args_match_signature(self, cls):
+        signature = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+        assert _documented_args(cls) == signature
+        assert f"keras_gradkit.layers.{cls.__name__}" in cls.__doc__
+
+
+def test_export_serves_every_gated_layer_without_keras_gradkit(tmp_path):
+    """One SavedModel with each layer and cell of this family, served in a fresh process."""
+    inputs = keras.Input((T, D))
+    branches = [
+        LSTM(U, forget_bias=2.0, use_cudnn=False)(inputs),
+        GRU(U, update_bias=1.0, use_cudnn=False)(inputs),
+        GRU(U, reset_after=False, chrono_timesteps=10, use_cudnn=False)(inputs),
+        keras.layers.RNN(LSTMCell(U, chrono_timesteps=10))(inputs),
+        keras.layers.RNN(GRUCell(U, reset_bias=0.5))(inputs),
+        keras.layers.RNN(LayerNormLSTMCell(U))(inputs),
+    ]
+    model = keras.Model(inputs, keras.layers.Concatenate()(branches))
+    _randomize(model, seed=4)
+    assert_export_serves(model, _inputs(), tmp_path)
+
+
+def test_public_paths():
+    assert keras_gradkit.layers.LSTM is LSTM and keras_gradkit.layers.LSTMCell is LSTMCell
+
+
+def _training_graph_ops(layer, x):
+    """The op types of the traced forward-and-gradient graph of `layer`."""
+    layer(x)
+    _randomize(layer)
+
+    @tf.function
+    def step(inputs):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(layer(inputs)))
+        return tape.gradient(loss, layer.trainable_variables)
+
+    graph = step.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    ops = sorted(op.type for op in graph.get_operations())
+    for function in graph.as_graph_def().library.function:  # the while-loop bodies
+        ops += sorted(node.op for node in function.node_def)
+    return sorted(ops)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda: LSTM(U, forget_bias=2.0), lambda: keras.layers.LSTM(U)),
+        (lambda: GRU(U, update_bias=1.0), lambda: keras.layers.GRU(U)),
+        (lambda: GRU(U, reset_after=False, chrono_timesteps=9), lambda: keras.layers.GRU(U, reset_after=False)),
+    ],
+)
+def test_training_graph_is_the_keras_graph(ours, theirs):
+    """Same ops in the traced training step: the speed is Keras's by construction."""
+    x = _inputs()
+    assert _training_graph_ops(ours(), x) == _training_graph_ops(theirs(), x)
