@@ -180,6 +180,22 @@ class TestFastLayerEqualsCell:
         for g, w in zip(got_out + got_grad, want_out + want_grad):
             assert_close_relative(g, w, 1e-5)
 
+    @pytest.mark.parametrize("steps", [37])
+    @pytest.mark.parametrize("return_sequences", [False, True])
+    def test_long_and_prime_lengths(self, steps, return_sequences):
+        # 37 has no divisor to chunk by: it is padded with masked steps.
+        rng = np.random.default_rng(16)
+        x = rng.normal(size=(2, steps, 3)).astype("float32")
+        weights = random_weights(rng, 3, 4, recurrent_scale=1.0)
+        fast, reference = build_pair(4, x, weights, return_sequences=return_sequences, return_state=True)
+        mask = ragged_mask(2, steps)
+        h0 = rng.normal(size=(2, 4)).astype("float32")
+        for m in (None, mask):
+            got_out, got_grad = outputs_and_grads(fast, x, h0, m)
+            want_out, want_grad = outputs_and_grads(reference, x, h0, m)
+            for g, w in zip(got_out + got_grad, want_out + want_grad):
+                assert_close_relative(g, w, 1e-5)
+
     @settings(max_examples=8, deadline=None)
     @given(
         batch=st.integers(1, 3),

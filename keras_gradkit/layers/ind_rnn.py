@@ -15,6 +15,9 @@ from keras_gradkit.constraints import MaxAbs
 # iterations, same arithmetic. The largest divisor of the sequence length up to
 # this value is used.
 _MAX_CHUNK = 32
+# Below this chunk size, a sequence is padded to a multiple of _PAD_CHUNK.
+_MIN_CHUNK = 8
+_PAD_CHUNK = 16
 # Loop iterations that may overlap (TensorFlow's `parallel_iterations`; JAX
 # unrolls this many iterations instead).
 _PARALLEL = 8
@@ -450,7 +453,15 @@ def _scan_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, backw
 
 
 def ind_recurrence(
-    x, kernel, bias, u, h0, mask=None, activation=keras.activations.relu, last_only=False
+    x,
+    kernel,
+    bias,
+    u,
+    h0,
+    mask=None,
+    activation=keras.activations.relu,
+    last_only=False,
+    chunk=None,
 ):
     """Runs `h_t = activation(x_t @ kernel + bias + u * h_{t-1})` over
     time-major inputs.
@@ -468,11 +479,20 @@ def ind_recurrence(
             other activations are differentiated automatically.
         last_only: return only the last state; the backward pass then skips
             the (all-zero) gradients of the other states.
+        chunk: steps per loop iteration; must divide `timesteps`. Defaults to
+            the largest divisor up to 32, padding the sequence with masked
+            steps when there is no divisor of at least 8.
 
     Returns:
         The states, `(timesteps, batch, units)`, or the last one.
     """
-    chunk = _chunk_size(x.shape[0])
+    steps = x.shape[0]
+    if chunk is None:
+        chunk = _chunk_size(steps)
+    if chunk < _MIN_CHUNK and (steps is None or steps > _MAX_CHUNK):
+        # No good divisor (or an unknown length): pad with masked steps, which
+        # keep the state, rather than loop one step at a time.
+        return _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
     backward = _backward_for(activation)
     if backward is None:
         states = _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk)
@@ -493,6 +513,21 @@ def ind_recurrence(
         return (states[-1] if last_only else states), grad
 
     return recurrence(x, kernel, bias, u, h0)
+
+
+def _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
+    steps = ops.shape(x)[0]
+    padding = (-steps) % _PAD_CHUNK
+    pad_shape = (padding,) + tuple(ops.shape(x)[1:-1])
+    x = ops.concatenate([x, ops.zeros(pad_shape + (ops.shape(x)[-1],), x.dtype)], axis=0)
+    if mask is None:
+        mask = ops.ones(tuple(ops.shape(h0)[:1]) + (1,), "bool")
+        mask = ops.broadcast_to(mask, (steps,) + tuple(ops.shape(mask)))
+    mask = ops.concatenate([mask, ops.zeros(pad_shape + (1,), "bool")], axis=0)
+    states = ind_recurrence(
+        x, kernel, bias, u, h0, mask, activation, last_only, chunk=_PAD_CHUNK
+    )
+    return states if last_only else states[:steps]
 
 
 @keras_gradkit_export
