@@ -1,8 +1,20 @@
 """keras_gradkit: train deep and long recurrent networks in Keras 3 without
 vanishing or exploding gradients, and see the gradients while they train."""
 
+import importlib
+
+from keras_gradkit import clipping
 from keras_gradkit import constraints
 from keras_gradkit import initializers
 from keras_gradkit import layers
+from keras_gradkit import optimizers
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # `keras_gradkit.callbacks` (TensorBoard, matplotlib) is imported on first
+    # use only: nothing else in the package depends on it.
+    if name == "callbacks":
+        return importlib.import_module("keras_gradkit.callbacks")
+    raise AttributeError(f"module 'keras_gradkit' has no attribute {name!r}")

@@ -1,0 +1,532 @@
+"""Gradient clipping policies: small serializable transforms of a gradient list.
+
+Every policy is pure. `apply(grads, variables, state)` returns the new
+gradients, the new state (a list of tensors; empty for stateless policies)
+and a dict of scalar tensors describing what it did:
+
+- `"threshold"`: the threshold used (float32; NaN when the policy has none),
+- `"clipped"`: whether the gradients were changed (bool),
+- `"skip"`: whether the whole update must be skipped (bool).
+
+The optimizer wrapper `keras_gradkit.optimizers.ClippedOptimizer` keeps the
+state in optimizer variables (`state_spec` describes them), so the policy
+itself writes no variables and works under `jit_compile=True`. Calling a
+policy directly, `policy(grads, variables)`, applies it once from its initial
+state and returns only the gradients.
+"""
+
+import math
+import numbers
+import re
+
+import keras
+from keras import ops
+
+from keras_gradkit.api_export import keras_gradkit_export
+
+
+def _check_positive_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Argument `{name}` must be a number. Received: {name}={value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"Argument `{name}` must be a positive finite number. Received: {name}={value}")
+
+
+def _float32(x):
+    return ops.cast(x, "float32")
+
+
+def _squared_norm(g):
+    return ops.sum(ops.square(_float32(g)))
+
+
+def global_norm(grads):
+    """The L2 norm of all non-`None` tensors in `grads` taken together (float32)."""
+    squares = [_squared_norm(g) for g in grads if g is not None]
+    if not squares:
+        return ops.convert_to_tensor(0.0, "float32")
+    return ops.sqrt(ops.sum(ops.stack(squares)))
+
+
+def _scale(grads, scale):
+    return [None if g is None else g * ops.cast(scale, g.dtype) for g in grads]
+
+
+def _info(threshold=float("nan"), clipped=False, skip=False):
+    return {
+        "threshold": ops.cast(ops.convert_to_tensor(threshold), "float32"),
+        "clipped": ops.convert_to_tensor(clipped, "bool"),
+        "skip": ops.convert_to_tensor(skip, "bool"),
+    }
+
+
+def _any(flags):
+    flags = [ops.convert_to_tensor(f, "bool") for f in flags]
+    if not flags:
+        return ops.convert_to_tensor(False)
+    return ops.any(ops.stack(flags))
+
+
+class ClippingPolicy:
+    """Base class of the clipping policies.
+
+    Subclasses implement `apply`; stateful ones also `state_spec`. Policies
+    skip `None` gradients and keep the dtype of each gradient.
+    """
+
+    def __init__(self):
+        pass
+
+    def state_spec(self, variables):
+        """The state this policy keeps: a list of `(name, shape, dtype, initial_value)`."""
+        return []
+
+    def initial_state(self, variables):
+        """The state before the first step, as a list of tensors."""
+        return [ops.full(shape, value, dtype=dtype) for _, shape, dtype, value in self.state_spec(variables)]
+
+    def apply(self, grads, variables, state):
+        """Transforms `grads`.
+
+        Args:
+            grads: list of gradient tensors (or `None`).
+            variables: the matching list of variables (needed by policies that
+                look at the weights or at the variable paths), or `None`.
+            state: the list of state tensors described by `state_spec`.
+
+        Returns:
+            `(new_grads, new_state, info)`; `info` holds the scalar tensors
+            `"threshold"`, `"clipped"` and `"skip"`.
+        """
+        raise NotImplementedError
+
+    def should_skip(self, grads):
+        """Whether a (partial) gradient alone calls for skipping; pure, no state."""
+        return ops.convert_to_tensor(False)
+
+    def __call__(self, grads, variables=None):
+        grads = list(grads)
+        new_grads, _, _ = self.apply(grads, variables, self.initial_state(variables))
+        return new_grads
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{self.__class__.__name__}({args})"
+
+
+@keras_gradkit_export
+class NoClip(ClippingPolicy):
+    """Monitor-only policy: leaves the gradients unchanged.
+
+    Use it to only record gradient statistics with
+    `keras_gradkit.optimizers.ClippedOptimizer` (this is what GradientBoard
+    installs). With it, Keras's own `clipnorm`, `global_clipnorm` or
+    `clipvalue` on the inner optimizer keep working unchanged, and the wrapper
+    reports them as the equivalent policy.
+
+    Equation: `g <- g`.
+
+    Example:
+
+    ```python
+    import keras, keras_gradkit
+    opt = keras_gradkit.optimizers.ClippedOptimizer(
+        keras.optimizers.Adam(global_clipnorm=1.0), keras_gradkit.clipping.NoClip())
+    ```
+    """
+
+    def apply(self, grads, variables, state):
+        return list(grads), [], _info()
+
+
+@keras_gradkit_export
+class ClipByValue(ClippingPolicy):
+    """Clips every gradient entry to `[-max_value, max_value]`.
+
+    The same transform as Keras's `clipvalue`; it changes the direction of the
+    gradient, so prefer `ClipByGlobalNorm` unless single entries explode.
+
+    Equation: `g_i <- min(max(g_i, -max_value), max_value)`.
+
+    Args:
+        max_value: positive float, the largest absolute gradient entry.
+
+    Returns:
+        (from `__call__`) the list of clipped gradients.
+
+    Example:
+
+    ```python
+    import numpy as np, keras_gradkit
+    keras_gradkit.clipping.ClipByValue(0.5)([np.array([-2.0, 0.1, 3.0])])
+    ```
+
+    References:
+        Mikolov, [Statistical language models based on neural networks](https://www.fit.vut.cz/study/phd-thesis/283/.en), 2012.
+    """
+
+    def __init__(self, max_value):
+        _check_positive_number("max_value", max_value)
+        self.max_value = max_value
+
+    def apply(self, grads, variables, state):
+        v = self.max_value
+        clipped = _any([ops.any(ops.abs(g) > v) for g in grads if g is not None])
+        new = [None if g is None else ops.clip(g, -v, v) for g in grads]
+        return new, [], _info(v, clipped)
+
+    def get_config(self):
+        return {"max_value": self.max_value}
+
+
+@keras_gradkit_export
+class ClipByNorm(ClippingPolicy):
+    """Rescales each gradient tensor separately to L2 norm at most `max_norm`.
+
+    The same transform as Keras's `clipnorm`. Each tensor keeps its direction
+    but the overall gradient direction changes; `ClipByGlobalNorm` keeps it.
+
+    Equation: `g_k <- g_k * max_norm / max(|g_k|, max_norm)` for each tensor k.
+
+    Args:
+        max_norm: positive float, the largest L2 norm of one gradient tensor.
+
+    Returns:
+        (from `__call__`) the list of clipped gradients.
+
+    Example:
+
+    ```python
+    import numpy as np, keras_gradkit
+    keras_gradkit.clipping.ClipByNorm(1.0)([np.array([3.0, 4.0]), np.array([0.1])])
+    ```
+
+    References:
+        Pascanu et al., [On the difficulty of training recurrent neural networks](https://arxiv.org/abs/1211.5063), 2013.
+    """
+
+    def __init__(self, max_norm):
+        _check_positive_number("max_norm", max_norm)
+        self.max_norm = max_norm
+
+    def apply(self, grads, variables, state):
+        t = self.max_norm
+        new, flags = [], []
+        for g in grads:
+            if g is None:
+                new.append(None)
+                continue
+            norm = ops.sqrt(_squared_norm(g))
+            flags.append(norm > t)
+            new.append(g * ops.cast(t / ops.maximum(norm, t), g.dtype))
+        return new, [], _info(t, _any(flags))
+
+    def get_config(self):
+        return {"max_norm": self.max_norm}
+
+
+@keras_gradkit_export
+class ClipByGlobalNorm(ClippingPolicy):
+    """Rescales the whole gradient so that its global L2 norm is at most `max_norm`.
+
+    The standard cure for exploding gradients in recurrent networks. The same
+    transform as Keras's `global_clipnorm`, but `ClippedOptimizer` applies it to
+    the gradient the update uses (after the cross-replica sum under
+    `MirroredStrategy`, after loss-scale unscaling, after accumulation).
+
+    Equation: `g <- g * max_norm / max(|g|, max_norm)`, `|g|` the norm of all
+    gradient tensors concatenated. A non-finite norm makes every entry NaN.
+
+    Args:
+        max_norm: positive float, the largest global gradient norm.
+
+    Returns:
+        (from `__call__`) the list of clipped gradients.
+
+    Example:
+
+    ```python
+    import numpy as np, keras_gradkit
+    keras_gradkit.clipping.ClipByGlobalNorm(1.0)([np.array([3.0]), np.array([4.0])])
+    ```
+
+    References:
+        Pascanu et al., [On the difficulty of training recurrent neural networks](https://arxiv.org/abs/1211.5063), 2013.
+    """
+
+    def __init__(self, max_norm):
+        _check_positive_number("max_norm", max_norm)
+        self.max_norm = max_norm
+
+    def apply(self, grads, variables, state):
+        t = self.max_norm
+        norm = global_norm(grads)
+        # Same form as Keras's `clip_by_global_norm`: 1 when norm <= t, NaN for a non-finite norm.
+        scale = t * ops.minimum(1.0 / norm, 1.0 / t) + (norm - norm)
+        return _scale(grads, scale), [], _info(t, norm > t)
+
+    def get_config(self):
+        return {"max_norm": self.max_norm}
+
+
+@keras_gradkit_export
+class AutoClip(ClippingPolicy):
+    """Global-norm clipping at a percentile of the gradient norms seen so far.
+
+    Use it when you don't know a good clipping threshold: it adapts to the
+    scale of the gradients of the model at hand.
+
+    Equation: with `h` the global gradient norms of the last `history_size`
+    steps, the current one included, `threshold = percentile(h, percentile)`
+    (linear interpolation, as `numpy.percentile`) and
+    `g <- g * min(1, threshold / |g|)`. Non-finite norms are not recorded.
+
+    Args:
+        percentile: float in (0, 100], the percentile of the history used as
+            threshold. Defaults to `10.0`.
+        history_size: positive int, how many past norms are kept (a ring
+            buffer once full). Defaults to `10000`.
+
+    Returns:
+        (from `__call__`) the list of clipped gradients; called directly, the
+        history holds only the current norm, so nothing is clipped.
+
+    Example:
+
+    ```python
+    import keras, keras_gradkit
+    opt = keras_gradkit.optimizers.ClippedOptimizer(
+        keras.optimizers.Adam(), keras_gradkit.clipping.AutoClip(percentile=10.0))
+    ```
+
+    References:
+        Seetharaman et al., [AutoClip: Adaptive Gradient Clipping for Source Separation Networks](https://arxiv.org/abs/2007.14469), 2020.
+    """
+
+    def __init__(self, percentile=10.0, history_size=10000):
+        if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real):
+            raise TypeError(f"Argument `percentile` must be a number. Received: percentile={percentile!r}")
+        if not 0 < percentile <= 100:
+            raise ValueError(f"Argument `percentile` must be in (0, 100]. Received: percentile={percentile}")
+        if isinstance(history_size, bool) or not isinstance(history_size, numbers.Integral):
+            raise TypeError(f"Argument `history_size` must be an integer. Received: history_size={history_size!r}")
+        if history_size < 1:
+            raise ValueError(f"Argument `history_size` must be an integer >= 1. Received: history_size={history_size}")
+        self.percentile = percentile
+        self.history_size = int(history_size)
+
+    def state_spec(self, variables):
+        return [("history", (self.history_size,), "float32", 0.0), ("count", (), "int32", 0)]
+
+    def apply(self, grads, variables, state):
+        history, count = state
+        size = self.history_size
+        norm = global_norm(grads)
+        finite = ops.isfinite(norm)
+        slot = ops.mod(count, size)
+        positions = ops.arange(size, dtype="int32")
+        history = ops.where(ops.logical_and(positions == slot, finite), norm, history)
+        count = count + ops.cast(finite, "int32")
+        filled = ops.minimum(count, size)
+        ordered = ops.sort(ops.where(positions < filled, history, float("inf")))
+        rank = (self.percentile / 100.0) * _float32(ops.maximum(filled - 1, 0))
+        low = ops.floor(rank)
+        low_value = ops.take(ordered, ops.cast(low, "int32"))
+        high_value = ops.take(ordered, ops.cast(ops.ceil(rank), "int32"))
+        threshold = low_value + (high_value - low_value) * (rank - low)
+        threshold = ops.where(filled > 0, threshold, float("nan"))
+        clipped = norm > threshold
+        scale = ops.where(clipped, threshold / ops.where(clipped, norm, 1.0), 1.0)
+        return _scale(grads, scale), [history, count], _info(threshold, clipped)
+
+    def get_config(self):
+        return {"percentile": self.percentile, "history_size": self.history_size}
+
+
+def _unit_norm(x):
+    x = _float32(x)
+    rank = len(x.shape)
+    if rank <= 1:
+        return ops.abs(x)
+    return ops.sqrt(ops.sum(ops.square(x), axis=tuple(range(rank - 1)), keepdims=True))
+
+
+@keras_gradkit_export
+class AdaptiveClip(ClippingPolicy):
+    """Unit-wise Adaptive Gradient Clipping (AGC): clips relative to the weight norm.
+
+    Use it to train without normalization layers or with large batches, as
+    the NFNets do; leave the final classifier out through `exclude`.
+
+    Equation: for each output unit `i` with weights `W_i` and gradient `G_i`,
+    `m_i = clipping * max(|W_i|, epsilon)` and, when `|G_i| > m_i`,
+    `G_i <- G_i * m_i / max(|G_i|, 1e-6)`. Units: for a variable of rank >= 2
+    (Dense `(in, out)`, recurrent `(units, units)`, Conv `(..., in, out)`)
+    the norm runs over all axes but the last; vectors and scalars (biases,
+    IndRNN recurrent weights) are clipped entry by entry.
+
+    Args:
+        clipping: positive float, the largest ratio of gradient norm to
+            weight norm per unit. Defaults to `0.01`.
+        epsilon: non-negative float, the smallest weight norm used, so that
+            zero-initialized weights can move. Defaults to `1e-3`.
+        exclude: sequence of regular expressions; variables whose `path`
+            matches one (`re.search`) are not clipped. Defaults to `()`.
+
+    Returns:
+        (from `__call__(grads, variables)`) the list of clipped gradients.
+
+    Example:
+
+    ```python
+    import keras, keras_gradkit
+    policy = keras_gradkit.clipping.AdaptiveClip(clipping=0.01, exclude=["classifier"])
+    opt = keras_gradkit.optimizers.ClippedOptimizer(keras.optimizers.SGD(0.1), policy)
+    ```
+
+    References:
+        Brock et al., [High-Performance Large-Scale Image Recognition Without Normalization](https://arxiv.org/abs/2102.06171), 2021.
+    """
+
+    def __init__(self, clipping=0.01, epsilon=1e-3, exclude=()):
+        _check_positive_number("clipping", clipping)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+            raise TypeError(f"Argument `epsilon` must be a number. Received: epsilon={epsilon!r}")
+        if not math.isfinite(epsilon) or epsilon < 0:
+            raise ValueError(f"Argument `epsilon` must be a non-negative finite number. Received: epsilon={epsilon}")
+        if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
+            raise TypeError(f"Argument `exclude` must be a sequence of strings. Received: exclude={exclude!r}")
+        for pattern in exclude:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"Argument `exclude` has an invalid regular expression {pattern!r} ({e}). Received: exclude={exclude!r}") from None
+        self.clipping = clipping
+        self.epsilon = epsilon
+        self.exclude = tuple(exclude)
+
+    def _excluded(self, variable):
+        path = getattr(variable, "path", None) or getattr(variable, "name", "")
+        return any(re.search(p, path) for p in self.exclude)
+
+    def apply(self, grads, variables, state):
+        if variables is None:
+            raise ValueError("`AdaptiveClip` needs the variables: call it as `policy(grads, variables)`.")
+        new, flags = [], []
+        for g, w in zip(grads, variables):
+            if g is None or self._excluded(w):
+                new.append(g)
+                continue
+            max_norm = self.clipping * ops.maximum(_unit_norm(w), self.epsilon)
+            g_norm = _unit_norm(g)
+            trigger = g_norm > max_norm
+            flags.append(ops.any(trigger))
+            factor = ops.where(trigger, max_norm / ops.maximum(g_norm, 1e-6), 1.0)
+            new.append(g * ops.cast(factor, g.dtype))
+        return new, [], _info(clipped=_any(flags))
+
+    def get_config(self):
+        return {"clipping": self.clipping, "epsilon": self.epsilon, "exclude": list(self.exclude)}
+
+
+@keras_gradkit_export
+class SkipNonFinite(ClippingPolicy):
+    """Skips the whole update when any gradient entry is NaN or infinite.
+
+    With `ClippedOptimizer` a skipped step leaves the weights and the inner
+    optimizer's slots and iteration count untouched, and is counted in
+    `skipped_steps`. Put it first in a `chain` to protect the other policies'
+    state.
+
+    Equation: `update <- update if all(isfinite(g)) else no update`.
+
+    Example:
+
+    ```python
+    import keras, keras_gradkit
+    policy = keras_gradkit.clipping.chain(
+        keras_gradkit.clipping.SkipNonFinite(), keras_gradkit.clipping.ClipByGlobalNorm(1.0))
+    opt = keras_gradkit.optimizers.ClippedOptimizer(keras.optimizers.Adam(), policy)
+    ```
+
+    References:
+        optax `apply_if_finite`, <https://optax.readthedocs.io>.
+    """
+
+    def should_skip(self, grads):
+        finite = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+        return ops.logical_not(ops.all(ops.stack(finite))) if finite else ops.convert_to_tensor(False)
+
+    def apply(self, grads, variables, state):
+        return list(grads), [], _info(skip=self.should_skip(grads))
+
+
+@keras_gradkit_export
+class Chain(ClippingPolicy):
+    """Applies several policies in order (build it with `keras_gradkit.clipping.chain`).
+
+    The reported threshold is the last one defined (not NaN) along the chain;
+    the update is clipped or skipped if any policy clips or skips it.
+
+    Args:
+        policies: list of `ClippingPolicy` objects.
+    """
+
+    def __init__(self, policies):
+        policies = list(policies)
+        for p in policies:
+            if not isinstance(p, ClippingPolicy):
+                raise TypeError(f"Argument `policies` must hold clipping policies. Received: policies={policies!r}")
+        self.policies = policies
+
+    def state_spec(self, variables):
+        specs = []
+        for i, p in enumerate(self.policies):
+            specs += [(f"{i}_{name}", shape, dtype, value) for name, shape, dtype, value in p.state_spec(variables)]
+        return specs
+
+    def apply(self, grads, variables, state):
+        grads, state, new_state = list(grads), list(state), []
+        threshold, clipped, skip = _info()["threshold"], [], []
+        for p in self.policies:
+            n = len(p.state_spec(variables))
+            grads, s, info = p.apply(grads, variables, state[:n])
+            state = state[n:]
+            new_state += list(s)
+            threshold = ops.where(ops.isnan(info["threshold"]), threshold, info["threshold"])
+            clipped.append(info["clipped"])
+            skip.append(info["skip"])
+        return grads, new_state, {"threshold": threshold, "clipped": _any(clipped), "skip": _any(skip)}
+
+    def should_skip(self, grads):
+        return _any([p.should_skip(grads) for p in self.policies])
+
+    def get_config(self):
+        return {"policies": [keras.saving.serialize_keras_object(p) for p in self.policies]}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls([keras.saving.deserialize_keras_object(p) for p in config["policies"]])
+
+
+def chain(*policies):
+    """Returns a policy applying `policies` in order, e.g. `chain(SkipNonFinite(), AutoClip())`."""
+    return Chain(policies)
+
+
+def get(identifier):
+    """Returns a policy from a policy object or its serialized dict."""
+    if isinstance(identifier, ClippingPolicy):
+        return identifier
+    if isinstance(identifier, dict):
+        policy = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(policy, ClippingPolicy):
+            return policy
+    raise TypeError(f"Argument `policy` must be a keras_gradkit.clipping policy. Received: policy={identifier!r}")
