@@ -8,6 +8,13 @@ baseline a model must beat to have learned anything.
 
     python examples/adding_problem.py --model indrnn --seq-len 500 --steps 3000
     python examples/adding_problem.py --demo            # what `make demo` runs
+    python examples/adding_problem.py --model lstm --seq-len 500 --steps 200 --gradboard
+
+With `--gradboard`, `keras_gradkit.callbacks.GradientBoard` also writes
+gradient histograms, norms, clipping statistics and the gradient of the loss
+with respect to each time step (on a probe batch of validation sequences) to
+the same log directory, and the time-gradient reach is printed at the end;
+`--time-gradient-png FILE` saves the last time-gradient plot as a PNG.
 
 Hyperparameters follow the paper and its official code where they are known:
 128 units, 2 IndRNN layers (1 for the others), Adam with learning rate 2e-4 for
@@ -130,6 +137,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", default="runs/adding_problem")
     parser.add_argument("--demo", action="store_true", help="short run: IndRNN, T=100, 1000 steps")
+    parser.add_argument("--gradboard", action="store_true", help="also log gradients with GradientBoard")
+    parser.add_argument("--probe-size", type=int, default=16, help="probe batch of the time gradient")
+    parser.add_argument("--time-gradient-png", default=None, help="with --gradboard: save the last plot here")
     args = parser.parse_args(argv)
     if args.demo:
         args.model, args.seq_len, args.steps = "indrnn", 100, 1000
@@ -157,6 +167,10 @@ def main(argv=None):
         f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}; logs in {logdir}",
         flush=True,
     )
+    callbacks = [keras.callbacks.TensorBoard(logdir), PrintValidation(args.eval_every)]
+    if args.gradboard:
+        probe = (val_x[: args.probe_size], val_y[: args.probe_size])
+        callbacks.append(gk.callbacks.GradientBoard(logdir, time_probe=probe))
     start = time.perf_counter()
     history = model.fit(
         data,
@@ -164,7 +178,7 @@ def main(argv=None):
         epochs=epochs,
         validation_data=(val_x, val_y),
         validation_batch_size=250,
-        callbacks=[keras.callbacks.TensorBoard(logdir), PrintValidation(args.eval_every)],
+        callbacks=callbacks,
         verbose=0,
     )
     wall = time.perf_counter() - start
@@ -175,7 +189,32 @@ def main(argv=None):
         f"{wall:.0f} s | final val MSE {final:.4f} | best {best:.4f} | baseline {BASELINE_MSE:.3f} |",
         flush=True,
     )
+    if args.gradboard:
+        report_time_gradient(logdir, args.seq_len, args.time_gradient_png)
     return final
+
+
+def report_time_gradient(logdir, seq_len, png_path=None):
+    """Prints the time-gradient reach read back from the event files, and
+    optionally saves the last `time_gradient/input` image as a PNG."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+    from tensorboard.util import tensor_util
+
+    acc = pea.EventAccumulator(os.path.join(logdir, "train"), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    tags = acc.Tags()["tensors"]
+    for tag in sorted(t for t in tags if t.endswith("reach")):
+        values = [(e.step, int(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+        print(f"GRADBOARD | {tag} (steps back, of T={seq_len}) | " + ", ".join(f"step {s}: {v}" for s, v in values))
+    norms = tensor_util.make_ndarray(acc.Tensors("time_gradient/input/norms")[-1].tensor_proto)
+    print(f"GRADBOARD | time gradient at t=0 / t=T-1: {norms[0]:.3e} / {norms[-1]:.3e} "
+          f"(ratio {norms[0] / norms[-1]:.3e})")
+    if png_path and "time_gradient/input" in tags:
+        image = tensor_util.make_ndarray(acc.Tensors("time_gradient/input")[-1].tensor_proto)
+        os.makedirs(os.path.dirname(png_path) or ".", exist_ok=True)
+        with open(png_path, "wb") as f:
+            f.write(image[2])  # [width, height, encoded PNG]
+        print(f"GRADBOARD | saved {png_path}")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,15 @@ Every variant uses the same optimizer, seed and data split, and a plain
 `Dense(10, softmax)` head. The gradient norm is the L2 norm of the gradient of
 the cross-entropy with respect to the first layer's kernel, computed with
 `tf.GradientTape` on a fixed batch of 256 training images, once at
-initialization and once after training (the project's gradient callback does
-not exist yet, so it is computed here directly). TensorBoard logs (loss and
-accuracy per epoch, weight histograms) go under `--logdir/<arch>/<variant>`.
+initialization and once after training. TensorBoard logs (loss and
+accuracy per epoch, weight histograms) go under `--logdir/<arch>/<variant>`;
+with `--gradboard`, `keras_gradkit.callbacks.GradientBoard` adds gradient
+histograms, per-layer gradient norms and update ratios there, and the
+recorded norms of the last step are printed.
 
     python examples/normalization.py                 # 20-layer tanh MLP, about 3 minutes on 2 cores
     python examples/normalization.py --arch conv --depth 12
+    python examples/normalization.py --epochs 5 --gradboard
     tensorboard --logdir runs/normalization
 """
 
@@ -86,6 +89,9 @@ def first_layer_gradient_norm(model, kernel, x, y):
     return float(tf.norm(tape.gradient(loss, kernel)))
 
 
+GRADBOARD_LINES = []
+
+
 def run_variant(variant, args, data):
     x_train, x_test, y_train, y_test = data
     keras.utils.set_random_seed(args.seed)
@@ -97,6 +103,11 @@ def run_variant(variant, args, data):
     )
     probe_x, probe_y = x_train[:256], y_train[:256]
     grad_init = first_layer_gradient_norm(model, kernel, probe_x, probe_y)
+    callbacks = [keras.callbacks.TensorBoard(
+        os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1))]
+    if args.gradboard:
+        callbacks.append(keras_gradkit.callbacks.GradientBoard(
+            os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1)))
     start = time.perf_counter()
     model.fit(
         x_train, y_train,
@@ -104,9 +115,15 @@ def run_variant(variant, args, data):
         epochs=args.epochs,
         validation_data=(x_test, y_test),
         verbose=0,
-        callbacks=[keras.callbacks.TensorBoard(
-            os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1))],
+        callbacks=callbacks,
     )
+    if args.gradboard:
+        stats = model.optimizer.gradient_statistics()
+        kernel_norm = stats[f"gradient_norm/{kernel.path}"]
+        GRADBOARD_LINES.append(
+            f"GRADBOARD | {variant} | last step: global gradient norm {stats['global_norm']:.3e}, "
+            f"first-layer kernel {kernel_norm:.3e} | {int(stats['steps'])} updates logged"
+        )
     seconds = time.perf_counter() - start
     grad_final = first_layer_gradient_norm(model, kernel, probe_x, probe_y)
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
@@ -126,6 +143,8 @@ def main():
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", default=os.path.join("runs", "normalization"))
+    parser.add_argument("--gradboard", action="store_true",
+                        help="also log gradient histograms and norms with keras_gradkit's GradientBoard")
     args = parser.parse_args()
 
     data = load_data(args.seed)
@@ -138,6 +157,8 @@ def main():
         accuracy, grad_init, grad_final, seconds = run_variant(variant, args, data)
         print(f"| {variant} | {accuracy:.3f} | {grad_init:.2e} | {grad_final:.2e} | {seconds:.0f} |",
               flush=True)
+    for line in GRADBOARD_LINES:
+        print(line)
     print(f"TensorBoard logs: tensorboard --logdir {args.logdir}")
 
 

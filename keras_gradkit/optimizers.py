@@ -191,7 +191,8 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
 
     def build(self, var_list):
         var_list = list(var_list)
-        self.inner_optimizer.build(var_list)
+        if not self.inner_optimizer.built:  # rebuilding would duplicate its slots
+            self.inner_optimizer.build(var_list)
         super().build(var_list)
         k = len(var_list)
         self._latest = self._own_variable("latest", (len(_LATEST),), "float32", float("nan"))
