@@ -275,7 +275,7 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
 
 
 # ----------------------------------------------------------------------------
-# The fast path: one projection for all steps, then an elementwise recurrence
+# The fast path: one input projection per chunk of steps, then an elementwise recurrence
 # whose backward pass is written by hand.
 
 
