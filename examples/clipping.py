@@ -12,6 +12,7 @@ steps were clipped. TensorBoard logs go under `--logdir/<policy>`.
     python examples/clipping.py                 # short default run, ~2-3 min on 2 CPU cores
     python examples/clipping.py --epochs 30 --policies none,global_norm
     python examples/clipping.py --task adding --timesteps 50 --input-stddev 0.001 --learning-rate 0.01
+    python examples/clipping.py --gradboard     # + GradientBoard: histograms, norms, clipping, update ratios
 """
 
 import argparse
@@ -103,13 +104,19 @@ def train(name, args, data):
     model = build_model(
         x.shape[1], x.shape[2], 10 if digits else 1, args.units, args.recurrent_gain, args.input_stddev, args.seed
     )
-    optimizer = gk.optimizers.ClippedOptimizer(keras.optimizers.SGD(args.learning_rate), POLICIES[name](args))
+    optimizer = gk.optimizers.ClippedOptimizer(
+        keras.optimizers.SGD(args.learning_rate), POLICIES[name](args), record_gradients=args.gradboard
+    )
     if digits:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     else:
         model.compile(optimizer=optimizer, loss="mse")
     log = GradientLog(optimizer)
+    callbacks = [keras.callbacks.TensorBoard(os.path.join(args.logdir, name)), log, keras.callbacks.TerminateOnNaN()]
+    if args.gradboard:
+        # Per-batch scalars: the clipping statistics of every step.
+        callbacks.insert(1, gk.callbacks.GradientBoard(os.path.join(args.logdir, name), update_freq="batch"))
     start = time.perf_counter()
     history = model.fit(
         x,
@@ -117,7 +124,7 @@ def train(name, args, data):
         batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=(x_val, y_val),
-        callbacks=[keras.callbacks.TensorBoard(os.path.join(args.logdir, name)), log, keras.callbacks.TerminateOnNaN()],
+        callbacks=callbacks,
         verbose=0,
     )
     seconds = time.perf_counter() - start
@@ -165,6 +172,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", default=os.path.join("runs", "clipping"))
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--gradboard", action="store_true",
+                        help="also log gradients and clipping statistics with keras_gradkit's GradientBoard")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)

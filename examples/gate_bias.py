@@ -16,6 +16,7 @@ must train identically: a check that the two layers are the same computation.
 
     python examples/gate_bias.py                    # T=200, a few minutes on 2 CPU cores
     python examples/gate_bias.py --timesteps 500 --epochs 20
+    python examples/gate_bias.py --gradboard        # + gradient histograms, norms, gradient through time
     tensorboard --logdir runs/gate_bias
 """
 
@@ -71,6 +72,12 @@ def train_variant(variant, args, data):
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0), loss="mse")
     bias = model.layers[0].cell.bias.numpy()
     forget = bias[args.units : 2 * args.units]
+    callbacks = [keras.callbacks.TensorBoard(os.path.join(args.logdir, variant))]
+    if args.gradboard:
+        # Gradient through time on 16 validation sequences: how far back each
+        # initialization lets the loss reach.
+        callbacks.append(keras_gradkit.callbacks.GradientBoard(
+            os.path.join(args.logdir, variant), time_probe=(x_val[:16], y_val[:16])))
     start = time.perf_counter()
     history = model.fit(
         x_train,
@@ -78,10 +85,14 @@ def train_variant(variant, args, data):
         batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=(x_val, y_val),
-        callbacks=[keras.callbacks.TensorBoard(os.path.join(args.logdir, variant))],
+        callbacks=callbacks,
         verbose=0,
     )
     seconds = time.perf_counter() - start
+    if args.gradboard:
+        stats = model.optimizer.gradient_statistics()
+        print(f"  {variant:8s} GradientBoard: last global gradient norm {stats['global_norm']:.3e}, "
+              f"{int(stats['clipped_steps'])}/{int(stats['steps'])} updates clipped by global_clipnorm=1.0")
     val = history.history["val_loss"]
     solved = next((i + 1 for i, v in enumerate(val) if v < args.solved_mse), None)
     return {
@@ -109,6 +120,8 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", default=os.path.join("runs", "gate_bias"))
+    parser.add_argument("--gradboard", action="store_true",
+                        help="also log gradients and the gradient through time with keras_gradkit's GradientBoard")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)

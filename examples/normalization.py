@@ -130,7 +130,7 @@ def run_variant(variant, args, data):
     return accuracy, grad_init, grad_final, seconds
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=("mlp", "conv"), default="mlp")
     parser.add_argument("--depth", type=int, default=20, help="number of hidden layers")
@@ -145,7 +145,7 @@ def main():
     parser.add_argument("--logdir", default=os.path.join("runs", "normalization"))
     parser.add_argument("--gradboard", action="store_true",
                         help="also log gradient histograms and norms with keras_gradkit's GradientBoard")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     data = load_data(args.seed)
     print(f"digits: {len(data[0])} train / {len(data[1])} test images; {args.arch}, "

@@ -89,8 +89,12 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     - `"gradient_norm/<variable.path>"`: L2 norm of each variable's gradient
       before the policy;
     - `"update_norm/<variable.path>"`: L2 norm of the latest change of each
-      variable, `|w_new - w_old|` (0 for a skipped step), when
+      variable, `|w_new - w_old|` (0 for a skipped step), and
+      `"weight_norm/<variable.path>"`: `|w_new|`, when
       `record_update_norms=True`.
+
+    `watched_variables` lists the variables these statistics describe, in
+    order.
 
     With `record_gradients=True`, `last_gradients()` returns each variable's
     latest post-policy gradient (this keeps one copy of every gradient).
@@ -107,7 +111,8 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         policy: a `keras_gradkit.clipping` policy (or its serialized dict).
         record_gradients: bool, keep a copy of the latest post-policy gradient
             of every variable for `last_gradients()`. Defaults to `False`.
-        record_update_norms: bool, keep `|w_new - w_old|` per variable.
+        record_update_norms: bool, keep `|w_new - w_old|` and `|w_new|` per
+            variable.
             Defaults to `True`.
         name: optional name of the optimizer.
 
@@ -199,6 +204,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         self._counters = self._own_variable("counters", (len(_COUNTERS),), "int32", 0)
         self._gradient_norms = self._own_variable("gradient_norms", (k,), "float32")
         self._update_norms = self._own_variable("update_norms", (k,), "float32") if self.record_update_norms else None
+        self._weight_norms = self._own_variable("weight_norms", (k,), "float32") if self.record_update_norms else None
         self._policy_state = [
             self._own_variable(f"policy_{name}", shape, dtype, value)
             for name, shape, dtype, value in self._report_policy.state_spec(var_list)
@@ -369,9 +375,13 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         ops.cond(result["skip"], lambda: None, inner_apply)
         if self.record_update_norms:
             deltas = [ops.zeros((), "float32")] * len(self._trainable_variables)
+            weights = list(deltas)
             for i, v, b in zip(indices, tvs, before):
-                deltas[i] = ops.sqrt(ops.sum(ops.square(ops.cast(_snapshot(v) - b, "float32"))))
+                after = _snapshot(v)
+                deltas[i] = ops.sqrt(ops.sum(ops.square(ops.cast(after - b, "float32"))))
+                weights[i] = ops.sqrt(ops.sum(ops.square(ops.cast(after, "float32"))))
             self._update_norms.assign(ops.where(count, ops.stack(deltas), self._update_norms))
+            self._weight_norms.assign(ops.where(count, ops.stack(weights), self._weight_norms))
 
     # ------------------------------------------------------------ reading
     def gradient_statistics(self):
@@ -388,19 +398,42 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             stats["threshold"] = self._static_threshold()
             stats["clipped"] = 0.0
             return stats
-        latest = np.asarray(self._latest.numpy(), dtype="float64")
-        counters = np.asarray(self._counters.numpy(), dtype="float64")
+        flat = self._read_statistics()
+        latest, counters = flat[: len(_LATEST)], flat[len(_LATEST) : len(_LATEST) + len(_COUNTERS)]
+        per_variable = flat[len(_LATEST) + len(_COUNTERS) :].reshape(-1, len(self._trainable_variables))
         stats = {k: float(v) for k, v in zip(_LATEST, latest)}
         if counters[0] == 0:
             stats["threshold"] = self._static_threshold()
             stats["clipped"] = 0.0
         stats.update({k: float(v) for k, v in zip(_COUNTERS, counters)})
-        for v, n in zip(self._trainable_variables, self._gradient_norms.numpy()):
-            stats[f"gradient_norm/{v.path}"] = float(n)
-        if self.record_update_norms:
-            for v, n in zip(self._trainable_variables, self._update_norms.numpy()):
-                stats[f"update_norm/{v.path}"] = float(n)
+        for name, values in zip(("gradient_norm", "update_norm", "weight_norm"), per_variable):
+            for v, n in zip(self._trainable_variables, values):
+                stats[f"{name}/{v.path}"] = float(n)
         return stats
+
+    def _read_statistics(self):
+        """All statistics variables as one float64 NumPy vector, read at once
+        (separate reads cost a device sync each; GradientBoard reads them
+        after every batch with `update_freq="batch"`)."""
+        parts = [self._latest, self._counters, self._gradient_norms]
+        if self.record_update_norms:
+            parts += [self._update_norms, self._weight_norms]
+
+        def read():
+            return ops.concatenate([ops.cast(p, "float64") for p in parts])
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if getattr(self, "_statistics_reader", None) is None:
+                self._statistics_reader = tf.function(read)
+            read = self._statistics_reader
+        return ops.convert_to_numpy(read())
+
+    @property
+    def watched_variables(self):
+        """The model variables the statistics describe, in order (empty before `build`)."""
+        return list(self._trainable_variables)
 
     def _static_threshold(self):
         for name in ("max_norm", "max_value"):

@@ -194,6 +194,9 @@ class TestGradientBoard:
         assert scalar(events, "clipping/skipped_steps") == 1.0
         assert scalar(events, "clipping/clipped_fraction") == pytest.approx(0.5)
         assert steps(events, "clipping/skipped_steps") == [1, 2]
+        # The NaN gradient of the skipped step is reported, not dropped.
+        assert np.isnan(scalar(events, "gradient_norm/global"))
+        assert steps(events, "gradient_norm/global") == [1, 2]
 
     def test_auto_wrap_keeps_keras_clipnorm_optimizer_state_and_says_so_once(self, tmp_path, caplog):
         x, y = data(n=16, scale=20.0)
@@ -270,6 +273,48 @@ class TestGradientBoard:
         model.fit(x, y, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path, histogram_freq=0)])
         assert "gradient_norm/global" in read_events(tmp_path)
 
+    def test_write_statistics_from_a_custom_loop(self, tmp_path):
+        import tensorflow as tf
+
+        x, y = data()
+        model = dense_model()
+        w0 = [w.copy() for w in model.get_weights()]
+        grads0 = numpy_dense_gradients(w0, x, y)
+        max_norm = 0.5 * norm(grads0)  # the first step is clipped
+        opt = ClippedOptimizer(keras.optimizers.SGD(0.1), clipping.ClipByGlobalNorm(max_norm), record_gradients=True)
+        board = gk.callbacks.GradientBoard(tmp_path)
+        expected = []
+        for step in range(1, 4):
+            weights = [w.copy() for w in model.get_weights()]
+            expected.append(norm(numpy_dense_gradients(weights, x, y)))
+            with tf.GradientTape() as tape:
+                loss = keras.losses.MeanSquaredError()(y, model(x))
+            opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+            board.write_statistics(opt, opt.iterations, histograms=step == 3)
+        board.write_statistics(opt, 2)  # a step already written is ignored
+        events = read_events(tmp_path)
+        assert steps(events, "gradient_norm/global") == [1, 2, 3]
+        np.testing.assert_allclose([float(v) for _, v in events["gradient_norm/global"][1]], expected, rtol=1e-5)
+        assert scalar(events, "clipping/threshold", 0) == pytest.approx(max_norm)
+        assert scalar(events, "gradient_norm/global_clipped", 0) == pytest.approx(max_norm, rel=1e-5)
+        assert scalar(events, "clipping/clipped_fraction", 0) == 1.0
+        assert steps(events, "gradients/net/hidden/kernel") == [3]
+        assert {f"update_ratio/{path}" for path in VARIABLES} <= set(events)
+        # A restarted loop on the same log_dir continues after step 3.
+        restarted = gk.callbacks.GradientBoard(tmp_path)
+        restarted.write_statistics(opt, 1)
+        assert steps(read_events(tmp_path), "gradient_norm/global") == [1, 2, 3, 4]
+
+    def test_write_statistics_rejects_bad_arguments(self, tmp_path):
+        board = gk.callbacks.GradientBoard(tmp_path)
+        plain = ClippedOptimizer(keras.optimizers.SGD(), clipping.NoClip())
+        with pytest.raises(TypeError, match="optimizer"):
+            board.write_statistics(keras.optimizers.SGD(), 1)
+        with pytest.raises(ValueError, match="step"):
+            board.write_statistics(plain, -1)
+        with pytest.raises(ValueError, match="record_gradients"):
+            board.write_statistics(plain, 1, histograms=True)
+
     @pytest.mark.parametrize(
         "kwargs,argument",
         [
@@ -337,12 +382,15 @@ def numpy_reach(norms):
 
 
 class TestTimeProbe:
-    def test_time_gradients_match_numpy(self, tmp_path):
+    @pytest.mark.parametrize("masking", [False, True], ids=["plain", "after_masking"])
+    def test_time_gradients_match_numpy(self, tmp_path, masking):
+        # After Masking the RNN's inputs are [sequence, mask]: still probed.
         rng = np.random.default_rng(1)
         x = rng.normal(size=(3, 12, 2)).astype("float32")
         y = rng.normal(size=(3, 2)).astype("float32")
         inputs = keras.Input((12, 2))
-        s = keras.layers.Dense(3, name="proj")(inputs)
+        masked = keras.layers.Masking(-99.0)(inputs) if masking else inputs  # no step of x is masked
+        s = keras.layers.Dense(3, name="proj")(masked)
         h = keras.layers.SimpleRNN(4, name="rnn")(s)
         model = keras.Model(inputs, keras.layers.Dense(2, name="head")(h))
         model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")  # weights stay as they are

@@ -197,6 +197,8 @@ class TestStatistics:
         # SGD: |delta w| = lr * |clipped g| = 0.5 * |g| * 2 / 13
         assert stats["update_norm/a"] == pytest.approx(0.5 * 5.0 * 2.0 / 13.0, rel=1e-5)
         assert stats["update_norm/b"] == pytest.approx(0.5 * 12.0 * 2.0 / 13.0, rel=1e-5)
+        assert stats["weight_norm/a"] == pytest.approx(np.linalg.norm(v1.numpy()), rel=1e-6)
+        assert stats["weight_norm/b"] == pytest.approx(np.linalg.norm(v2.numpy()), rel=1e-6)
         assert all(isinstance(v, float) for v in stats.values())
         np.testing.assert_allclose(v2.numpy(), [0.1, 0.2, 0.3 - 0.5 * 12.0 * 2.0 / 13.0], rtol=1e-6)
 
@@ -204,14 +206,16 @@ class TestStatistics:
         opt, *_ = self._apply(None)
         assert set(opt.gradient_statistics()) == {
             "global_norm", "global_norm_clipped", "threshold", "clipped", "steps", "clipped_steps", "skipped_steps",
-            "gradient_norm/a", "gradient_norm/b", "update_norm/a", "update_norm/b",
+            "gradient_norm/a", "gradient_norm/b", "update_norm/a", "update_norm/b", "weight_norm/a", "weight_norm/b",
         }  # fmt: skip
+        assert [v.path for v in opt.watched_variables] == ["a", "b"]
         fresh = ClippedOptimizer(keras.optimizers.SGD(), clipping.AdaptiveClip())
         before = fresh.gradient_statistics()
         assert before["steps"] == 0.0 and np.isnan(before["threshold"])
         no_updates = ClippedOptimizer(keras.optimizers.SGD(), clipping.NoClip(), record_update_norms=False)
         no_updates.build([keras.Variable(1.0, name="c")])
         assert "update_norm/c" not in no_updates.gradient_statistics()
+        assert "weight_norm/c" not in no_updates.gradient_statistics()
         assert "gradient_norm/c" in no_updates.gradient_statistics()
 
     @pytest.mark.parametrize("jit", [None, True], ids=["eager", "jit"])

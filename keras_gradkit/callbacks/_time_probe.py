@@ -65,8 +65,9 @@ class TimeProbe:
         for layer in recurrent_layers(model):
             try:
                 probed = layer.input
-                if isinstance(probed, (list, tuple)):
-                    continue
+                # After a Masking layer (or with initial states) the layer's
+                # inputs are [sequence, mask, ...]: the rest travel along.
+                probed = list(probed) if isinstance(probed, (list, tuple)) else [probed]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     head = keras.Model(model.inputs, probed)
@@ -82,10 +83,10 @@ class TimeProbe:
 
         # Traced with the probe's static shapes (a layer may need the static length).
         @tf.function
-        def norms(seq, x, y):
+        def norms(seq, extra, x, y):
             with tf.GradientTape() as tape:
                 tape.watch(seq)
-                y_pred = tail(seq, training=False)
+                y_pred = tail([seq, *extra] if extra else seq, training=False)
                 if isinstance(y_pred, (list, tuple)) and len(y_pred) == 1:
                     y_pred = y_pred[0]
                 loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
@@ -107,13 +108,14 @@ class TimeProbe:
         y = tf.nest.map_structure(tf.convert_to_tensor, self.y)
         results = {}
         for name, head, _, fn in self._targets:
-            seq = x if head is None else head(x, training=False)
-            seq = tf.convert_to_tensor(seq)
-            if len(seq.shape) < 2:
-                continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                results[name] = np.asarray(fn(seq, x, y), dtype="float64")
+                outputs = x if head is None else head(x, training=False)
+                seq, *extra = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+                seq = tf.convert_to_tensor(seq)
+                if len(seq.shape) < 2:
+                    continue
+                results[name] = np.asarray(fn(seq, extra, x, y), dtype="float64")
         return results
 
 

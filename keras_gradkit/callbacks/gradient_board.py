@@ -82,6 +82,23 @@ def _max_step_on_disk(run_dir):
     return largest
 
 
+def _scalars_summary(values):
+    """A serialized `Summary` holding `values` (`{tag: float}`) as standard
+    TensorBoard scalars (float32 tensors with the `scalars` plugin's metadata,
+    as `tf.summary.scalar` writes them)."""
+    from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorboard.plugins.scalar import metadata
+
+    summary = summary_pb2.Summary()
+    plugin = metadata.create_summary_metadata(display_name=None, description=None)
+    for tag, value in values.items():
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_FLOAT, float_val=[value], tensor_shape=tensor_shape_pb2.TensorShapeProto()
+        )
+        summary.value.add(tag=tag, metadata=plugin, tensor=tensor)
+    return summary.SerializeToString()
+
+
 def _norms_metadata():
     from tensorboard.compat.proto import summary_pb2
 
@@ -217,7 +234,8 @@ class GradientBoard(keras.callbacks.Callback):
         self._counts_at_last_write = None
         self._probe = None
         self._failures = set()
-        self._scalar_functions = {}
+        self._optimizer = None
+        self._loop_offset = None
 
     def get_config(self):
         return {
@@ -356,19 +374,97 @@ class GradientBoard(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.flush()
 
+    # ---------------------------------------------------- custom loops
+    def write_statistics(self, optimizer, step, histograms=False):
+        """Writes an optimizer's gradient statistics at `step`, for custom training loops.
+
+        `fit` calls this callback by itself; a training loop of your own
+        (for example under `tf.distribute.MultiWorkerMirroredStrategy`, where
+        Keras's `fit` does not work) calls this after `optimizer.apply(...)`.
+        It writes the same scalars as `update_freq` does (`gradient_norm/*`,
+        `clipping/*`, `update_ratio/*`) and, with `histograms=True`, the
+        `gradients/*` histograms, to the `train` run under `log_dir`, then
+        flushes. The statistics are those of the latest update, already
+        aggregated over replicas and workers: under a multi-worker strategy
+        call it on the chief only (or give each worker its own `log_dir`).
+        Steps only go forward: when `log_dir` already holds later events
+        (a restarted loop), this loop's steps get an offset, and a `step`
+        not greater than the last one written is ignored (both are logged
+        once).
+
+        Args:
+            optimizer: the `keras_gradkit.optimizers.ClippedOptimizer` (or an
+                optimizer wrapping one, such as a `LossScaleOptimizer`).
+            step: int >= 0, the step of the events (e.g. the optimizer's
+                `iterations`).
+            histograms: bool, also write the gradient histograms (needs
+                `record_gradients=True` in the `ClippedOptimizer`).
+
+        Example:
+
+        ```python
+        board = keras_gradkit.callbacks.GradientBoard("runs/loop")
+        for x, y in dataset:
+            ...  # compute grads, then optimizer.apply(grads, variables)
+            board.write_statistics(optimizer, int(optimizer.iterations.numpy()))
+        ```
+        """
+        found = _find_clipped_optimizer(optimizer)
+        if found is None:
+            raise TypeError(
+                "Argument `optimizer` must be a keras_gradkit.optimizers.ClippedOptimizer (or wrap one). "
+                f"Received: optimizer={optimizer!r}"
+            )
+        step = getattr(step, "numpy", lambda: step)()
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"Argument `step` must be a non-negative integer. Received: step={step!r}")
+        if not isinstance(histograms, bool):
+            raise TypeError(f"Argument `histograms` must be a bool. Received: histograms={histograms!r}")
+        if histograms and not found.record_gradients:
+            raise ValueError(
+                "`histograms=True` needs the ClippedOptimizer to keep the gradients: create it with "
+                "`record_gradients=True`."
+            )
+        step = int(step)
+        if self._loop_offset is None:
+            # A loop restarted on an old log_dir continues after its last step.
+            self._check_log_dir()
+            self._max_step = max(self._max_step, _max_step_on_disk(self._train_dir))
+            self._loop_offset = max(0, self._max_step + 1 - step)
+            if self._loop_offset:
+                logger.warning(
+                    "GradientBoard: %r already holds events up to step %d; steps of this loop are written "
+                    "with an offset of %d so that they go forward.", self._train_dir, self._max_step, self._loop_offset
+                )
+        step += self._loop_offset
+        if step <= self._max_step:
+            if "old steps" not in self._failures:
+                self._failures.add("old steps")
+                logger.warning(
+                    "GradientBoard.write_statistics: step %d is not after the last step written (%d); "
+                    "it is ignored (TensorBoard drops events whose steps go back).", step, self._max_step
+                )
+            return
+        self._write_scalars(step, found)
+        if histograms:
+            self._last_step["histograms"] = step
+            self._write_histograms(step, found)
+        self._get_writer().flush()
+
     # ------------------------------------------------------------ writing
     def _counts(self):
         stats = self._optimizer.gradient_statistics()
         return stats["steps"], stats["clipped_steps"]
 
-    def _write_scalars(self, step):
+    def _write_scalars(self, step, optimizer=None):
         import tensorflow as tf
 
+        optimizer = optimizer or self._optimizer
         if step <= self._last_step["scalars"]:
             return
         self._last_step["scalars"] = step
         self._max_step = max(self._max_step, step)
-        stats = self._optimizer.gradient_statistics()
+        stats = optimizer.gradient_statistics()
         if stats["steps"] == 0:
             return
         values = {
@@ -377,63 +473,45 @@ class GradientBoard(keras.callbacks.Callback):
             "clipping/threshold": stats["threshold"],
             "clipping/skipped_steps": stats["skipped_steps"],
         }
-        steps, clipped = self._counts_at_last_write
+        steps, clipped = self._counts_at_last_write or (0.0, 0.0)
         if stats["steps"] > steps:
             values["clipping/clipped_fraction"] = (stats["clipped_steps"] - clipped) / (stats["steps"] - steps)
         self._counts_at_last_write = (stats["steps"], stats["clipped_steps"])
-        ratio_variables, updates = [], []
-        for variable in self._optimizer._trainable_variables:
-            path = variable.path
-            if not self._logged(path):
-                continue
-            values[f"gradient_norm/{path}"] = stats.get(f"gradient_norm/{path}", math.nan)
-            update = stats.get(f"update_norm/{path}")
-            if update is not None and math.isfinite(update):
-                ratio_variables.append(variable)
-                updates.append(update)
-        values = {tag: value for tag, value in values.items() if math.isfinite(value)}
-        write = self._scalar_function(tuple(values), tuple(ratio_variables))
-        write(
-            tf.constant(list(values.values()), "float32"),
-            tf.constant(updates, "float32", shape=(len(updates),)),
-            tf.constant(step, "int64"),
-        )
-
-    def _scalar_function(self, tags, ratio_variables):
-        """One traced function writing all the scalars (eager summary ops cost
-        about 1 ms each, which would dominate `update_freq="batch"`), with
-        `update_ratio/<path> = update norm / |w|` computed from the variables."""
-        import tensorflow as tf
-
-        writer = self._get_writer()
-        key = (id(writer), tags, tuple(id(v) for v in ratio_variables))
-        if key not in self._scalar_functions:
-
-            @tf.function
-            def write(values, updates, step):
-                with writer.as_default():
-                    for i, tag in enumerate(tags):
-                        tf.summary.scalar(tag, values[i], step=step)
-                    for i, variable in enumerate(ratio_variables):
-                        weight = tf.norm(tf.cast(tf.convert_to_tensor(variable), "float32"))
-                        # 0 / 0 (no update of a zero weight) is written as 0.
-                        ratio = tf.math.divide_no_nan(updates[i], weight)
-                        tf.summary.scalar(f"update_ratio/{variable.path}", ratio, step=step)
-
-            self._scalar_functions[key] = write
-        return self._scalar_functions[key]
-
-    def _write_histograms(self, step):
-        import tensorflow as tf
-
-        self._max_step = max(self._max_step, step)
-        if self._optimizer.gradient_statistics()["steps"] == 0:
-            return
-        gradients = self._optimizer.last_gradients()
+        paths = [v.path for v in optimizer.watched_variables if self._logged(v.path)]
+        for path in paths:
+            values[f"gradient_norm/{path}"] = stats[f"gradient_norm/{path}"]
+        for path in paths if optimizer.record_update_norms else ():
+            update, weight = stats[f"update_norm/{path}"], stats[f"weight_norm/{path}"]
+            # 0 / 0 (no update of a zero weight) is written as 0.
+            values[f"update_ratio/{path}"] = update / weight if weight else (0.0 if update == 0 else math.inf)
+        # All scalars of a step go in one event: one summary op instead of one
+        # per tag (each costs about 0.1 ms, which dominated update_freq="batch").
+        if not math.isfinite(values["clipping/threshold"]):
+            del values["clipping/threshold"]  # the policy has none
+        # Non-finite norms and ratios are written: they are what to look for.
+        summary = _scalars_summary(values)
         with self._get_writer().as_default():
-            for path, gradient in gradients.items():
-                if self._logged(path):
-                    tf.summary.histogram(f"gradients/{path}", gradient, step=step)
+            tf.summary.experimental.write_raw_pb(summary, step=step)
+
+    def _write_histograms(self, step, optimizer=None):
+        import tensorflow as tf
+
+        optimizer = optimizer or self._optimizer
+        self._max_step = max(self._max_step, step)
+        if optimizer.gradient_statistics()["steps"] == 0:
+            return
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.plugins.histogram import summary_v2
+
+        # Buckets computed in NumPy and written in one event: eager
+        # `tf.summary.histogram` costs about 10 ms per variable.
+        summary = summary_pb2.Summary()
+        for path, gradient in optimizer.last_gradients().items():
+            if self._logged(path):
+                finite = gradient[np.isfinite(gradient)]  # non-finite steps show in gradient_norm/*
+                summary.value.extend(summary_v2.histogram_pb(f"gradients/{path}", finite).value)
+        with self._get_writer().as_default():
+            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
 
     def _write_time_probe(self, step):
         import tensorflow as tf

@@ -1,0 +1,83 @@
+"""The examples run with `--gradboard` on tiny settings, and what GradientBoard
+wrote is read back with TensorBoard's own reader."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from tensorboard.util import tensor_util
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_run(run_dir):
+    """{tag: (plugin name, last value)} of the run's tensor events."""
+    acc = pea.EventAccumulator(os.path.join(run_dir, "train"), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    return {
+        tag: (acc.SummaryMetadata(tag).plugin_data.plugin_name, tensor_util.make_ndarray(acc.Tensors(tag)[-1].tensor_proto))
+        for tag in acc.Tags()["tensors"]
+    }
+
+
+def assert_gradient_board_wrote(run_dir, time_probe=False):
+    events = read_run(run_dir)
+    plugin, norm = events["gradient_norm/global"]
+    assert plugin == "scalars" and np.isfinite(norm) and norm > 0
+    assert any(tag.startswith("gradients/") and plugin == "histograms" for tag, (plugin, _) in events.items())
+    assert any(tag.startswith("update_ratio/") for tag in events)
+    if time_probe:
+        assert events["time_gradient/input"][0] == "images"
+        assert events["time_gradient/reach"][0] == "scalars"
+    return events
+
+
+def test_adding_problem(tmp_path):
+    module = load_example("adding_problem")
+    png = tmp_path / "time_gradient.png"
+    argv = ["--model", "indrnn", "--seq-len", "16", "--steps", "20", "--eval-every", "10", "--units", "8",
+            "--val-size", "32", "--logdir", str(tmp_path), "--gradboard", "--time-gradient-png", str(png)]
+    final = module.main(argv)
+    assert np.isfinite(final)
+    assert_gradient_board_wrote(os.path.join(tmp_path, "indrnn_T16"), time_probe=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gate_bias(tmp_path):
+    module = load_example("gate_bias")
+    argv = ["--timesteps", "12", "--units", "4", "--train-samples", "64", "--val-samples", "32", "--batch-size", "32",
+            "--epochs", "1", "--variants", "keras", "forget1", "--logdir", str(tmp_path), "--gradboard"]
+    keras_run, forget1 = module.main(argv)
+    # Same kernels, same bias: keras.layers.LSTM and LSTM(forget_bias=1.0) train identically.
+    assert keras_run["curve"] == pytest.approx(forget1["curve"], rel=1e-5)
+    events = assert_gradient_board_wrote(os.path.join(tmp_path, "keras"), time_probe=True)
+    # Adam(global_clipnorm=1.0) is kept by the auto-wrap and reported as the threshold.
+    assert float(events["clipping/threshold"][1]) == 1.0
+
+
+def test_clipping(tmp_path):
+    module = load_example("clipping")
+    argv = ["--samples", "100", "--epochs", "1", "--units", "8", "--policies", "global_norm",
+            "--logdir", str(tmp_path), "--gradboard"]
+    (result,) = module.main(argv)
+    events = assert_gradient_board_wrote(os.path.join(tmp_path, "global_norm"))
+    assert float(events["clipping/threshold"][1]) == 1.0
+    assert float(events["clipping/skipped_steps"][1]) == 0.0
+    assert result["steps"] > 0
+
+
+def test_normalization(tmp_path):
+    module = load_example("normalization")
+    argv = ["--depth", "3", "--width", "8", "--groups", "2", "--epochs", "1", "--variants", "groupnorm",
+            "--logdir", str(tmp_path), "--gradboard"]
+    module.main(argv)
+    assert_gradient_board_wrote(os.path.join(tmp_path, "mlp", "groupnorm"))
