@@ -27,18 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_gradkit as gk  # noqa: E402
-
-
-def adding_problem(num_samples, timesteps, rng):
-    """Inputs `(samples, timesteps, 2)`: a value in [0, 1] and a marker; target: sum of the 2 marked values."""
-    values = rng.uniform(0.0, 1.0, size=(num_samples, timesteps))
-    markers = np.zeros((num_samples, timesteps))
-    for i in range(num_samples):
-        first, second = rng.choice(timesteps, size=2, replace=False)
-        markers[i, [first, second]] = 1.0
-    x = np.stack([values, markers], axis=-1).astype("float32")
-    y = np.sum(values * markers, axis=1, keepdims=True).astype("float32")
-    return x, y
+from adding_problem import adding_batch  # noqa: E402  (examples/ is on sys.path)
 
 
 def pixel_digits(seed):
@@ -180,7 +169,7 @@ def main(argv=None):
     if args.task == "digits":
         data = pixel_digits(args.seed)
     else:
-        data = (adding_problem(args.samples, args.timesteps, rng), adding_problem(args.samples // 4, args.timesteps, rng))
+        data = (adding_batch(rng, args.samples, args.timesteps), adding_batch(rng, args.samples // 4, args.timesteps))
     results = [train(name, args, data) for name in args.policies.split(",")]
 
     task = "pixel-by-pixel digits (T=64)" if args.task == "digits" else f"adding problem T={args.timesteps} (baseline MSE 0.167)"

@@ -31,24 +31,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_gradkit  # noqa: E402
+from adding_problem import adding_batch  # noqa: E402  (examples/ is on sys.path)
 
 VARIANTS = ("keras", "zero", "forget1", "chrono")
 BASELINE_MSE = 1.0 / 6.0
-
-
-def adding_problem(num_samples, timesteps, rng):
-    """Inputs `(num_samples, timesteps, 2)`: U[0, 1] values and a 0/1 marker on
-    two steps, one in each half; target: the sum of the two marked values."""
-    values = rng.uniform(size=(num_samples, timesteps))
-    markers = np.zeros((num_samples, timesteps))
-    rows = np.arange(num_samples)
-    first = rng.integers(0, timesteps // 2, size=num_samples)
-    second = rng.integers(timesteps // 2, timesteps, size=num_samples)
-    markers[rows, first] = 1.0
-    markers[rows, second] = 1.0
-    x = np.stack([values, markers], axis=-1).astype("float32")
-    y = (values[rows, first] + values[rows, second]).astype("float32")[:, None]
-    return x, y
 
 
 def make_recurrent_layer(variant, units, timesteps):
@@ -125,7 +111,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
-    data = adding_problem(args.train_samples, args.timesteps, rng) + adding_problem(args.val_samples, args.timesteps, rng)
+    data = adding_batch(rng, args.train_samples, args.timesteps) + adding_batch(rng, args.val_samples, args.timesteps)
     baseline = float(np.mean((data[3] - data[1].mean()) ** 2))
     print(
         f"adding problem T={args.timesteps}, LSTM units={args.units}, {args.train_samples} training samples, "

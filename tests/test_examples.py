@@ -3,6 +3,7 @@ wrote is read back with TensorBoard's own reader."""
 
 import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def load_example(name):
+    if EXAMPLES not in sys.path:  # as when the script runs: its siblings are importable
+        sys.path.insert(0, EXAMPLES)
     spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
