@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export KERAS_BACKEND := tensorflow
-export TF_CPP_MIN_LOG_LEVEL := 2
+# PyTorch's CPU build (the default Linux wheel pulls several GB of CUDA).
+TORCH ?= torch==2.13.0
+BACKENDS ?= tensorflow jax torch
+export KERAS_BACKEND ?= tensorflow
+export TF_CPP_MIN_LOG_LEVEL := 3
 
 .PHONY: demo test install bench clean
 
@@ -12,8 +15,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[test]"
+$(STAMP): $(PY) pyproject.toml Makefile
+	$(PY) -m pip install --quiet -e ".[test,examples,tensorflow,jax]" "$(TORCH)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,8 +27,12 @@ demo: $(STAMP)
 	@echo "TensorBoard logs are in runs/. To look at them:"
 	@echo "    $(VENV)/bin/tensorboard --logdir runs"
 
+# The suite once per backend; tests about TensorFlow itself run only on it.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	@set -e; for b in $(BACKENDS); do \
+		echo "=== KERAS_BACKEND=$$b"; \
+		KERAS_BACKEND=$$b $(PY) -m pytest -q tests; \
+	done
 
 bench: $(STAMP)
 	$(PY) benchmarks/rnn_speed.py

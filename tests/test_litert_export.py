@@ -16,7 +16,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import pytest
 import keras_gradkit as gk
+
+pytestmark = pytest.mark.tensorflow_only
 
 FEATURES = 4
 UNITS = 16

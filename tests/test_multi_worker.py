@@ -28,6 +28,8 @@ import multi_worker  # noqa: E402
 
 import keras_gradkit  # noqa: E402, F401  (registers the classes for load_model)
 
+pytestmark = pytest.mark.tensorflow_only
+
 NUM_WORKERS = 2
 GLOBAL_BATCH_SIZE = 8
 STEPS = 5

@@ -16,6 +16,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.tensorflow_only
+
 _SCRIPT = textwrap.dedent(
     """
     import json, os

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+pytestmark = pytest.mark.tensorflow_only
+
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "train_export_serve.py"
 _SPEC = importlib.util.spec_from_file_location("train_export_serve", _PATH)
 tes = importlib.util.module_from_spec(_SPEC)
