@@ -3,7 +3,9 @@
 The one place that knows how each backend differentiates: a tape on
 TensorFlow, `jax.value_and_grad` of a stateless call on JAX, autograd on
 PyTorch. Used outside the train step (the time probe of `GradientBoard`) and
-by the tests as an independent way to get a gradient.
+by the tests as an independent way to get a gradient. `fn` runs in a
+`keras.StatelessScope`, so whatever it would assign (metric trackers,
+moving statistics) is discarded: computing a gradient changes no variable.
 """
 
 import keras
@@ -29,6 +31,8 @@ def value_and_gradients(fn, inputs=(), variables=()):
     inputs = [keras.ops.convert_to_tensor(x) for x in inputs]
     variables = list(variables)
     backend = keras.backend.backend()
+    if backend != "jax":  # JAX maps the variables to traced values itself
+        fn = _stateless(fn)
     if backend == "tensorflow":
         value, grads = _tensorflow(fn, inputs, variables)
     elif backend == "jax":
@@ -43,6 +47,14 @@ def value_and_gradients(fn, inputs=(), variables=()):
         for g, t in zip(grads, targets)
     ]
     return float(keras.ops.convert_to_numpy(value)), grads[: len(inputs)], grads[len(inputs) :]
+
+
+def _stateless(fn):
+    def call(*args):
+        with keras.StatelessScope():
+            return fn(*args)
+
+    return call
 
 
 def _tensorflow(fn, inputs, variables):

@@ -1,6 +1,7 @@
 """`ClippedOptimizer`: applies a clipping policy to the gradient the update uses."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -33,8 +34,79 @@ def _snapshot(variable):
         import tensorflow as tf
 
         value = variable.value if isinstance(variable, keras.Variable) else variable
-        return tf.identity(value.read_value())
+        # A resource variable is read now; in a StatelessScope it is a tensor.
+        return tf.identity(value.read_value() if hasattr(value, "read_value") else value)
     return ops.copy(ops.convert_to_tensor(variable))
+
+
+def _norm(x):
+    return ops.sqrt(ops.sum(ops.square(ops.cast(x, "float32"))))
+
+
+def _global_norm_of(norms_or_squares):
+    """sqrt of the sum of squares of scalar norms (None entries skipped)."""
+    present = [ops.square(n) for n in norms_or_squares if n is not None]
+    if not present:
+        return ops.zeros((), "float32")
+    return ops.sqrt(ops.sum(ops.stack(present)))
+
+
+def _assign_if(variable, condition, value):
+    """`variable <- value if condition else variable`, without a traced branch."""
+    variable.assign(ops.where(condition, value, ops.convert_to_tensor(variable)))
+
+
+def _scatter(indices, values, size):
+    """A vector of `size` float32 entries, `values[j]` at `indices[j]`, 0 elsewhere."""
+    out = [ops.zeros((), "float32")] * size
+    for i, v in zip(indices, values):
+        out[i] = v
+    return ops.stack(out)
+
+
+class _UpdateView:
+    """The gradient the update really uses, and the way back to what the inner
+    optimizer expects.
+
+    Undoes loss scaling (when the inner optimizer is a `LossScaleOptimizer`)
+    and, under the inner optimizer's `gradient_accumulation_steps`, averages
+    with the accumulated gradients: `full = (g + acc) / steps` on update steps.
+    Keras has no public route to the accumulators nor to the micro-step count
+    (`iterations` counts updates under accumulation), so this reads
+    `_accumulated_gradients`, `_get_variable_index` and `_iterations`
+    (`tests/test_optimizers.py` checks that they still mean this).
+    """
+
+    def __init__(self, inner, grads, tvs):
+        base = _base_optimizer(inner)
+        self.loss_scale = inner.dynamic_scale if isinstance(inner, keras.optimizers.LossScaleOptimizer) else None
+        full = grads
+        if self.loss_scale is not None:
+            full = [None if g is None else g / ops.cast(self.loss_scale, g.dtype) for g in grads]
+        self.steps = base.gradient_accumulation_steps
+        self.is_update = None
+        self.micro, self.acc = full, None
+        if self.steps:
+            self.is_update = ops.equal(ops.mod(ops.convert_to_tensor(base._iterations) + 1, self.steps), 0)
+            self.acc = [
+                None if g is None else ops.convert_to_tensor(base._accumulated_gradients[base._get_variable_index(v)])
+                for g, v in zip(full, tvs)
+            ]
+            full = [None if g is None else (g + ops.cast(a, g.dtype)) / self.steps for g, a in zip(full, self.acc)]
+        self.full = full
+
+    def to_inner(self, grads):
+        """Turns a gradient meant for the update into what the inner optimizer
+        takes: re-scaled by the loss scale, and such that its accumulation
+        `(g + acc) / steps` gives `grads` back on update steps."""
+        if self.steps:
+            grads = [
+                None if g is None else ops.where(self.is_update, g * self.steps - ops.cast(a, g.dtype), m)
+                for g, a, m in zip(grads, self.acc, self.micro)
+            ]
+        if self.loss_scale is not None:  # the inner LossScaleOptimizer unscales again
+            grads = [None if g is None else g * ops.cast(self.loss_scale, g.dtype) for g in grads]
+        return grads
 
 
 def _base_optimizer(optimizer):
@@ -200,25 +272,77 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             self.inner_optimizer.build(var_list)
         super().build(var_list)
         k = len(var_list)
-        self._latest = self._own_variable("latest", (len(_LATEST),), "float32", float("nan"))
         self._counters = self._own_variable("counters", (len(_COUNTERS),), "int32", 0)
-        self._gradient_norms = self._own_variable("gradient_norms", (k,), "float32")
-        self._update_norms = self._own_variable("update_norms", (k,), "float32") if self.record_update_norms else None
-        self._weight_norms = self._own_variable("weight_norms", (k,), "float32") if self.record_update_norms else None
         self._policy_state = [
             self._own_variable(f"policy_{name}", shape, dtype, value)
             for name, shape, dtype, value in self._report_policy.state_spec(var_list)
         ]
+        # Everything above is saved with the model; the statistics of the
+        # latest step below are not (they are recomputed at every update).
+        self._saved_count = len(self._variables)
+        self._latest = self._own_variable("latest", (len(_LATEST),), "float32", float("nan"))
+        self._gradient_norms = self._own_variable("gradient_norms", (k,), "float32")
+        self._update_norms = self._own_variable("update_norms", (k,), "float32") if self.record_update_norms else None
+        self._weight_norms = self._own_variable("weight_norms", (k,), "float32") if self.record_update_norms else None
         self._last_gradients = []
         if self.record_gradients:
-            for v in var_list:
-                self._last_gradients.append(
-                    self._own_variable(f"last_gradient_{v.path.replace('/', '_')}", v.shape, "float32")
-                )
+            self._build_gradient_copies()
+
+    def _build_gradient_copies(self):
+        self._last_gradients = [
+            self._own_variable(f"last_gradient_{v.path.replace('/', '_')}", v.shape, "float32")
+            for v in self._trainable_variables
+        ]
+
+    def enable_gradient_recording(self):
+        """Starts keeping the latest post-policy gradients for `last_gradients()`.
+
+        The same as `record_gradients=True`, for an optimizer already created
+        (GradientBoard calls it when it writes histograms). The config is not
+        changed and the copies are not saved with the model. Under a JAX or
+        TensorFlow train function already traced, re-create it
+        (`model.make_train_function(force=True)`).
+        """
+        if self._recording:
+            return
+        self._recording = True
+        if self.built:
+            with keras.name_scope(self.name, caller=self):
+                self._build_gradient_copies()
+
+    @property
+    def _recording(self):
+        return self.record_gradients or getattr(self, "_recording_enabled", False)
+
+    @_recording.setter
+    def _recording(self, value):
+        self._recording_enabled = value
 
     @property
     def variables(self):
         return self._variables + self.inner_optimizer.variables
+
+    def _saved_variables(self):
+        own = self._variables[: self._saved_count] if self.built else self._variables
+        return own + self.inner_optimizer.variables
+
+    def save_own_variables(self, store):
+        # The latest step's statistics and gradient copies are left out, so the
+        # saved layout does not depend on what was being recorded.
+        for i, variable in enumerate(self._saved_variables()):
+            store[str(i)] = keras.ops.convert_to_numpy(variable)
+
+    def load_own_variables(self, store):
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            warnings.warn(
+                f"Skipping variable loading for optimizer '{self.name}', because it has {len(variables)} "
+                f"saved variables whereas the saved optimizer has {len(store.keys())} variables.",
+                stacklevel=2,
+            )
+            return
+        for i, variable in enumerate(variables):
+            variable.assign(store[str(i)])
 
     # ---------------------------------------------------------- forwarding
     @property
@@ -239,7 +363,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
 
-    # ---------------------------------------------------------------- apply
+    # ------------------------------------------------------------- drivers
     def apply(self, grads, trainable_variables=None):
         if not self.built:
             if trainable_variables is None:
@@ -256,7 +380,41 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
                 raise ValueError("apply() must be called in a replica context.")
             if tf.distribute.has_strategy():
                 return self._tf_distributed_apply(grads, tvs)
-        self._common_apply(grads, tvs)
+        self._stateful_step(grads, tvs)
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """`apply` without side effects (JAX): returns the new trainable and
+        optimizer variable values, in the order of `variables`."""
+        if not self.built:
+            raise ValueError(
+                "To call `stateless_apply`, ClippedOptimizer must be built: call "
+                "`optimizer.build(trainable_variables)` first."
+            )
+        if len(optimizer_variables) != len(self.variables):
+            raise ValueError(
+                "Argument `optimizer_variables` must match `ClippedOptimizer.variables` one to one. "
+                f"Received {len(optimizer_variables)} values for {len(self.variables)} variables."
+            )
+        tvs = self._trainable_variables
+        mapping = list(zip(tvs, trainable_variables)) + list(zip(self.variables, optimizer_variables))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            result = self._compute([g for g in grads], tvs, None, 1)
+            self._finish(result, tvs, lambda: self._inner_stateless_update(result["grads_for_inner"], tvs))
+        return [scope.get_current_value(v) for v in tvs], [scope.get_current_value(v) for v in self.variables]
+
+    def _inner_stateless_update(self, grads, tvs):
+        """The inner optimizer's own `stateless_apply` (a LossScaleOptimizer's
+        stateful `apply` branches with assignments, which JAX cannot trace),
+        its results assigned in the enclosing StatelessScope."""
+        inner = self.inner_optimizer
+        values = [ops.convert_to_tensor(v) for v in inner.variables]
+        new_tvs, new_values = inner.stateless_apply(values, grads, [ops.convert_to_tensor(v) for v in tvs])
+        for v, value in zip(list(tvs) + list(inner.variables), list(new_tvs) + list(new_values)):
+            v.assign(value)
+
+    def _stateful_step(self, grads, tvs, replica_sum=None, num_replicas=1):
+        result = self._compute(grads, tvs, replica_sum, num_replicas)
+        self._finish(result, tvs, lambda: self.inner_optimizer.apply(result["grads_for_inner"], tvs))
 
     def _tf_distributed_apply(self, grads, tvs):
         import tensorflow as tf
@@ -270,7 +428,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             return [None if g is None else next(reduced) for g in values]
 
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            return self._common_apply(grads, tvs, replica_sum, num_replicas)
+            return self._stateful_step(grads, tvs, replica_sum, num_replicas)
         result = self._compute(grads, tvs, replica_sum, num_replicas)
 
         def cross_replica(distribution, result):
@@ -278,110 +436,103 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             local = tf.nest.map_structure(lambda x: x if x is None else first(x), result)
 
             def inner_apply(grads_for_inner):
-                distribution.extended.call_for_each_replica(
-                    self.inner_optimizer.apply, args=(grads_for_inner, tvs)
-                )
+                distribution.extended.call_for_each_replica(self.inner_optimizer.apply, args=(grads_for_inner, tvs))
 
             self._finish(local, tvs, lambda: inner_apply(result["grads_for_inner"]))
 
         context.merge_call(cross_replica, args=(result,))
 
-    def _common_apply(self, grads, tvs, replica_sum=None, num_replicas=1):
-        result = self._compute(grads, tvs, replica_sum, num_replicas)
-        self._finish(result, tvs, lambda: self.inner_optimizer.apply(result["grads_for_inner"], tvs))
-
+    # ------------------------------------------------------ the pure step
     def _compute(self, grads, tvs, replica_sum, num_replicas):
-        """Pure part of a step: the policy on the gradient the update uses."""
-        inner = self.inner_optimizer
-        base = _base_optimizer(inner)
-        loss_scale = inner.dynamic_scale if isinstance(inner, keras.optimizers.LossScaleOptimizer) else None
+        """Pure part of a step: the policy on the gradient the update uses,
+        the gradient handed to the inner optimizer, and the decisions."""
         grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
-        full = grads if loss_scale is None else [None if g is None else g / ops.cast(loss_scale, g.dtype) for g in grads]
-        steps = base.gradient_accumulation_steps
-        if steps:
-            is_update = ops.equal(ops.mod(base._iterations + 1, steps), 0)
-            acc = [None if g is None else base._accumulated_gradients[base._get_variable_index(v)] for g, v in zip(full, tvs)]
-            micro = full
-            full = [None if g is None else (g + ops.cast(a, g.dtype)) / steps for g, a in zip(full, acc)]
-        if replica_sum is not None:
-            full = replica_sum(full)
-        squares = [None if g is None else ops.sum(ops.square(ops.cast(g, "float32"))) for g in full]
-        present = [s for s in squares if s is not None]
-        norm = ops.sqrt(ops.sum(ops.stack(present)))
+        view = _UpdateView(self.inner_optimizer, grads, tvs)
+        full = view.full if replica_sum is None else replica_sum(view.full)
+        norms = [None if g is None else ops.sqrt(ops.sum(ops.square(ops.cast(g, "float32")))) for g in full]
         state = [ops.convert_to_tensor(v) for v in self._policy_state]
-        clipped_grads, new_state, info = self._report_policy.apply(full, tvs, state)
-        clipped_norm = clipping.global_norm(clipped_grads)
-        skip, changed = info["skip"], info["clipped"]
+        clipped, new_state, info = self._report_policy.apply(full, tvs, state)
         if self._monitor_only:
             grads_for_inner = grads
         else:
-            grads_for_inner = clipped_grads
-            if num_replicas > 1:  # the inner optimizer's own all-reduce sums them back
-                grads_for_inner = [None if g is None else g / num_replicas for g in grads_for_inner]
-            if steps:  # so that the inner optimizer's (g + acc) / steps is the clipped gradient
-                grads_for_inner = [
-                    None if g is None else ops.where(is_update, g * steps - ops.cast(a, g.dtype), m)
-                    for g, a, m in zip(grads_for_inner, acc, micro)
-                ]
-            if loss_scale is not None:  # the inner LossScaleOptimizer unscales again
-                grads_for_inner = [None if g is None else g * ops.cast(loss_scale, g.dtype) for g in grads_for_inner]
-        if loss_scale is not None:
-            # The LossScaleOptimizer must see non-finite steps itself, to lower its scale.
-            finite = ops.isfinite(norm)
-            skip = ops.logical_and(skip, finite)
-        skipped = skip
-        if loss_scale is not None:
-            skipped = ops.logical_or(skip, ops.logical_not(ops.isfinite(norm)))
-        if steps:
-            skip = ops.where(is_update, skip, self._report_policy.should_skip(micro))
-            count = is_update
-            new_state = [ops.where(is_update, n, o) for n, o in zip(new_state, state)]
-        else:
-            count = ops.convert_to_tensor(True)
-        skipped = ops.logical_and(count, skipped)
-        changed = ops.logical_and(changed, ops.logical_and(count, ops.logical_not(skipped)))
-        return {
-            "grads_for_inner": grads_for_inner,
-            "clipped_grads": clipped_grads,
-            "norms": [ops.zeros((), "float32") if s is None else ops.sqrt(s) for s in squares],
-            "latest": ops.stack([norm, clipped_norm, info["threshold"], ops.cast(changed, "float32")]),
-            "count": count,
-            "changed": changed,
-            "skip": skip,
-            "skipped": skipped,
-            "state": new_state,
-        }
+            # The inner optimizer's own all-reduce sums the replicas' shares back.
+            shares = [None if g is None else g / num_replicas for g in clipped] if num_replicas > 1 else clipped
+            grads_for_inner = view.to_inner(shares)
+        norm = _global_norm_of(norms)
+        decisions = self._decisions(view, norm, info)
+        if view.is_update is not None:
+            new_state = [ops.where(view.is_update, n, o) for n, o in zip(new_state, state)]
+        latest = [norm, clipping.global_norm(clipped), info["threshold"], decisions["changed"]]
+        return dict(
+            decisions,
+            grads_for_inner=grads_for_inner,
+            clipped_grads=clipped,
+            norms=[ops.zeros((), "float32") if n is None else n for n in norms],
+            latest=ops.stack([ops.cast(x, "float32") for x in latest]),
+            state=new_state,
+        )
 
+    def _decisions(self, view, norm, info):
+        """Whether to skip the inner update, and what to count."""
+        finite = ops.isfinite(norm)
+        skip = info["skip"]
+        if view.loss_scale is not None:
+            # The LossScaleOptimizer must see non-finite steps itself, to lower its scale.
+            skipped = ops.logical_or(skip, ops.logical_not(finite))
+            skip = ops.logical_and(skip, finite)
+        else:
+            skipped = skip
+        count = ops.convert_to_tensor(True) if view.is_update is None else view.is_update
+        if view.is_update is not None:  # a micro-step is skipped only for its own non-finite values
+            skip = ops.where(view.is_update, skip, self._report_policy.should_skip(view.micro))
+        skipped = ops.logical_and(count, skipped)
+        changed = ops.logical_and(info["clipped"], ops.logical_and(count, ops.logical_not(skipped)))
+        return {"count": count, "changed": changed, "skip": skip, "skipped": skipped}
+
+    # ----------------------------------------------------- the stateful end
     def _finish(self, result, tvs, inner_apply):
         """Stateful part of a step: record statistics, then update unless skipped."""
         count = result["count"]
-        old_latest = ops.convert_to_tensor(self._latest)
-        latest = ops.where(count, result["latest"], old_latest)
-        self._latest.assign(latest)
+        _assign_if(self._latest, count, result["latest"])
         self._counters.assign_add(ops.cast(ops.stack([count, result["changed"], result["skipped"]]), "int32"))
         indices = [self._get_variable_index(v) for v in tvs]
-        norms = [ops.zeros((), "float32")] * len(self._trainable_variables)
-        for i, n in zip(indices, result["norms"]):
-            norms[i] = n
-        self._gradient_norms.assign(ops.where(count, ops.stack(norms), self._gradient_norms))
+        _assign_if(self._gradient_norms, count, _scatter(indices, result["norms"], len(self._trainable_variables)))
         for v, new in zip(self._policy_state, result["state"]):
             v.assign(new)
-        if self.record_gradients:
+        if self._last_gradients:
             for i, g in zip(indices, result["clipped_grads"]):
                 if g is not None:
-                    acc = self._last_gradients[i]
-                    acc.assign(ops.where(count, ops.cast(g, "float32"), acc))
+                    _assign_if(self._last_gradients[i], count, ops.cast(g, "float32"))
         before = [_snapshot(v) for v in tvs] if self.record_update_norms else None
-        ops.cond(result["skip"], lambda: None, inner_apply)
+        self._apply_unless(result["skip"], inner_apply, tvs)
         if self.record_update_norms:
-            deltas = [ops.zeros((), "float32")] * len(self._trainable_variables)
-            weights = list(deltas)
-            for i, v, b in zip(indices, tvs, before):
-                after = _snapshot(v)
-                deltas[i] = ops.sqrt(ops.sum(ops.square(ops.cast(after - b, "float32"))))
-                weights[i] = ops.sqrt(ops.sum(ops.square(ops.cast(after, "float32"))))
-            self._update_norms.assign(ops.where(count, ops.stack(deltas), self._update_norms))
-            self._weight_norms.assign(ops.where(count, ops.stack(weights), self._weight_norms))
+            after = [_snapshot(v) for v in tvs]
+            deltas = [_norm(a - b) for a, b in zip(after, before)]
+            weights = [_norm(a) for a in after]
+            k = len(self._trainable_variables)
+            _assign_if(self._update_norms, count, _scatter(indices, deltas, k))
+            _assign_if(self._weight_norms, count, _scatter(indices, weights, k))
+
+    def _apply_unless(self, skip, inner_apply, tvs):
+        """Runs the inner update unless `skip`. No variable is assigned inside
+        a traced branch (JAX forbids it): when `skip` is only known inside the
+        compiled step, the update runs and a skipped one is undone."""
+        if keras.backend.backend() == "tensorflow":
+            ops.cond(skip, lambda: None, inner_apply)
+            return
+        try:
+            skip_now = bool(skip)
+        except Exception:  # a JAX tracer
+            skip_now = None
+        if skip_now is not None:
+            if not skip_now:
+                inner_apply()
+            return
+        targets = list(tvs) + list(self.inner_optimizer.variables)
+        before = [ops.convert_to_tensor(v) for v in targets]
+        inner_apply()
+        for v, old in zip(targets, before):
+            v.assign(ops.where(skip, old, ops.convert_to_tensor(v)))
 
     # ------------------------------------------------------------ reading
     def gradient_statistics(self):
@@ -447,11 +598,14 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         Requires `record_gradients=True`. Under `MirroredStrategy` this is the
         all-reduced gradient; under accumulation, the averaged one.
         """
-        if not self.record_gradients:
-            raise ValueError("`last_gradients()` needs `record_gradients=True` in the ClippedOptimizer constructor.")
+        if not self._recording:
+            raise ValueError(
+                "`last_gradients()` needs `record_gradients=True` in the ClippedOptimizer constructor "
+                "(or `enable_gradient_recording()`)."
+            )
         if not self.built:
             return {}
-        return {v.path: g.numpy() for v, g in zip(self._trainable_variables, self._last_gradients)}
+        return {v.path: ops.convert_to_numpy(g) for v, g in zip(self._trainable_variables, self._last_gradients)}
 
     # -------------------------------------------------------------- config
     def get_config(self):

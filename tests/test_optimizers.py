@@ -8,11 +8,15 @@ import re
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_gradkit as gk
 from keras_gradkit import clipping
+from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.optimizers import ClippedOptimizer
+
+BACKEND = keras.backend.backend()
+# `jit_compile=True` is XLA on TensorFlow and JAX; torch.compile is not part of what is tested.
+JIT = pytest.param(True, id="jit", marks=pytest.mark.skipif(BACKEND == "torch", reason="no XLA on torch"))
 
 
 def _model(seed=1):
@@ -32,9 +36,9 @@ def _batches(x, y, batch_size):
 
 
 def _gradients(model, xb, yb):
-    with tf.GradientTape() as tape:
-        loss = keras.losses.MeanSquaredError()(yb, model(xb))
-    return [g.numpy().astype("float64") for g in tape.gradient(loss, model.trainable_variables)]
+    loss = lambda: keras.losses.MeanSquaredError()(yb, model(xb))  # noqa: E731
+    _, _, grads = value_and_gradients(loss, variables=model.trainable_variables)
+    return [g.astype("float64") for g in grads]
 
 
 def _np_norm(grads):
@@ -50,13 +54,32 @@ def _sgd_reference(model, batches, lr, transform):
     return model.get_weights()
 
 
+def _compiled_apply(opt, grads, variables, jit):
+    """One `apply` in the backend's compiled form: a `tf.function` (XLA when
+    `jit`) on TensorFlow, `stateless_apply` (under `jax.jit` when `jit`) on
+    JAX, as Keras's trainers call it."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tf.function(lambda g: opt.apply(g, variables), jit_compile=jit)([tf.constant(g) for g in grads])
+    elif BACKEND == "jax":
+        import jax
+
+        step = jax.jit(opt.stateless_apply) if jit else opt.stateless_apply
+        new_vars, new_opt = step([v.value for v in opt.variables], grads, [v.value for v in variables])
+        for v, value in zip(list(variables) + list(opt.variables), list(new_vars) + list(new_opt)):
+            v.assign(value)
+    else:
+        pytest.skip("torch runs eagerly: no graph or compiled form to test")
+
+
 def _assert_weights_close(a, b, atol=1e-6):
     for wa, wb in zip(a, b):
         np.testing.assert_allclose(wa, wb, atol=atol, rtol=0)
 
 
 class TestAgainstReferences:
-    @pytest.mark.parametrize("jit", [False, True], ids=["eager_graph", "jit"])
+    @pytest.mark.parametrize("jit", [pytest.param(False, id="eager_graph"), JIT])
     def test_global_norm_same_as_keras_global_clipnorm(self, jit):
         x, y = _data()
         ours = _model()
@@ -68,9 +91,9 @@ class TestAgainstReferences:
         theirs.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
         _assert_weights_close(ours.get_weights(), theirs.get_weights())
         assert opt.gradient_statistics()["clipped_steps"] == 8.0
-        assert int(opt.iterations.numpy()) == 8
+        assert int(keras.ops.convert_to_numpy(opt.iterations)) == 8
 
-    @pytest.mark.parametrize("jit,steps_per_execution", [(False, 1), (True, 1), (False, 3)])
+    @pytest.mark.parametrize("jit,steps_per_execution", [(False, 1), pytest.param(True, 1, marks=JIT.marks), (False, 3)])
     def test_autoclip_against_numpy(self, jit, steps_per_execution):
         x, y = _data(n=24)
         policy = clipping.AutoClip(percentile=30.0, history_size=4)
@@ -141,7 +164,7 @@ class TestAgainstReferences:
         stats = opt.gradient_statistics()
         assert stats["steps"] == 2.0 and stats["clipped_steps"] == 2.0
         assert stats["global_norm"] == pytest.approx(norm, rel=1e-5)
-        assert int(opt.iterations.numpy()) == 2
+        assert int(keras.ops.convert_to_numpy(opt.iterations)) == 2
 
     def test_no_clip_keeps_keras_clipnorm_and_reports_it(self):
         x, y = _data()
@@ -176,14 +199,14 @@ class TestStatistics:
         opt = ClippedOptimizer(keras.optimizers.SGD(0.5), clipping.ClipByGlobalNorm(2.0), record_gradients=record_gradients)
         g1 = np.array([[3.0, 0.0], [0.0, 4.0]], "float32")
         g2 = np.array([0.0, 0.0, 12.0], "float32")
-        step = lambda grads: opt.apply(grads, [v1, v2])  # noqa: E731
-        if jit is not None:
-            step = tf.function(step, jit_compile=jit)
+        if jit is None:
+            opt.apply([g1, g2], [v1, v2])
+        else:
             opt.build([v1, v2])
-        step([tf.constant(g1), tf.constant(g2)])
+            _compiled_apply(opt, [g1, g2], [v1, v2], jit)
         return opt, v1, v2, g1, g2
 
-    @pytest.mark.parametrize("jit", [None, False, True], ids=["eager", "graph", "jit"])
+    @pytest.mark.parametrize("jit", [pytest.param(None, id="eager"), pytest.param(False, id="graph"), JIT])
     def test_values(self, jit):
         opt, v1, v2, g1, g2 = self._apply(jit)
         stats = opt.gradient_statistics()
@@ -218,7 +241,7 @@ class TestStatistics:
         assert "weight_norm/c" not in no_updates.gradient_statistics()
         assert "gradient_norm/c" in no_updates.gradient_statistics()
 
-    @pytest.mark.parametrize("jit", [None, True], ids=["eager", "jit"])
+    @pytest.mark.parametrize("jit", [pytest.param(None, id="eager"), JIT])
     def test_last_gradients(self, jit):
         opt, v1, v2, g1, g2 = self._apply(jit, record_gradients=True)
         last = opt.last_gradients()
@@ -231,7 +254,7 @@ class TestStatistics:
 
 
 class TestSkipNonFinite:
-    @pytest.mark.parametrize("jit", [False, True], ids=["graph", "jit"])
+    @pytest.mark.parametrize("jit", [pytest.param(False, id="graph"), JIT])
     def test_nan_batch_leaves_weights_and_slots_unchanged(self, jit):
         x, y = _data(n=8)
         model = _model()
@@ -252,11 +275,11 @@ class TestSkipNonFinite:
             np.testing.assert_array_equal(a, v.numpy(), err_msg=v.path)
         stats = opt.gradient_statistics()
         assert (stats["steps"], stats["skipped_steps"]) == (2.0, 1.0)
-        assert int(opt.iterations.numpy()) == 1
+        assert int(keras.ops.convert_to_numpy(opt.iterations)) == 1
         assert np.isnan(stats["global_norm"])
         np.testing.assert_array_equal(history, opt._policy_state[0].numpy())
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-        assert int(opt.iterations.numpy()) == 2
+        assert int(keras.ops.convert_to_numpy(opt.iterations)) == 2
         assert all(np.all(np.isfinite(w)) for w in model.get_weights())
         assert not any(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
 
@@ -277,7 +300,7 @@ class TestSkipNonFinite:
             v.assign((v.numpy() - 0.1 * gi).astype("float32"))
         _assert_weights_close(model.get_weights(), ref.get_weights())
         assert opt.gradient_statistics()["skipped_steps"] == 0.0  # micro-steps are not updates
-        assert int(opt.iterations.numpy()) == 1
+        assert int(keras.ops.convert_to_numpy(opt.iterations)) == 1
 
 
 class TestMixedPrecision:
@@ -323,7 +346,7 @@ class TestMixedPrecision:
         # the update is SGD on the clipped, unscaled gradient: |delta w| = lr * 1.0
         delta = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(before, model.get_weights())))
         assert delta == pytest.approx(0.01, rel=1e-2)
-        assert int(opt.iterations.numpy()) == 1
+        assert int(keras.ops.convert_to_numpy(opt.iterations)) == 1
 
     def test_loss_scale_optimizer_inside_still_lowers_its_scale(self):
         x, y = _data(n=8)
@@ -361,8 +384,11 @@ class TestSaving:
         opt = loaded.optimizer
         assert isinstance(opt, ClippedOptimizer)
         assert opt.policy.get_config() == policy().get_config()
-        for a, b in zip(first.optimizer.variables, opt.variables):
-            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+        # Saved: counters, policy state and the inner optimizer; not the latest step's statistics.
+        saved = first.optimizer._saved_variables()
+        assert len(saved) == len(opt._saved_variables()) < len(opt.variables)
+        for a, b in zip(saved, opt._saved_variables()):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
         assert int(opt._policy_state[1].numpy()) == 6
         assert opt.gradient_statistics()["steps"] == 6.0
         loaded.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
@@ -419,3 +445,78 @@ class TestArguments:
         assert documented == params
         for key in ("global_norm", "global_norm_clipped", "threshold", "clipped", "steps", "clipped_steps", "skipped_steps"):
             assert f'`"{key}"`' in doc
+
+
+class TestDrivers:
+    """`apply` and `stateless_apply` are thin drivers of one pure step: they agree."""
+
+    def _setup(self, policy):
+        v1 = keras.Variable(np.array([[1.0, -2.0], [0.5, 3.0]], "float32"), name="a")
+        v2 = keras.Variable(np.array([0.1, 0.2, 0.3], "float32"), name="b")
+        opt = ClippedOptimizer(keras.optimizers.Adam(0.1), policy, record_gradients=True)
+        opt.build([v1, v2])
+        return opt, [v1, v2]
+
+    @pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
+    def test_apply_equals_stateless_apply(self, nan):
+        policy = lambda: clipping.chain(clipping.SkipNonFinite(), clipping.AutoClip(50.0, 4))  # noqa: E731
+        steps = [
+            [np.array([[3.0, 0.0], [0.0, 4.0]], "float32"), np.array([0.0, 1.0, 12.0], "float32")],
+            [np.array([[1.0, 2.0], [0.0, -4.0]], "float32"), np.array([np.nan if nan else 2.0, 1.0, 0.0], "float32")],
+            [np.array([[0.5, 0.0], [1.0, 1.0]], "float32"), np.array([0.0, -1.0, 3.0], "float32")],
+        ]
+        stateful, sv = self._setup(policy())
+        stateless, lv = self._setup(policy())
+        for grads in steps:
+            stateful.apply(grads, sv)
+            new_vars, new_opt = stateless.stateless_apply([v.value for v in stateless.variables], grads, [v.value for v in lv])
+            for v, value in zip(lv + stateless.variables, list(new_vars) + list(new_opt)):
+                v.assign(value)
+        for a, b in zip(sv + stateful.variables, lv + stateless.variables):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+        stats = stateless.gradient_statistics()
+        assert (stats["steps"], stats["skipped_steps"]) == (3.0, 1.0 if nan else 0.0)
+        assert int(keras.ops.convert_to_numpy(stateless.iterations)) == (2 if nan else 3)
+
+    def test_stateless_apply_under_jit_skips_non_finite(self):
+        if BACKEND != "jax":
+            pytest.skip("stateless_apply under jit is the JAX trainer's path")
+        opt, variables = self._setup(clipping.SkipNonFinite())
+        before = [keras.ops.convert_to_numpy(v) for v in variables + opt.variables if "clipped_optimizer" not in v.path]
+        grads = [np.full((2, 2), np.nan, "float32"), np.ones(3, "float32")]
+        _compiled_apply(opt, grads, variables, jit=True)
+        after = [keras.ops.convert_to_numpy(v) for v in variables + opt.variables if "clipped_optimizer" not in v.path]
+        for a, b in zip(before, after):
+            np.testing.assert_array_equal(a, b)
+        assert opt.gradient_statistics()["skipped_steps"] == 1.0
+
+    def test_private_keras_attributes_still_mean_what_we_read(self):
+        # `_UpdateView` reads these; if Keras renames or changes them, this fails first.
+        v = keras.Variable(np.zeros(2, "float32"), name="w")
+        inner = keras.optimizers.SGD(1.0, gradient_accumulation_steps=2)
+        inner.build([v])
+        assert len(inner._accumulated_gradients) == 1
+        assert inner._get_variable_index(v) == 0
+        inner.apply([np.ones(2, "float32")], [v])
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(inner._accumulated_gradients[0]), [1.0, 1.0])
+        # `_iterations` counts micro-steps; the public `iterations` counts updates.
+        assert int(keras.ops.convert_to_numpy(inner._iterations)) == 1
+        assert int(keras.ops.convert_to_numpy(inner.iterations)) == 0
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), [0.0, 0.0])
+
+
+class TestPolicyInputs:
+    def test_numpy_gradients_and_numpy_thresholds(self):
+        # NumPy gradients on every backend; NumPy scalar thresholds stored as Python floats.
+        policy = clipping.ClipByGlobalNorm(np.float64(2.0))
+        assert type(policy.max_norm) is float
+        out = policy([np.array([3.0, 0.0], "float32"), np.array([4.0], "float32")])
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(out[0]), [1.2, 0.0], rtol=1e-6)
+        assert type(clipping.AutoClip(np.float32(10.0)).percentile) is float
+        v = keras.Variable(np.ones((2, 2), "float32"))
+        out = clipping.AdaptiveClip(np.float64(0.01))([np.full((2, 2), 5.0, "float32")], [v])
+        assert np.all(np.abs(keras.ops.convert_to_numpy(out[0])) < 5.0)
+        opt = ClippedOptimizer(keras.optimizers.SGD(0.1), clipping.ClipByGlobalNorm(np.float64(2.0)))
+        w = keras.Variable(np.zeros(2, "float32"))
+        opt.apply([np.array([3.0, 4.0], "float32")], [w])
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(w), [-0.12, -0.16], rtol=1e-5)

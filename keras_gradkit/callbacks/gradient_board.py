@@ -1,6 +1,7 @@
 """`GradientBoard`: gradient histograms, norms, clipping and gradient flow
 through time, written for TensorBoard."""
 
+import contextlib
 import logging
 import math
 import os
@@ -11,6 +12,8 @@ import numpy as np
 
 from keras_gradkit import clipping
 from keras_gradkit.api_export import keras_gradkit_export
+from keras_gradkit.callbacks import _depth
+from keras_gradkit.callbacks import _event_writer
 from keras_gradkit.callbacks import _time_probe
 from keras_gradkit.optimizers import ClippedOptimizer
 
@@ -65,48 +68,10 @@ def _validate_time_probe(time_probe):
     return (x, y)
 
 
-def _max_step_on_disk(run_dir):
-    """The largest step already written in `run_dir`'s event files (-1 if none)."""
-    import tensorflow as tf
-    from tensorboard.compat.proto import event_pb2
-
-    largest = -1
-    for path in tf.io.gfile.glob(os.path.join(run_dir, "events.out.tfevents*")):
-        try:
-            for record in tf.data.TFRecordDataset(path):
-                event = event_pb2.Event.FromString(record.numpy())
-                if event.HasField("summary"):
-                    largest = max(largest, int(event.step))
-        except Exception:  # a truncated file still gives the steps read so far
-            continue
-    return largest
-
-
-def _scalars_summary(values):
-    """A serialized `Summary` holding `values` (`{tag: float}`) as standard
-    TensorBoard scalars (float32 tensors with the `scalars` plugin's metadata,
-    as `tf.summary.scalar` writes them)."""
-    from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
-    from tensorboard.plugins.scalar import metadata
-
-    summary = summary_pb2.Summary()
-    plugin = metadata.create_summary_metadata(display_name=None, description=None)
-    for tag, value in values.items():
-        tensor = tensor_pb2.TensorProto(
-            dtype=types_pb2.DT_FLOAT, float_val=[value], tensor_shape=tensor_shape_pb2.TensorShapeProto()
-        )
-        summary.value.add(tag=tag, metadata=plugin, tensor=tensor)
-    return summary.SerializeToString()
-
-
-def _norms_metadata():
-    from tensorboard.compat.proto import summary_pb2
-
-    metadata = summary_pb2.SummaryMetadata(
-        summary_description="Mean over the probe batch of |d loss_i / d x_{i,t}| for each time step t."
-    )
-    metadata.plugin_data.plugin_name = "keras_gradkit_time_gradient"
-    return metadata.SerializeToString()
+def _strategy_scope(model):
+    """The model's `tf.distribute` strategy scope, or a null context."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 @keras_gradkit_export
@@ -228,14 +193,15 @@ class GradientBoard(keras.callbacks.Callback):
         self._include = _compile_patterns("include", include)
         self._exclude = _compile_patterns("exclude", exclude)
         self._writer = None
-        self._offset = None
-        self._last_step = {"scalars": -1, "histograms": -1}
-        self._max_step = -1
-        self._counts_at_last_write = None
+        self._optimizer = None
+        self._replaced = None
         self._probe = None
         self._failures = set()
-        self._optimizer = None
+        self._counts_at_last_write = None
+        self._last_batch_step = -1
+        self._batch_offset = 0
         self._loop_offset = None
+        self._loop_last_step = -1
 
     def get_config(self):
         return {
@@ -254,15 +220,13 @@ class GradientBoard(keras.callbacks.Callback):
         return os.path.join(self.log_dir, "train")
 
     def _check_log_dir(self):
-        import tensorflow as tf
-
         test_file = os.path.join(self._train_dir, f".gradient_board_write_test_{os.getpid()}")
         try:
-            tf.io.gfile.makedirs(self._train_dir)
-            with tf.io.gfile.GFile(test_file, "w") as f:
+            os.makedirs(self._train_dir, exist_ok=True)
+            with open(test_file, "w") as f:
                 f.write("ok")
-            tf.io.gfile.remove(test_file)
-        except (OSError, tf.errors.OpError) as e:
+            os.remove(test_file)
+        except OSError as e:
             raise ValueError(
                 f"Argument `log_dir` must be a directory GradientBoard can write to, but "
                 f"{self._train_dir!r} cannot be written ({type(e).__name__}: {e}). "
@@ -271,9 +235,7 @@ class GradientBoard(keras.callbacks.Callback):
 
     def _get_writer(self):
         if self._writer is None:
-            import tensorflow as tf
-
-            self._writer = tf.summary.create_file_writer(self._train_dir)
+            self._writer = _event_writer.EventWriter(self._train_dir)
         return self._writer
 
     def _logged(self, path):
@@ -283,8 +245,15 @@ class GradientBoard(keras.callbacks.Callback):
             return False
         return True
 
-    def _step(self):
-        return int(np.asarray(self._optimizer.iterations.numpy())) + self._offset
+    def _iterations(self):
+        return int(np.asarray(keras.ops.convert_to_numpy(self._optimizer.iterations)))
+
+    def _sync(self):
+        """Makes the variables hold the live training state (the JAX trainer
+        keeps it outside them during an epoch)."""
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
 
     def _guarded(self, what, fn):
         """Runs a logging function; a failure is logged (once) and training goes on."""
@@ -296,56 +265,55 @@ class GradientBoard(keras.callbacks.Callback):
                 logger.exception("GradientBoard could not write %s; training continues without them.", what)
 
     # --------------------------------------------------- optimizer set-up
-    def _ensure_clipped_optimizer(self):
+    def _attach_optimizer(self):
+        """The ClippedOptimizer that records the statistics during this `fit`.
+
+        A model compiled with a `ClippedOptimizer` keeps it (gradient copies
+        are switched on when histograms need them; they are not saved). Any
+        other optimizer is wrapped in a monitor-only one for the duration of
+        `fit` and given back at its end, with its state: what the model saves
+        after training is what it would have saved without this callback.
+        """
         model = self.model
+        if model.optimizer is None:
+            raise ValueError("GradientBoard needs a compiled model: call `model.compile(optimizer=...)` first.")
         found = _find_clipped_optimizer(model.optimizer)
         if found is not None:
-            if self.histogram_freq and not found.record_gradients:
-                raise ValueError(
-                    "GradientBoard with `histogram_freq > 0` needs the model's ClippedOptimizer to keep "
-                    "the gradients: create it with `record_gradients=True`, or pass histogram_freq=0. "
-                    f"Received: histogram_freq={self.histogram_freq}"
-                )
+            if self.histogram_freq and not found._recording:
+                with _strategy_scope(model):
+                    found.enable_gradient_recording()
+                model.make_train_function(force=True)
             return found
         original = model.optimizer
-        if original is None:
-            raise ValueError("GradientBoard needs a compiled model: call `model.compile(optimizer=...)` first.")
-        with model.distribute_strategy.scope():
+        with _strategy_scope(model):
             wrapper = ClippedOptimizer(original, clipping.NoClip(), record_gradients=self.histogram_freq > 0)
-            if original.built:
-                # Under a distribution strategy Keras builds the optimizer before
-                # callbacks run; build only the wrapper's own variables, so the
-                # inner optimizer keeps its slots.
-                original.build = lambda var_list: None
-                try:
-                    wrapper.build(list(model.trainable_variables))
-                finally:
-                    del original.build
+            wrapper.build(list(model.trainable_variables))
         model.optimizer = wrapper
-        # The train function may already be traced with the old optimizer.
-        model.make_train_function(force=True)
-        base = wrapper.inner_optimizer
-        while isinstance(base, keras.optimizers.LossScaleOptimizer):
-            base = base.inner_optimizer
-        kept = [f"{a}={getattr(base, a)}" for a in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(base, a)]
-        logger.warning(
-            "GradientBoard: wrapped the model's optimizer %s in keras_gradkit.optimizers.ClippedOptimizer "
-            "with the monitor-only policy NoClip() to record gradient statistics%s.",
+        model.make_train_function(force=True)  # a traced step may hold the old optimizer
+        self._replaced = original
+        logger.info(
+            "GradientBoard: %s is wrapped in a monitor-only ClippedOptimizer during fit to record gradient "
+            "statistics; it is given back, with its state, when training ends.",
             type(original).__name__,
-            f"; Keras's own clipping ({', '.join(kept)}) is kept and recorded" if kept else "",
         )
         return wrapper
+
+    def _give_back_optimizer(self):
+        if self._replaced is None:
+            return
+        self.model.optimizer, self._replaced = self._replaced, None
+        self.model.make_train_function(force=True)
 
     # ----------------------------------------------------------- callbacks
     def on_train_begin(self, logs=None):
         self._check_log_dir()
-        self._optimizer = self._ensure_clipped_optimizer()
-        iterations = int(np.asarray(self._optimizer.iterations.numpy()))
-        if self._offset is None:
-            self._offset = 0
-            self._max_step = max(self._max_step, _max_step_on_disk(self._train_dir))
-        # Steps must go forward even if the optimizer's count restarted.
-        self._offset = max(self._offset, self._max_step - iterations)
+        self._give_back_optimizer()  # after a fit that ended in an exception
+        self._optimizer = self._attach_optimizer()
+        # Batch-level steps are the optimizer's update count, as Keras's own
+        # `batch_*` curves; a re-compiled optimizer that counts from 0 again
+        # continues after this callback's last step.
+        iterations = self._iterations()
+        self._batch_offset = self._last_batch_step if iterations == 0 and self._last_batch_step > 0 else 0
         if self.time_probe is not None and (self._probe is None or self._probe.model is not self.model):
             self._probe = _time_probe.TimeProbe(self.model, *self.time_probe)
         self._counts_at_last_write = self._counts()
@@ -354,25 +322,29 @@ class GradientBoard(keras.callbacks.Callback):
         if self.update_freq == "epoch":
             return
         every = 1 if self.update_freq == "batch" else self.update_freq
-        step = self._step()
-        if step - max(self._last_step["scalars"], self._offset) >= every:
+        self._sync()
+        step = self._iterations() + self._batch_offset
+        if step - max(self._last_batch_step, self._batch_offset) >= every:
+            self._last_batch_step = step
             self._guarded("scalars", lambda: self._write_scalars(step))
 
     def on_epoch_end(self, epoch, logs=None):
-        step = self._step()
+        # Epoch-level events at the epoch, as Keras's `epoch_*` curves.
+        self._sync()
         if self.update_freq == "epoch":
-            self._guarded("scalars", lambda: self._write_scalars(step))
-        if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0 and step > self._last_step["histograms"]:
-            self._last_step["histograms"] = step
-            self._guarded("gradient histograms", lambda: self._write_histograms(step))
+            self._guarded("scalars", lambda: self._write_scalars(epoch))
+        if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
+            self._guarded("gradient histograms", lambda: self._write_histograms(epoch))
+            self._guarded("gradient across depth", lambda: self._write_depth(epoch))
             if self._probe is not None:
-                self._guarded("time-probe summaries", lambda: self._write_time_probe(step))
+                self._guarded("time-probe summaries", lambda: self._write_time_probe(epoch))
         if self._writer is not None:
             self._writer.flush()
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.flush()
+        self._give_back_optimizer()
 
     # ---------------------------------------------------- custom loops
     def write_statistics(self, optimizer, step, histograms=False):
@@ -409,6 +381,16 @@ class GradientBoard(keras.callbacks.Callback):
             board.write_statistics(optimizer, int(optimizer.iterations.numpy()))
         ```
         """
+        found = self._check_loop_arguments(optimizer, step, histograms)
+        step = self._loop_step(int(getattr(step, "numpy", lambda: step)()))
+        if step is None:
+            return
+        self._write_scalars(step, found)
+        if histograms:
+            self._write_histograms(step, found)
+        self._get_writer().flush()
+
+    def _check_loop_arguments(self, optimizer, step, histograms):
         found = _find_clipped_optimizer(optimizer)
         if found is None:
             raise TypeError(
@@ -420,59 +402,52 @@ class GradientBoard(keras.callbacks.Callback):
             raise ValueError(f"Argument `step` must be a non-negative integer. Received: step={step!r}")
         if not isinstance(histograms, bool):
             raise TypeError(f"Argument `histograms` must be a bool. Received: histograms={histograms!r}")
-        if histograms and not found.record_gradients:
+        if histograms and not found._recording:
             raise ValueError(
                 "`histograms=True` needs the ClippedOptimizer to keep the gradients: create it with "
                 "`record_gradients=True`."
             )
-        step = int(step)
+        return found
+
+    def _loop_step(self, step):
+        """The step to write for a custom loop's `step`, or None to skip it."""
         if self._loop_offset is None:
             # A loop restarted on an old log_dir continues after its last step.
             self._check_log_dir()
-            self._max_step = max(self._max_step, _max_step_on_disk(self._train_dir))
-            self._loop_offset = max(0, self._max_step + 1 - step)
+            self._loop_last_step = _event_writer.max_step_on_disk(self._train_dir)
+            self._loop_offset = max(0, self._loop_last_step + 1 - step)
             if self._loop_offset:
                 logger.warning(
                     "GradientBoard: %r already holds events up to step %d; steps of this loop are written "
-                    "with an offset of %d so that they go forward.", self._train_dir, self._max_step, self._loop_offset
+                    "with an offset of %d so that they go forward.", self._train_dir, self._loop_last_step,
+                    self._loop_offset,
                 )
         step += self._loop_offset
-        if step <= self._max_step:
+        if step <= self._loop_last_step:
             if "old steps" not in self._failures:
                 self._failures.add("old steps")
                 logger.warning(
                     "GradientBoard.write_statistics: step %d is not after the last step written (%d); "
-                    "it is ignored (TensorBoard drops events whose steps go back).", step, self._max_step
+                    "it is ignored (TensorBoard drops events whose steps go back).", step, self._loop_last_step
                 )
-            return
-        self._write_scalars(step, found)
-        if histograms:
-            self._last_step["histograms"] = step
-            self._write_histograms(step, found)
-        self._get_writer().flush()
+            return None
+        self._loop_last_step = step
+        return step
 
     # ------------------------------------------------------------ writing
     def _counts(self):
         stats = self._optimizer.gradient_statistics()
         return stats["steps"], stats["clipped_steps"]
 
-    def _write_scalars(self, step, optimizer=None):
-        import tensorflow as tf
-
-        optimizer = optimizer or self._optimizer
-        if step <= self._last_step["scalars"]:
-            return
-        self._last_step["scalars"] = step
-        self._max_step = max(self._max_step, step)
-        stats = optimizer.gradient_statistics()
-        if stats["steps"] == 0:
-            return
+    def _scalar_values(self, stats, optimizer):
         values = {
             "gradient_norm/global": stats["global_norm"],
             "gradient_norm/global_clipped": stats["global_norm_clipped"],
             "clipping/threshold": stats["threshold"],
             "clipping/skipped_steps": stats["skipped_steps"],
         }
+        if not math.isfinite(values["clipping/threshold"]):
+            del values["clipping/threshold"]  # the policy has none
         steps, clipped = self._counts_at_last_write or (0.0, 0.0)
         if stats["steps"] > steps:
             values["clipping/clipped_fraction"] = (stats["clipped_steps"] - clipped) / (stats["steps"] - steps)
@@ -484,46 +459,56 @@ class GradientBoard(keras.callbacks.Callback):
             update, weight = stats[f"update_norm/{path}"], stats[f"weight_norm/{path}"]
             # 0 / 0 (no update of a zero weight) is written as 0.
             values[f"update_ratio/{path}"] = update / weight if weight else (0.0 if update == 0 else math.inf)
-        # All scalars of a step go in one event: one summary op instead of one
-        # per tag (each costs about 0.1 ms, which dominated update_freq="batch").
-        if not math.isfinite(values["clipping/threshold"]):
-            del values["clipping/threshold"]  # the policy has none
         # Non-finite norms and ratios are written: they are what to look for.
-        summary = _scalars_summary(values)
-        with self._get_writer().as_default():
-            tf.summary.experimental.write_raw_pb(summary, step=step)
+        return values
+
+    def _write_scalars(self, step, optimizer=None):
+        optimizer = optimizer or self._optimizer
+        stats = optimizer.gradient_statistics()
+        if stats["steps"] == 0:
+            return
+        # All scalars of a step go in one event.
+        self._get_writer().write(_event_writer.scalar_values(self._scalar_values(stats, optimizer)), step)
 
     def _write_histograms(self, step, optimizer=None):
-        import tensorflow as tf
-
         optimizer = optimizer or self._optimizer
-        self._max_step = max(self._max_step, step)
         if optimizer.gradient_statistics()["steps"] == 0:
             return
-        from tensorboard.compat.proto import summary_pb2
-        from tensorboard.plugins.histogram import summary_v2
-
-        # Buckets computed in NumPy and written in one event: eager
-        # `tf.summary.histogram` costs about 10 ms per variable.
-        summary = summary_pb2.Summary()
+        values = []
         for path, gradient in optimizer.last_gradients().items():
             if self._logged(path):
                 finite = gradient[np.isfinite(gradient)]  # non-finite steps show in gradient_norm/*
-                summary.value.extend(summary_v2.histogram_pb(f"gradients/{path}", finite).value)
-        with self._get_writer().as_default():
-            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
+                values.append(_event_writer.histogram_value(f"gradients/{path}", finite))
+        self._get_writer().write(values, step)
+
+    def _write_depth(self, step):
+        if self._optimizer.gradient_statistics()["steps"] == 0:
+            return
+        names, norms = _depth.layer_gradient_norms(self.model, self._optimizer.last_gradients())
+        if not norms:
+            return
+        values = [
+            _event_writer.tensor_value("gradient_depth/norms", norms, _depth.PLUGIN, _depth.DESCRIPTION),
+            *_event_writer.scalar_values({"gradient_depth/first_to_last": _depth.first_to_last(norms)}),
+        ]
+        if self.write_plots:
+            png, width, height = _depth.plot_png(names, norms, self.model.name)
+            values.append(_event_writer.image_value("gradient_depth", png, width, height))
+        self._get_writer().write(values, step)
 
     def _write_time_probe(self, step):
-        import tensorflow as tf
-
-        self._max_step = max(self._max_step, step)
-        norms = self._probe.compute()
-        with self._get_writer().as_default():
-            for name, values in norms.items():
-                tag = f"time_gradient/{name}"
-                reach_tag = "time_gradient/reach" if name == "input" else f"{tag}/reach"
-                tf.summary.write(f"{tag}/norms", tf.constant(values, "float32"), step=step, metadata=_norms_metadata())
-                tf.summary.scalar(reach_tag, _time_probe.reach(values), step=step)
-                if self.write_plots:
-                    png = _time_probe.plot_png(values, f"{self.model.name}: {name}")
-                    tf.summary.image(tag, tf.image.decode_png(png, channels=4)[None], step=step)
+        values = []
+        for name, norms in self._probe.compute().items():
+            tag = f"time_gradient/{name}"
+            reach_tag = "time_gradient/reach" if name == "input" else f"{tag}/reach"
+            values.append(
+                _event_writer.tensor_value(
+                    f"{tag}/norms", norms, _event_writer.TIME_GRADIENT_PLUGIN,
+                    "Mean over the probe batch of |d loss_i / d x_{i,t}| for each time step t.",
+                )
+            )
+            values += _event_writer.scalar_values({reach_tag: float(_time_probe.reach(norms))})
+            if self.write_plots:
+                png, width, height = _time_probe.plot_png(norms, f"{self.model.name}: {name}")
+                values.append(_event_writer.image_value(tag, png, width, height))
+        self._get_writer().write(values, step)

@@ -105,7 +105,8 @@ class ClippingPolicy:
         return ops.convert_to_tensor(False)
 
     def __call__(self, grads, variables=None):
-        grads = list(grads)
+        # NumPy inputs become backend tensors (NumPy times a torch tensor fails).
+        grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
         new_grads, _, _ = self.apply(grads, variables, self.initial_state(variables))
         return new_grads
 
@@ -174,7 +175,7 @@ class ClipByValue(ClippingPolicy):
 
     def __init__(self, max_value):
         _check_positive_number("max_value", max_value)
-        self.max_value = max_value
+        self.max_value = float(max_value)
 
     def apply(self, grads, variables, state):
         v = self.max_value
@@ -214,7 +215,7 @@ class ClipByNorm(ClippingPolicy):
 
     def __init__(self, max_norm):
         _check_positive_number("max_norm", max_norm)
-        self.max_norm = max_norm
+        self.max_norm = float(max_norm)
 
     def apply(self, grads, variables, state):
         t = self.max_norm
@@ -263,7 +264,7 @@ class ClipByGlobalNorm(ClippingPolicy):
 
     def __init__(self, max_norm):
         _check_positive_number("max_norm", max_norm)
-        self.max_norm = max_norm
+        self.max_norm = float(max_norm)
 
     def apply(self, grads, variables, state):
         t = self.max_norm
@@ -319,7 +320,7 @@ class AutoClip(ClippingPolicy):
             raise TypeError(f"Argument `history_size` must be an integer. Received: history_size={history_size!r}")
         if history_size < 1:
             raise ValueError(f"Argument `history_size` must be an integer >= 1. Received: history_size={history_size}")
-        self.percentile = percentile
+        self.percentile = float(percentile)
         self.history_size = int(history_size)
 
     def state_spec(self, variables):
@@ -408,8 +409,8 @@ class AdaptiveClip(ClippingPolicy):
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"Argument `exclude` has an invalid regular expression {pattern!r} ({e}). Received: exclude={exclude!r}") from None
-        self.clipping = clipping
-        self.epsilon = epsilon
+        self.clipping = float(clipping)
+        self.epsilon = float(epsilon)
         self.exclude = tuple(exclude)
 
     def _excluded(self, variable):
