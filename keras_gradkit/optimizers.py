@@ -145,9 +145,16 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     averaged gradient of the update step). Equation, with `P` the policy:
     `w <- inner_update(w, P(sum_replicas g))`.
 
+    It works on every Keras backend: `apply` for TensorFlow and PyTorch (and
+    under `tf.distribute`), `stateless_apply` for JAX's trainer, both thin
+    drivers of one pure step (the policy, the statistics, the skip decision).
+
     Statistics are kept in optimizer variables, updated inside the train step
     (so they work with `jit_compile=True` and `steps_per_execution > 1`, where
-    they describe the latest step) and saved with the model. Read them with
+    they describe the latest step). The running totals and the policy's state
+    (e.g. AutoClip's history) are saved with the model, so a resumed run
+    continues exactly; the latest step's statistics and gradient copies are
+    not (they are NaN after loading until the next update). Read them with
     `gradient_statistics()`, a flat dict of Python floats:
 
     - `"global_norm"`: global L2 norm of the latest gradient before the policy;

@@ -87,10 +87,15 @@ class GradientBoard(keras.callbacks.Callback):
     callback cannot see. The statistics are recorded inside the train step
     by `keras_gradkit.optimizers.ClippedOptimizer` (so `jit_compile=True`
     works) and written here. If the model's optimizer is not a
-    `ClippedOptimizer`, it is wrapped at the start of training in a
-    monitor-only one (`keras_gradkit.clipping.NoClip()`, with
-    `record_gradients=True`) that keeps Keras's own `clipnorm`,
-    `global_clipnorm` or `clipvalue` and reports them; this is logged once.
+    `ClippedOptimizer`, it is wrapped for the duration of `fit` in a
+    monitor-only one (`keras_gradkit.clipping.NoClip()`) that keeps Keras's
+    own `clipnorm`, `global_clipnorm` or `clipvalue` and reports them, and
+    given back, with its state, when training ends: what the model saves
+    afterwards does not depend on this callback. A `ClippedOptimizer` of
+    yours is kept; when histograms are written its gradient copies are
+    switched on (`enable_gradient_recording()`; not saved, config
+    unchanged). Works on TensorFlow, JAX and PyTorch, and writes with
+    TensorBoard's own writer (TensorFlow need not be installed).
 
     Everything goes to the `train` run under `log_dir`, with the standard
     TensorBoard plugins. With `g_v` the applied gradient of variable `v`,
@@ -115,16 +120,26 @@ class GradientBoard(keras.callbacks.Callback):
       of each recurrent layer: `time_gradient/<layer name>`,
       `time_gradient/<layer name>/norms`, `time_gradient/<layer name>/reach`.
 
-    The step of every event is the optimizer's iteration count (plus an
-    offset when needed), so steps only go forward, also across several
-    `fit` calls and when `log_dir` already holds events.
+    - every histogram epoch, the gradient across depth: for the model's
+      top-level layers with trainable variables, in order (a nested block is
+      one layer), the norm of the layer's applied gradient, as an image
+      `gradient_depth` (log scale, first layer on the left), a tensor
+      `gradient_depth/norms` and a scalar `gradient_depth/first_to_last`.
+
+    Steps follow Keras's `TensorBoard` callback: epoch-level events
+    (`update_freq="epoch"`, histograms, probes) at the epoch, batch-level
+    ones at the optimizer's update count. A resumed run (`BackupAndRestore`)
+    writes at the true steps again, and TensorBoard drops the points the
+    restart orphaned; only a re-compiled optimizer that counts from 0 again
+    gets an offset, so its batch-level steps continue after the last ones.
 
     Args:
         log_dir: str, directory for the logs (the `train` run goes in
             `log_dir/train`). Checked at the start of training: one that
             cannot be written raises a `ValueError` then.
-        histogram_freq: int >= 0, write gradient histograms (and the time
-            probe) every this many epochs; 0 turns them off. Defaults to 1.
+        histogram_freq: int >= 0, write gradient histograms (with the
+            gradient across depth and the time probe) every this many epochs;
+            0 turns them off. Defaults to 1.
         update_freq: `"epoch"`, `"batch"` or a positive int: write the
             scalars at the end of each epoch, after each batch, or every this
             many batches. Defaults to `"epoch"`.
@@ -135,9 +150,8 @@ class GradientBoard(keras.callbacks.Callback):
             whose path matches one are not logged. Defaults to None.
         time_probe: None or a tuple `(x, y)`: a small batch of sequences
             `(batch, timesteps, features)` and their targets. Defaults to None.
-        write_plots: bool, write the time-gradient images (needs matplotlib).
-            The tensors and reach scalars are written either way. Defaults
-            to True.
+        write_plots: bool, write the time-gradient and depth images. The
+            tensors and scalars are written either way. Defaults to True.
 
     Example:
 
@@ -195,6 +209,7 @@ class GradientBoard(keras.callbacks.Callback):
         self._writer = None
         self._optimizer = None
         self._replaced = None
+        self._wrapping_logged = False
         self._probe = None
         self._failures = set()
         self._counts_at_last_write = None
@@ -291,6 +306,9 @@ class GradientBoard(keras.callbacks.Callback):
         model.optimizer = wrapper
         model.make_train_function(force=True)  # a traced step may hold the old optimizer
         self._replaced = original
+        if self._wrapping_logged:
+            return wrapper
+        self._wrapping_logged = True
         logger.info(
             "GradientBoard: %s is wrapped in a monitor-only ClippedOptimizer during fit to record gradient "
             "statistics; it is given back, with its state, when training ends.",

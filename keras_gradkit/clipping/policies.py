@@ -48,6 +48,11 @@ def global_norm(grads):
     return ops.sqrt(ops.sum(ops.stack(squares)))
 
 
+def _tensors(values):
+    """Backend tensors (NumPy inputs times a torch tensor fail); `None` stays."""
+    return [None if v is None else ops.convert_to_tensor(v) for v in values]
+
+
 def _scale(grads, scale):
     return [None if g is None else g * ops.cast(scale, g.dtype) for g in grads]
 
@@ -105,8 +110,7 @@ class ClippingPolicy:
         return ops.convert_to_tensor(False)
 
     def __call__(self, grads, variables=None):
-        # NumPy inputs become backend tensors (NumPy times a torch tensor fails).
-        grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
+        grads = list(grads)
         new_grads, _, _ = self.apply(grads, variables, self.initial_state(variables))
         return new_grads
 
@@ -144,6 +148,7 @@ class NoClip(ClippingPolicy):
     """
 
     def apply(self, grads, variables, state):
+        grads = _tensors(grads)
         return list(grads), [], _info()
 
 
@@ -178,6 +183,7 @@ class ClipByValue(ClippingPolicy):
         self.max_value = float(max_value)
 
     def apply(self, grads, variables, state):
+        grads = _tensors(grads)
         v = self.max_value
         clipped = _any([ops.any(ops.abs(g) > v) for g in grads if g is not None])
         new = [None if g is None else ops.clip(g, -v, v) for g in grads]
@@ -218,6 +224,7 @@ class ClipByNorm(ClippingPolicy):
         self.max_norm = float(max_norm)
 
     def apply(self, grads, variables, state):
+        grads = _tensors(grads)
         t = self.max_norm
         new, flags = [], []
         for g in grads:
@@ -267,6 +274,7 @@ class ClipByGlobalNorm(ClippingPolicy):
         self.max_norm = float(max_norm)
 
     def apply(self, grads, variables, state):
+        grads = _tensors(grads)
         t = self.max_norm
         norm = global_norm(grads)
         # Same form as Keras's `clip_by_global_norm`: 1 when norm <= t, NaN for a non-finite norm.
@@ -327,7 +335,8 @@ class AutoClip(ClippingPolicy):
         return [("history", (self.history_size,), "float32", 0.0), ("count", (), "int32", 0)]
 
     def apply(self, grads, variables, state):
-        history, count = state
+        grads = _tensors(grads)
+        history, count = _tensors(state)
         size = self.history_size
         norm = global_norm(grads)
         finite = ops.isfinite(norm)
@@ -418,6 +427,7 @@ class AdaptiveClip(ClippingPolicy):
         return any(re.search(p, path) for p in self.exclude)
 
     def apply(self, grads, variables, state):
+        grads = _tensors(grads)
         if variables is None:
             raise ValueError("`AdaptiveClip` needs the variables: call it as `policy(grads, variables)`.")
         new, flags = [], []
@@ -466,6 +476,7 @@ class SkipNonFinite(ClippingPolicy):
         return ops.logical_not(ops.all(ops.stack(finite))) if finite else ops.convert_to_tensor(False)
 
     def apply(self, grads, variables, state):
+        grads = _tensors(grads)
         return list(grads), [], _info(skip=self.should_skip(grads))
 
 
@@ -494,6 +505,7 @@ class Chain(ClippingPolicy):
         return specs
 
     def apply(self, grads, variables, state):
+        grads = _tensors(grads)
         grads, state, new_state = list(grads), list(state), []
         threshold, clipped, skip = _info()["threshold"], [], []
         for p in self.policies:
