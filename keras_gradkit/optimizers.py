@@ -287,7 +287,10 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         # Everything above is saved with the model; the statistics of the
         # latest step below are not (they are recomputed at every update).
         self._saved_count = len(self._variables)
-        self._latest = self._own_variable("latest", (len(_LATEST),), "float32", float("nan"))
+        # Initialized to 0, not NaN: JAX checks across processes that every
+        # variable starts equal, and NaN != NaN. Before the first update the
+        # norms read as NaN (see `gradient_statistics`).
+        self._latest = self._own_variable("latest", (len(_LATEST),), "float32", 0.0)
         self._gradient_norms = self._own_variable("gradient_norms", (k,), "float32")
         self._update_norms = self._own_variable("update_norms", (k,), "float32") if self.record_update_norms else None
         self._weight_norms = self._own_variable("weight_norms", (k,), "float32") if self.record_update_norms else None
@@ -561,6 +564,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         per_variable = flat[len(_LATEST) + len(_COUNTERS) :].reshape(-1, len(self._trainable_variables))
         stats = {k: float(v) for k, v in zip(_LATEST, latest)}
         if counters[0] == 0:
+            stats["global_norm"] = stats["global_norm_clipped"] = math.nan
             stats["threshold"] = self._static_threshold()
             stats["clipped"] = 0.0
         stats.update({k: float(v) for k, v in zip(_COUNTERS, counters)})

@@ -95,7 +95,8 @@ class TestGradientBoard:
         model = dense_model()
         w0 = [w.copy() for w in model.get_weights()]
         lr = 0.1
-        model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+        sgd = keras.optimizers.SGD(lr)
+        model.compile(optimizer=sgd, loss="mse")
         board = gk.callbacks.GradientBoard(tmp_path)
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[board])
         grads = numpy_dense_gradients(w0, x, y)
@@ -120,11 +121,15 @@ class TestGradientBoard:
         np.testing.assert_allclose(depth, [norm(grads[:2]), norm(grads[2:])], rtol=1e-5)
         ratio = norm(grads[:2]) / norm(grads[2:])
         assert scalar(events, "gradient_depth/first_to_last") == pytest.approx(ratio, rel=1e-5)
-        assert type(model.optimizer) is keras.optimizers.SGD  # given back after training
+        assert model.optimizer is sgd  # given back after training
 
     @pytest.mark.parametrize(
         "jit,steps_per_execution,accumulation",
-        [pytest.param(True, 1, None, marks=JIT), (False, 2, None), (False, 1, 2)],
+        [
+            pytest.param(True, 1, None, marks=JIT),
+            pytest.param(False, 2, None, marks=pytest.mark.skipif(BACKEND == "torch", reason="one step at a time")),
+            (False, 1, 2),
+        ],
         ids=["jit", "steps_per_execution", "gradient_accumulation"],
     )
     def test_training_modes_log_the_applied_gradient(self, tmp_path, jit, steps_per_execution, accumulation):
@@ -173,7 +178,7 @@ class TestGradientBoard:
         assert scalar(events, "gradient_norm/global") == pytest.approx(norm(grads), rel=2e-2)
         buckets = events["gradients/net/out/kernel"][1][-1][1]
         np.testing.assert_allclose(buckets[-1, 1], grads[2].max(), rtol=2e-2)
-        assert type(model.optimizer) is keras.optimizers.LossScaleOptimizer
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # given back
 
     def test_clipping_scalars_match_policy(self, tmp_path):
         x, y = data(scale=20.0)

@@ -125,6 +125,24 @@ class TestAgainstReferences:
         assert stats["global_norm"] == pytest.approx(history[-1], rel=1e-5)
         assert stats["clipped_steps"] == sum(h > np.percentile(history[: i + 1][-4:], 30.0) + 1e-6 for i, h in enumerate(history))
 
+    def test_sgd_with_global_norm_in_fit_against_numpy(self):
+        x, y = _data(n=16)
+        model = _model()
+        opt = ClippedOptimizer(keras.optimizers.SGD(0.05), clipping.ClipByGlobalNorm(1.0))
+        model.compile(optimizer=opt, loss="mse")
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        norms = []
+
+        def clip(grads, step):
+            norms.append(_np_norm(grads))
+            return [g * min(1.0, 1.0 / norms[-1]) for g in grads]
+
+        expected = _sgd_reference(_model(), _batches(x, y, 4) * 2, 0.05, clip)
+        _assert_weights_close(model.get_weights(), expected, atol=2e-6)
+        stats = opt.gradient_statistics()
+        assert stats["global_norm"] == pytest.approx(norms[-1], rel=1e-5)
+        assert stats["clipped_steps"] == sum(n > 1.0 for n in norms) > 0
+
     def test_adaptive_clip_in_training_against_numpy(self):
         x, y = _data(n=8)
         model = _model()

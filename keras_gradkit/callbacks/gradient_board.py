@@ -68,6 +68,14 @@ def _validate_time_probe(time_probe):
     return (x, y)
 
 
+def _as_int(step):
+    """A scalar integer tensor or variable (e.g. `optimizer.iterations`) as an int; anything else as it is."""
+    if isinstance(step, (bool, int, np.integer)) or not hasattr(step, "shape"):
+        return step
+    value = np.asarray(keras.ops.convert_to_numpy(step))
+    return int(value) if value.shape == () and np.issubdtype(value.dtype, np.integer) else step
+
+
 def _strategy_scope(model):
     """The model's `tf.distribute` strategy scope, or a null context."""
     strategy = getattr(model, "distribute_strategy", None)
@@ -400,7 +408,7 @@ class GradientBoard(keras.callbacks.Callback):
         ```
         """
         found = self._check_loop_arguments(optimizer, step, histograms)
-        step = self._loop_step(int(getattr(step, "numpy", lambda: step)()))
+        step = self._loop_step(int(_as_int(step)))
         if step is None:
             return
         self._write_scalars(step, found)
@@ -415,7 +423,7 @@ class GradientBoard(keras.callbacks.Callback):
                 "Argument `optimizer` must be a keras_gradkit.optimizers.ClippedOptimizer (or wrap one). "
                 f"Received: optimizer={optimizer!r}"
             )
-        step = getattr(step, "numpy", lambda: step)()
+        step = _as_int(step)
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"Argument `step` must be a non-negative integer. Received: step={step!r}")
         if not isinstance(histograms, bool):
