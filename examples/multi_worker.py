@@ -33,12 +33,22 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
+
+from local_cluster import free_ports  # examples/ is on sys.path
+from local_cluster import run_local_processes
+from local_cluster import wait_for_workers  # noqa: F401  (tests use it)
+from local_cluster import without_option
+
+if __name__ == "__main__" and "--backend" in " ".join(sys.argv[1:]):
+    # `--backend jax`: Keras's own fit across processes (examples/multi_worker_jax.py).
+    from local_cluster import backend_from_argv
+
+    if backend_from_argv(sys.argv[1:]) == "jax":
+        import multi_worker_jax
+
+        sys.exit(multi_worker_jax.main(without_option(sys.argv[1:], "--backend")))
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -177,78 +187,27 @@ def barrier(strategy):
 
 
 # ---------------------------------------------------------------- one machine, N workers
-def free_ports(count):
-    """`count` distinct free TCP ports on 127.0.0.1."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def local_tf_configs(num_workers):
     """One `TF_CONFIG` (a JSON string) per worker of a cluster on 127.0.0.1."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(num_workers)]}
     return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(num_workers)]
 
 
-def wait_for_workers(processes, timeout):
-    """Waits for all processes; returns 0, or the first non-zero exit code."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        codes = [p.poll() for p in processes]
-        failed = [c for c in codes if c not in (None, 0)]
-        if failed:
-            return failed[0]
-        if all(c == 0 for c in codes):
-            return 0
-        time.sleep(0.2)
-    raise TimeoutError(f"The workers did not finish within --timeout={timeout} s.")
-
-
 def launch_local_workers(num_workers, worker_argv, timeout):
-    """Runs this script `num_workers` times on 127.0.0.1, each with its own
-    `TF_CONFIG`; kills every worker if one fails, on timeout and on Ctrl-C."""
+    """Runs this script `num_workers` times on 127.0.0.1, each with its own `TF_CONFIG`."""
     threads = str(max(1, (os.cpu_count() or 1) // num_workers))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # run `finally` on kill too
-    processes = []
-    try:
-        for config in local_tf_configs(num_workers):
-            env = dict(os.environ, TF_CONFIG=config)
-            env.setdefault("TF_NUM_INTRAOP_THREADS", threads)  # the workers share this machine's cores
-            env.setdefault("TF_NUM_INTEROP_THREADS", threads)
-            processes.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), *worker_argv], env=env))
-        code = wait_for_workers(processes, timeout)
-        if code:
-            print(f"A worker failed (exit code {code}); stopping the others.", file=sys.stderr, flush=True)
-        return code
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-
-
-def without_option(argv, option):
-    """`argv` without `option VALUE` / `option=VALUE`."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            out.append(arg)
-    return out
+    # the workers share this machine's cores
+    envs = [{"TF_CONFIG": c, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}
+            for c in local_tf_configs(num_workers)]
+    return run_local_processes([sys.executable, os.path.abspath(__file__), *worker_argv], envs, timeout)
 
 
 # ---------------------------------------------------------------- main
 def parse_args(argv=None):
     from train_export_serve import positive_int as _positive_int  # examples/ is on sys.path
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow",
+                        help="tensorflow: the custom loop below; jax: Keras's fit across processes (multi_worker_jax.py)")
     parser.add_argument("--epochs", type=_positive_int, default=10)
     parser.add_argument("--global-batch-size", type=_positive_int, default=64,
                         help="examples per step over all workers (divisible by the number of workers)")
