@@ -59,7 +59,12 @@ def train_variant(variant, args, data):
     bias = model.layers[0].cell.bias.numpy()
     forget = bias[args.units : 2 * args.units]
     callbacks = [keras.callbacks.TensorBoard(os.path.join(args.logdir, variant))]
+    stats = {}
     if args.gradboard:
+        # GradientBoard gives Adam back at the end of fit: read the statistics
+        # of its monitor-only wrapper just before (callbacks end in list order).
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_train_end=lambda logs: stats.update(model.optimizer.gradient_statistics())))
         # Gradient through time on 16 validation sequences: how far back each
         # initialization lets the loss reach.
         callbacks.append(keras_gradkit.callbacks.GradientBoard(
@@ -76,7 +81,6 @@ def train_variant(variant, args, data):
     )
     seconds = time.perf_counter() - start
     if args.gradboard:
-        stats = model.optimizer.gradient_statistics()
         print(f"  {variant:8s} GradientBoard: last global gradient norm {stats['global_norm']:.3e}, "
               f"{int(stats['clipped_steps'])}/{int(stats['steps'])} updates clipped by global_clipnorm=1.0")
     val = history.history["val_loss"]

@@ -5,9 +5,9 @@ import math
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_gradkit
+from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers import GRU
 from keras_gradkit.layers import GRUCell
 from tests.layer_testing import assert_config_round_trip
@@ -15,6 +15,7 @@ from tests.layer_testing import assert_keras_file_round_trip
 from tests.layer_testing import run_layer_test
 from tests.test_lstm import _documented_args
 from tests.test_lstm import _inputs
+from tests.test_lstm import _np
 from tests.test_lstm import _randomize
 
 B, T, D, U = 3, 5, 4, 6
@@ -56,7 +57,7 @@ class TestGRU:
         layer(x)
         _randomize(layer, seed=3)  # random bias rows too
         kernel, recurrent, bias = layer.get_weights()
-        np.testing.assert_allclose(layer(x), numpy_gru(x.astype("float64"), kernel, recurrent, bias, reset_after),
+        np.testing.assert_allclose(_np(layer(x)), numpy_gru(x.astype("float64"), kernel, recurrent, bias, reset_after),
                                    atol=1e-5)
 
     def test_gate_arguments_set_the_bias(self, reset_after):
@@ -67,20 +68,24 @@ class TestGRU:
         np.testing.assert_array_equal(layer.cell.bias.numpy(), expected)
 
     def test_equals_keras_gru_with_same_weights(self, reset_after):
-        x = tf.constant(_inputs())
+        x = _inputs()
         kwargs = {"reset_after": reset_after, "return_sequences": True}
         ours, theirs = GRU(U, update_bias=1.0, **kwargs), keras.layers.GRU(U, **kwargs)
         ours(x), theirs(x)
         _randomize(ours)
         theirs.set_weights(ours.get_weights())
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
-            out_ours, out_theirs = ours(x), theirs(x)
-            loss_ours = keras.ops.sum(keras.ops.square(out_ours) * np.arange(U))
-            loss_theirs = keras.ops.sum(keras.ops.square(out_theirs) * np.arange(U))
-        np.testing.assert_array_equal(out_ours, out_theirs)
-        for a, b in zip(tape.gradient(loss_ours, [x] + ours.trainable_weights),
-                        tape.gradient(loss_theirs, [x] + theirs.trainable_weights)):
+        np.testing.assert_array_equal(_np(ours(x)), _np(theirs(x)))
+        weights = np.arange(U, dtype="float32")
+
+        def loss(layer):
+            return lambda inputs: keras.ops.sum(keras.ops.multiply(keras.ops.square(layer(inputs)), weights))
+
+        value_ours, (gx_ours,), gw_ours = value_and_gradients(loss(ours), [x], ours.trainable_weights)
+        value_theirs, (gx_theirs,), gw_theirs = value_and_gradients(loss(theirs), [x], theirs.trainable_weights)
+        np.testing.assert_allclose(value_ours, value_theirs, rtol=1e-6)
+        assert len(gw_ours) == len(gw_theirs) == len(ours.trainable_weights)
+        for a, b in zip([gx_ours] + gw_ours, [gx_theirs] + gw_theirs):
+            assert np.any(a != 0)
             np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
 
     def test_masked_backwards_stateful_equals_keras(self, reset_after):
@@ -92,7 +97,7 @@ class TestGRU:
         _randomize(ours)
         theirs.set_weights(ours.get_weights())
         for a, b in zip(ours(x, mask=mask), theirs(x, mask=mask)):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(_np(a), _np(b))
 
     def test_cell_in_rnn_equals_layer(self, reset_after):
         x = _inputs()
@@ -102,7 +107,7 @@ class TestGRU:
         np.testing.assert_array_equal(rnn.cell.bias.numpy(), layer.cell.bias.numpy())
         _randomize(layer)
         rnn.set_weights(layer.get_weights())
-        np.testing.assert_allclose(rnn(x), layer(x), atol=1e-6)
+        np.testing.assert_allclose(_np(rnn(x)), _np(layer(x)), atol=1e-6)
 
     def test_chrono(self, reset_after):
         layer = GRU(20, reset_after=reset_after, chrono_timesteps=50, seed=1)
@@ -137,6 +142,29 @@ class TestGRUArguments:
         ours(_inputs()), theirs(_inputs())
         np.testing.assert_array_equal(ours.cell.bias.numpy(), theirs.cell.bias.numpy())
 
+    def test_is_a_keras_gru_and_reaches_the_fused_kernel(self, monkeypatch):
+        """On every backend the layer hands its own variables to Keras's fused
+        `backend.gru` (cuDNN on TensorFlow and PyTorch GPUs), as keras.layers.GRU does."""
+        calls = []
+
+        def fake_fused(inputs, h, mask, kernel, recurrent_kernel, bias, **kwargs):
+            calls.append((kernel, recurrent_kernel, bias, kwargs["reset_after"]))
+            raise NotImplementedError  # Keras then falls back to the generic loop
+
+        monkeypatch.setattr(importlib.import_module("keras.src.backend"), "gru", fake_fused)
+        layer = GRU(U, update_bias=2.0)
+        assert isinstance(layer, keras.layers.GRU) and isinstance(layer.cell, keras.layers.GRUCell)
+        layer(_inputs())
+        assert len(calls) == 1
+        kernel, recurrent_kernel, bias, reset_after = calls[0]
+        assert kernel is layer.cell.kernel and recurrent_kernel is layer.cell.recurrent_kernel
+        assert bias is layer.cell.bias and reset_after is True
+        np.testing.assert_array_equal(layer.cell.bias.numpy()[0], np.repeat([2.0, 0.0, 0.0], U))
+        calls.clear()
+        GRU(U, use_cudnn=False)(_inputs())
+        assert calls == []
+
+    @pytest.mark.tensorflow_only  # Keras's TensorFlow cuDNN entry points and XLA flag
     def test_reaches_the_cudnn_kernel(self, monkeypatch):
         tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
         calls = []

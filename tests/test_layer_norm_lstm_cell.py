@@ -10,6 +10,7 @@ from tests.layer_testing import assert_config_round_trip
 from tests.layer_testing import assert_keras_file_round_trip
 from tests.test_lstm import _documented_args
 from tests.test_lstm import _inputs
+from tests.test_lstm import _np
 
 B, T, D, U = 3, 5, 4, 6
 
@@ -71,7 +72,7 @@ class TestLayerNormLSTMCell:
         rnn(x)
         p = _random_params()
         _set_params(rnn.cell, p)
-        seq, h, c = rnn(x)
+        seq, h, c = (_np(t) for t in rnn(x))
         e_seq, e_h, e_c = numpy_layer_norm_lstm(x.astype("float64"), p, epsilon)
         np.testing.assert_allclose(seq, e_seq, atol=1e-5)
         np.testing.assert_allclose(h, e_h, atol=1e-5)

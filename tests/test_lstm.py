@@ -6,9 +6,9 @@ import re
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_gradkit
+from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers import GRU
 from keras_gradkit.layers import LSTM
 from keras_gradkit.layers import GRUCell
@@ -44,6 +44,10 @@ def numpy_lstm(x, kernel, recurrent_kernel, bias):
     return np.stack(outputs, axis=1), h, c
 
 
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
 def _inputs(seed=0):
     return np.random.default_rng(seed).normal(size=(B, T, D)).astype("float32")
 
@@ -72,7 +76,7 @@ class TestLSTM:
         layer.cell.recurrent_kernel.assign(recurrent)
         # The bias the arguments ask for, written out independently of the layer.
         bias = np.concatenate([np.full(U, -1.0), np.full(U, 2.0), np.full(U, 0.5), np.full(U, 0.25)])
-        seq, h, c = layer(x)
+        seq, h, c = (_np(t) for t in layer(x))
         e_seq, e_h, e_c = numpy_lstm(x.astype("float64"), kernel, recurrent, bias)
         np.testing.assert_allclose(seq, e_seq, atol=1e-5)
         np.testing.assert_allclose(h, e_h, atol=1e-5)
@@ -104,21 +108,27 @@ class TestLSTM:
         ],
     )
     def test_equals_keras_lstm_with_same_weights(self, kwargs):
-        x = tf.constant(_inputs())
+        x = _inputs()
         ours, theirs = LSTM(U, **kwargs), keras.layers.LSTM(U, **kwargs)
         ours(x), theirs(x)
         _randomize(ours)
         theirs.set_weights(ours.get_weights())
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
-            out_ours = keras.ops.sum(keras.ops.square(keras.ops.concatenate(ours(x), axis=-1)
-                                                      if kwargs.get("return_state") else ours(x)))
-            out_theirs = keras.ops.sum(keras.ops.square(keras.ops.concatenate(theirs(x), axis=-1)
-                                                        if kwargs.get("return_state") else theirs(x)))
         for a, b in zip(keras.tree.flatten(ours(x)), keras.tree.flatten(theirs(x))):
-            np.testing.assert_array_equal(a, b)
-        for a, b in zip(tape.gradient(out_ours, [x] + ours.trainable_weights),
-                        tape.gradient(out_theirs, [x] + theirs.trainable_weights)):
+            np.testing.assert_array_equal(_np(a), _np(b))
+
+        def loss(layer):
+            def fn(inputs):
+                out = layer(inputs)
+                return keras.ops.sum(keras.ops.square(keras.ops.concatenate(out, axis=-1)
+                                                      if kwargs.get("return_state") else out))
+            return fn
+
+        value_ours, (gx_ours,), gw_ours = value_and_gradients(loss(ours), [x], ours.trainable_weights)
+        value_theirs, (gx_theirs,), gw_theirs = value_and_gradients(loss(theirs), [x], theirs.trainable_weights)
+        np.testing.assert_allclose(value_ours, value_theirs, rtol=1e-6)
+        assert len(gw_ours) == len(gw_theirs) == len(ours.trainable_weights)
+        for a, b in zip([gx_ours] + gw_ours, [gx_theirs] + gw_theirs):
+            assert np.any(a != 0)
             np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
 
     def test_masked_equals_keras(self):
@@ -128,7 +138,7 @@ class TestLSTM:
         ours(x), theirs(x)
         _randomize(ours)
         theirs.set_weights(ours.get_weights())
-        np.testing.assert_array_equal(ours(x, mask=mask), theirs(x, mask=mask))
+        np.testing.assert_array_equal(_np(ours(x, mask=mask)), _np(theirs(x, mask=mask)))
 
     def test_cell_in_rnn_equals_layer(self):
         x = _inputs()
@@ -138,8 +148,30 @@ class TestLSTM:
         np.testing.assert_array_equal(rnn.cell.bias.numpy(), layer.cell.bias.numpy())
         _randomize(layer)
         rnn.set_weights(layer.get_weights())
-        np.testing.assert_allclose(rnn(x), layer(x), atol=1e-6)
+        np.testing.assert_allclose(_np(rnn(x)), _np(layer(x)), atol=1e-6)
 
+    def test_is_a_keras_lstm_and_reaches_the_fused_kernel(self, monkeypatch):
+        """On every backend the layer hands its own variables to Keras's fused
+        `backend.lstm` (cuDNN on TensorFlow and PyTorch GPUs), as keras.layers.LSTM does."""
+        calls = []
+
+        def fake_fused(inputs, h, c, mask, kernel, recurrent_kernel, bias, **kwargs):
+            calls.append((kernel, recurrent_kernel, bias))
+            raise NotImplementedError  # Keras then falls back to the generic loop
+
+        monkeypatch.setattr(importlib.import_module("keras.src.backend"), "lstm", fake_fused)
+        layer = LSTM(U, forget_bias=2.0)
+        assert isinstance(layer, keras.layers.LSTM) and isinstance(layer.cell, keras.layers.LSTMCell)
+        layer(_inputs())
+        assert len(calls) == 1
+        assert calls[0][0] is layer.cell.kernel and calls[0][1] is layer.cell.recurrent_kernel
+        assert calls[0][2] is layer.cell.bias
+        np.testing.assert_array_equal(layer.cell.bias.numpy(), np.repeat([0.0, 2.0, 0.0, 0.0], U))
+        calls.clear()
+        LSTM(U, use_cudnn=False)(_inputs())
+        assert calls == []
+
+    @pytest.mark.tensorflow_only  # Keras's TensorFlow cuDNN entry points and XLA flag
     def test_is_a_keras_lstm_and_reaches_the_cudnn_kernel(self, monkeypatch):
         """With a GPU reported, the layer hands its own variables to Keras's cuDNN LSTM."""
         tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
@@ -243,6 +275,7 @@ class TestLSTM:
         assert f"keras_gradkit.layers.{cls.__name__}" in cls.__doc__
 
 
+@pytest.mark.tensorflow_only  # SavedModel export and TensorFlow serving
 def test_export_serves_every_gated_layer_without_keras_gradkit(tmp_path):
     """One SavedModel with each layer and cell of this family, served in a fresh process."""
     inputs = keras.Input((T, D))
@@ -265,6 +298,8 @@ def test_public_paths():
 
 def _training_graph_ops(layer, x):
     """The op types of the traced forward-and-gradient graph of `layer`."""
+    import tensorflow as tf
+
     layer(x)
     _randomize(layer)
 
@@ -289,7 +324,10 @@ def _training_graph_ops(layer, x):
         (lambda: GRU(U, reset_after=False, chrono_timesteps=9), lambda: keras.layers.GRU(U, reset_after=False)),
     ],
 )
+@pytest.mark.tensorflow_only  # compares traced tf.function graphs op for op
 def test_training_graph_is_the_keras_graph(ours, theirs):
-    """Same ops in the traced training step: the speed is Keras's by construction."""
+    """Same ops in the traced training step: the speed is Keras's by construction.
+    On every backend, test_equals_keras_lstm_with_same_weights (and the GRU's)
+    check the same outputs and gradients as Keras's layer."""
     x = _inputs()
     assert _training_graph_ops(ours(), x) == _training_graph_ops(theirs(), x)
