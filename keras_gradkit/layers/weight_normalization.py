@@ -248,3 +248,9 @@ class WeightNormalization(keras.layers.Wrapper):
 
     def get_config(self):
         return {**super().get_config(), "data_init": self.data_init}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # Keras's Wrapper pops "layer" from the dict it is given; keep the
+        # caller's config intact.
+        return super().from_config(dict(config), custom_objects=custom_objects)
