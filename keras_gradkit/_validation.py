@@ -57,11 +57,32 @@ def non_negative_int(name, value):
     return int(value)
 
 
-def integer(name, value):
-    """Returns `value` as an int (any sign)."""
+def integer(name, value, allow_none=False):
+    """Returns `value` as an int of any sign (or None when allowed)."""
+    if value is None and allow_none:
+        return None
     if not _is_integer(value):
-        raise TypeError(_message(name, "an integer", value))
+        raise TypeError(_message(name, "an integer" + (" or None" if allow_none else ""), value))
     return int(value)
+
+
+def optional_bool(name, value):
+    """Returns `value` if it is a bool or None; raises `TypeError` otherwise."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(_message(name, "a bool or None", value))
+    return value
+
+
+def float_at_least(name, value, minimum, allow_none=False, hint=""):
+    """Returns `value` as a finite float >= `minimum` (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    expected = f"a number >= {minimum!r}" + (" or None" if allow_none else "")
+    if not _is_real(value):
+        raise TypeError(_message(name, expected, value, hint))
+    if not (math.isfinite(value) and value >= minimum):
+        raise ValueError(_message(name, expected, value, hint))
+    return float(value)
 
 
 def finite_float(name, value, nonzero=False):
