@@ -371,15 +371,14 @@ class TestCosineFamily:
         assert_export_serves(model, x, tmp_path)
 
     @pytest.mark.parametrize(
-        "cls, keras_cls, required",
+        "cls, keras_cls",
         [
-            (CosineDense, keras.layers.Dense, 1),
-            (CosineConv1D, keras.layers.Conv1D, 2),
-            (CosineConv2D, keras.layers.Conv2D, 2),
+            (CosineDense, keras.layers.Dense),
+            (CosineConv1D, keras.layers.Conv1D),
+            (CosineConv2D, keras.layers.Conv2D),
         ],
     )
-    def test_positional_arguments_follow_the_keras_layer(self, cls, keras_cls, required):
-        del required
+    def test_positional_arguments_follow_the_keras_layer(self, cls, keras_cls):
         ours = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
         theirs = [p for p in inspect.signature(keras_cls.__init__).parameters if p not in ("self", "kwargs")]
         shared = [p for p in theirs if p in ours]
