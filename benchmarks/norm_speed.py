@@ -5,10 +5,15 @@ Compares, in one run and on the same inputs:
   * `keras_gradkit.layers.GroupNorm` against `keras.layers.GroupNormalization`
     (target ratio <= 1.15 without a mask), and GroupNorm with a mask;
   * `keras_gradkit.layers.CosineConv2D` against `keras.layers.Conv2D`
-    (target ratio <= 2.5), and `CosineDense` against `keras.layers.Dense`.
+    (target ratio <= 2.5), and `CosineDense` against `keras.layers.Dense`;
+  * `keras_gradkit.layers.WeightNormalization` around `Dense` and `Conv2D`
+    against the plain layer, timed in `model.fit` (a second table): one
+    epoch of `--fit-steps` batches per timing, after a warm-up epoch that
+    traces the step and performs the data-dependent initialization.
 
     python benchmarks/norm_speed.py               # default shapes, 15 rounds of 3 steps
     python benchmarks/norm_speed.py --repeats 5 --batch 16
+    python benchmarks/norm_speed.py --only-fit --fit-rounds 5   # WeightNormalization only
 
 A step is the forward pass and the gradients with respect to the weights and
 the input (as inside a deeper network), traced once with tf.function, warmed
@@ -86,15 +91,76 @@ def cases(batch):
     ]
 
 
+def _fit_model(inputs_shape, make_layer, wrap):
+    inputs = keras.Input(inputs_shape)
+    layer = make_layer()
+    hidden = (gk.layers.WeightNormalization(layer) if wrap else layer)(inputs)
+    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(hidden))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def fit_cases(batch, steps):
+    rng = np.random.default_rng(1)
+    dense_x = rng.normal(size=(batch * steps, 512)).astype("float32")
+    conv_x = rng.normal(size=(batch * steps, 16, 16, 32)).astype("float32")
+    y = rng.normal(size=(batch * steps, 1)).astype("float32")
+    return [
+        ("WeightNormalization(Dense) vs Dense, (B,512) -> 512", (512,),
+         lambda: keras.layers.Dense(512, activation="relu"), dense_x, y),
+        ("WeightNormalization(Conv2D) vs Conv2D, (B,16,16,32) -> 64, 3x3 same", (16, 16, 32),
+         lambda: keras.layers.Conv2D(64, 3, padding="same", activation="relu"), conv_x, y),
+    ]
+
+
+def time_fit(model, x, y, batch):
+    """Seconds per `fit` step over one epoch."""
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    return (time.perf_counter() - start) / (len(x) // batch)
+
+
+def run_fit_table(args):
+    built = []
+    for name, shape, make_layer, x, y in fit_cases(args.batch, args.fit_steps):
+        ours, plain = _fit_model(shape, make_layer, True), _fit_model(shape, make_layer, False)
+        time_fit(ours, x, y, args.batch)  # trace, data-dependent init
+        time_fit(plain, x, y, args.batch)
+        built.append((name, ours, plain, x, y))
+    times = {name: ([], []) for name, *_ in built}
+    for _ in range(args.fit_rounds):
+        for name, ours, plain, x, y in built:
+            times[name][0].append(time_fit(ours, x, y, args.batch))
+            times[name][1].append(time_fit(plain, x, y, args.batch))
+    print(f"\nfit: {args.fit_rounds} interleaved rounds of one {args.fit_steps}-step epoch, batch {args.batch}")
+    print("| case | WeightNormalization ms/step (median / min) | plain ms/step (median / min) | ratio median | ratio min |")
+    print("|---|---|---|---|---|")
+    for name, *_ in built:
+        ours, plain = times[name]
+        print(
+            f"| {name} | {statistics.median(ours) * 1e3:.2f} / {min(ours) * 1e3:.2f} "
+            f"| {statistics.median(plain) * 1e3:.2f} / {min(plain) * 1e3:.2f} "
+            f"| {statistics.median(ours) / statistics.median(plain):.2f} | {min(ours) / min(plain):.2f} |",
+            flush=True,
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds")
     parser.add_argument("--inner", type=int, default=3, help="steps averaged per timing")
+    parser.add_argument("--fit-rounds", type=int, default=10, help="interleaved fit rounds")
+    parser.add_argument("--fit-steps", type=int, default=20, help="fit steps per timed epoch")
+    parser.add_argument("--only-fit", action="store_true", help="only the WeightNormalization fit table")
     args = parser.parse_args()
     tf.get_logger().setLevel("ERROR")  # one tf.function per case is intended
     print(f"keras {keras.__version__}, tensorflow {tf.__version__}, {os.cpu_count()} CPU cores, "
           f"batch {args.batch}, {args.repeats} interleaved rounds of {args.inner} steps")
+    if args.only_fit:
+        run_fit_table(args)
+        return
     built = [(name, target, ours(), theirs()) for name, target, ours, theirs in cases(args.batch)]
     for _, _, ours, theirs in built:
         for _ in range(3):
@@ -118,6 +184,7 @@ def main():
             f"| {med:.2f} | {low:.2f} | {verdict} |",
             flush=True,
         )
+    run_fit_table(args)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 """Normalization in a deep tanh (or sigmoid) network: do the first layer's gradients survive?
 
 Trains the same 20-layer network on scikit-learn's bundled 8x8 digits
-(1,797 images, 10 classes, no download) three ways and prints the test
+(1,797 images, 10 classes, no download) four ways and prints the test
 accuracy and the first layer's gradient norm:
 
 - `plain`: `Dense` (or `Conv2D`) followed by the activation;
 - `groupnorm`: `Dense`/`Conv2D`, then `keras_gradkit.layers.GroupNorm`, then
   the activation;
 - `cosine`: `keras_gradkit.layers.CosineDense` (or `CosineConv2D`) with a
-  bias, then the activation.
+  bias, then the activation;
+- `weightnorm`: `Dense` (or `Conv2D`) wrapped in
+  `keras_gradkit.layers.WeightNormalization` (data-dependent initialization
+  on the first training batch), then the activation. The first training-mode
+  call is the gradient probe at initialization below, so the data-dependent
+  initialization uses the probe's 256 training images.
 
 Every variant uses the same optimizer, seed and data split, and a plain
 `Dense(10, softmax)` head. The gradient norm is the L2 norm of the gradient of
@@ -41,7 +46,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 
 import keras_gradkit  # noqa: E402
 
-VARIANTS = ("plain", "groupnorm", "cosine")
+VARIANTS = ("plain", "groupnorm", "cosine", "weightnorm")
 
 
 def load_data(seed):
@@ -62,9 +67,18 @@ def hidden_block(variant, arch, width, groups, activation):
             return [keras_gradkit.layers.CosineConv2D(
                 width, 3, padding="same", use_bias=True, activation=activation)]
         layers = [keras.layers.Conv2D(width, 3, padding="same")]
+    if variant == "weightnorm":
+        layers = [keras_gradkit.layers.WeightNormalization(layers[0])]
     if variant == "groupnorm":
         layers.append(keras_gradkit.layers.GroupNorm(groups=groups))
     return layers + [keras.layers.Activation(activation)]
+
+
+def _kernel_of(layer):
+    """The layer's kernel (`v` for a WeightNormalization wrapper), or None."""
+    if isinstance(layer, keras_gradkit.layers.WeightNormalization):
+        return layer.layer.kernel
+    return getattr(layer, "kernel", None)
 
 
 def build_model(variant, args):
@@ -74,8 +88,8 @@ def build_model(variant, args):
     for _ in range(args.depth):
         for layer in hidden_block(variant, args.arch, args.width, args.groups, args.activation):
             hidden = layer(hidden)
-            if first_kernel is None and hasattr(layer, "kernel"):
-                first_kernel = layer.kernel
+            if first_kernel is None:
+                first_kernel = _kernel_of(layer)
     if args.arch == "conv":
         hidden = keras.layers.GlobalAveragePooling2D()(hidden)
     outputs = keras.layers.Dense(10, activation="softmax")(hidden)

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
 
 
@@ -31,17 +32,7 @@ class MaxAbs(keras.constraints.Constraint):
     """
 
     def __init__(self, max_value):
-        if isinstance(max_value, bool) or not isinstance(max_value, (int, float)):
-            raise TypeError(
-                "Argument `max_value` must be a positive number. "
-                f"Received: max_value={max_value!r}"
-            )
-        if not max_value > 0:
-            raise ValueError(
-                "Argument `max_value` must be positive. "
-                f"Received: max_value={max_value}"
-            )
-        self.max_value = float(max_value)
+        self.max_value = _validation.positive_float("max_value", max_value)
 
     def __call__(self, w):
         return keras.ops.clip(w, -self.max_value, self.max_value)

@@ -7,12 +7,11 @@ Ollivier 2018. Both return the complete bias in Keras's gate order, so they can
 be passed as `bias_initializer` to `keras.layers.LSTM` or `keras.layers.GRU`.
 """
 
-import math
-import numbers
 import random as python_random
 
 import keras
 
+from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
 
 LAYOUTS = ("lstm", "gru")
@@ -24,10 +23,8 @@ GATES = {
 
 
 def _check_layout(layout, reset_after):
-    if layout not in LAYOUTS:
-        raise ValueError(f"Argument `layout` must be one of {LAYOUTS}. Received: layout={layout!r}")
-    if not isinstance(reset_after, bool):
-        raise TypeError(f"Argument `reset_after` must be a bool. Received: reset_after={reset_after!r}")
+    _validation.one_of("layout", layout, LAYOUTS)
+    _validation.bool_arg("reset_after", reset_after)
     if layout == "lstm" and not reset_after:
         raise ValueError(
             "Argument `reset_after` only applies to `layout='gru'`; the LSTM bias "
@@ -36,11 +33,7 @@ def _check_layout(layout, reset_after):
 
 
 def _check_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Argument `{name}` must be a real number. Received: {name}={value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"Argument `{name}` must be finite. Received: {name}={value!r}")
-    return float(value)
+    return _validation.finite_float(name, value)
 
 
 def _units_from_shape(shape, layout, reset_after):
@@ -173,16 +166,11 @@ class Chrono(keras.initializers.Initializer):
     """
 
     def __init__(self, max_timesteps, layout="lstm", reset_after=True, seed=None):
-        if isinstance(max_timesteps, bool) or not isinstance(max_timesteps, numbers.Real):
-            raise TypeError(f"Argument `max_timesteps` must be a number. Received: max_timesteps={max_timesteps!r}")
-        if not (math.isfinite(max_timesteps) and max_timesteps >= 2):
-            raise ValueError(
-                f"Argument `max_timesteps` must be at least 2 (the bias is log(U[1, max_timesteps - 1])). "
-                f"Received: max_timesteps={max_timesteps!r}"
-            )
+        _validation.float_at_least(
+            "max_timesteps", max_timesteps, 2, hint="(the bias is log(U[1, max_timesteps - 1]))"
+        )
         _check_layout(layout, reset_after)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"Argument `seed` must be an int or None. Received: seed={seed!r}")
+        _validation.integer("seed", seed, allow_none=True)
         self.max_timesteps = max_timesteps
         self.layout = layout
         self.reset_after = reset_after
@@ -224,19 +212,8 @@ def _validate_gate_arguments(gate_args, defaults, chrono_timesteps, unit_forget_
     """
     for name, value in gate_args.items():
         _check_number(name, value)
-    if chrono_timesteps is not None:
-        if isinstance(chrono_timesteps, bool) or not isinstance(chrono_timesteps, numbers.Real):
-            raise TypeError(
-                f"Argument `chrono_timesteps` must be a number or None. Received: chrono_timesteps={chrono_timesteps!r}"
-            )
-        if not (math.isfinite(chrono_timesteps) and chrono_timesteps >= 2):
-            raise ValueError(
-                f"Argument `chrono_timesteps` must be at least 2. Received: chrono_timesteps={chrono_timesteps!r}"
-            )
-    if unit_forget_bias is not None and not isinstance(unit_forget_bias, bool):
-        raise TypeError(
-            f"Argument `unit_forget_bias` must be None or a bool. Received: unit_forget_bias={unit_forget_bias!r}"
-        )
+    _validation.float_at_least("chrono_timesteps", chrono_timesteps, 2, allow_none=True)
+    _validation.optional_bool("unit_forget_bias", unit_forget_bias)
     given = [f"{n}={v!r}" for n, v in gate_args.items() if v != defaults[n]]
     if chrono_timesteps is not None and given:
         raise ValueError(

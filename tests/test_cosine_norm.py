@@ -9,9 +9,9 @@ import re
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_gradkit
+from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers import CosineConv1D
 from keras_gradkit.layers import CosineConv2D
 from keras_gradkit.layers import CosineDense
@@ -23,6 +23,21 @@ from tests.layer_testing import assert_keras_file_round_trip
 from tests.layer_testing import run_layer_test
 
 EPSILON = 1e-7
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _weighted_sum_gradients(layer, x, weights):
+    """Gradients of sum(layer(x) * weights) w.r.t. x and the trainable weights."""
+    weights = keras.ops.convert_to_tensor(np.asarray(weights, "float32"))
+
+    def loss(x):
+        return keras.ops.sum(keras.ops.multiply(layer(x), weights))
+
+    _, (grad_x,), grad_w = value_and_gradients(loss, [x], layer.trainable_weights)
+    return grad_x, grad_w
 
 
 def reference_cosine(x, w, b=None, scale=1.0, centered=False, epsilon=EPSILON):
@@ -118,7 +133,7 @@ class TestCosineDense:
         layer.build(shape)
         kernel, bias = _randomize(layer, rng)
         expected = reference_dense(x, kernel, bias, scale=scale, centered=centered)
-        np.testing.assert_allclose(layer(x), expected, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(_np(layer(x)), expected, atol=1e-5, rtol=1e-4)
 
     def test_learned_scale_is_trainable_and_used(self):
         rng = np.random.default_rng(1)
@@ -129,10 +144,8 @@ class TestCosineDense:
         assert [w.path.split("/")[-1] for w in layer.trainable_weights] == ["kernel", "bias", "scale"]
         assert float(layer.scale_weight.numpy()) == 3.0
         layer.scale_weight.assign(-7.0)
-        np.testing.assert_allclose(layer(x), reference_dense(x, kernel, bias, scale=-7.0), atol=1e-5)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(x) * np.arange(2.0, dtype="float32"))
-        grad = tape.gradient(loss, layer.scale_weight)
+        np.testing.assert_allclose(_np(layer(x)), reference_dense(x, kernel, bias, scale=-7.0), atol=1e-5)
+        _, (_, _, grad) = _weighted_sum_gradients(layer, x, np.arange(2.0))
         np.testing.assert_allclose(
             grad, (reference_dense(x, kernel, bias) * np.arange(2.0)).sum(), rtol=1e-4
         )
@@ -148,18 +161,15 @@ class TestCosineDense:
         y = keras.ops.convert_to_numpy(layer(x))
         assert np.all(np.abs(y) <= 2.0 * (1 + 1e-6))
         assert y[0, 0] == pytest.approx(2.0, rel=1e-6)
-        np.testing.assert_allclose(layer(x * 1e-3), y, atol=1e-5)
+        np.testing.assert_allclose(_np(layer(x * 1e-3)), y, atol=1e-5)
 
     def test_zero_input_finite_output_and_gradients(self):
         for layer in (CosineDense(3), CosineDense(3, use_bias=True, centered=True, learn_scale=True)):
-            x = tf.zeros((2, 4))
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x)
-                loss = tf.reduce_sum(y * tf.constant([1.0, -2.0, 3.0]))
-            np.testing.assert_array_equal(y.numpy(), 0.0)
-            for g in tape.gradient(loss, [x] + layer.trainable_weights):
-                assert np.all(np.isfinite(g.numpy()))
+            x = np.zeros((2, 4), "float32")
+            np.testing.assert_array_equal(_np(layer(x)), 0.0)
+            grad_x, grad_w = _weighted_sum_gradients(layer, x, [1.0, -2.0, 3.0])
+            for g in [grad_x] + grad_w:
+                assert np.all(np.isfinite(g))
 
     def test_run_layer_test(self, tmp_path):
         x = np.random.default_rng(3).normal(size=(2, 3, 4)).astype("float32")
@@ -176,8 +186,9 @@ class TestCosineDense:
         "kwargs, name, error",
         [
             ({"units": 0}, "units", ValueError),
-            ({"units": 2.0}, "units", ValueError),
+            ({"units": 2.0}, "units", TypeError),
             ({"units": 2, "scale": 0.0}, "scale", ValueError),
+            ({"units": 2, "scale": "big"}, "scale", TypeError),
             ({"units": 2, "scale": float("inf")}, "scale", ValueError),
             ({"units": 2, "epsilon": 0.0}, "epsilon", ValueError),
             ({"units": 2, "use_bias": 1}, "use_bias", TypeError),
@@ -248,7 +259,7 @@ class TestCosineConv:
         first.set_weights(last.get_weights())
         y_first = keras.ops.convert_to_numpy(first(x_first))
         assert y_first.shape == first.compute_output_shape(x_first.shape)
-        np.testing.assert_allclose(np.moveaxis(y_first, 1, -1), last(x), atol=1e-6)
+        np.testing.assert_allclose(np.moveaxis(y_first, 1, -1), _np(last(x)), atol=1e-6)
 
     def test_bounded_by_scale_for_large_inputs(self):
         rng = np.random.default_rng(6)
@@ -262,14 +273,11 @@ class TestCosineConv:
     def test_zero_input_finite_output_and_gradients(self, rank):
         shape = (2, 5, 2) if rank == 1 else (2, 4, 4, 2)
         layer = _conv_layer(rank, filters=3, kernel_size=2, padding="same", use_bias=True, centered=True)
-        x = tf.zeros(shape)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * tf.constant([1.0, -2.0, 3.0]))
-        np.testing.assert_array_equal(y.numpy(), 0.0)
-        for g in tape.gradient(loss, [x] + layer.trainable_weights):
-            assert np.all(np.isfinite(g.numpy()))
+        x = np.zeros(shape, "float32")
+        np.testing.assert_array_equal(_np(layer(x)), 0.0)
+        grad_x, grad_w = _weighted_sum_gradients(layer, x, [1.0, -2.0, 3.0])
+        for g in [grad_x] + grad_w:
+            assert np.all(np.isfinite(g))
 
     def test_mixed_precision_large_inputs(self):
         x = (np.random.default_rng(7).normal(size=(2, 6, 6, 3)) * 1e4).astype("float32")
@@ -308,6 +316,7 @@ class TestCosineConv:
             ({"filters": 2, "kernel_size": 3, "padding": "causal"}, "padding"),
             ({"filters": 2, "kernel_size": 3, "padding": "full"}, "padding"),
             ({"filters": 2, "kernel_size": 3, "data_format": "NHWC"}, "data_format"),
+            ({"filters": 2, "kernel_size": 3, "groups": 2}, "groups"),
             ({"filters": 2, "kernel_size": 3, "strides": 2, "dilation_rate": 2}, "dilation_rate"),
             ({"filters": 2, "kernel_size": 3, "scale": 0}, "scale"),
             ({"filters": 2, "kernel_size": 3, "epsilon": -1.0}, "epsilon"),
@@ -340,7 +349,7 @@ class TestCosineFamily:
         result = doctest.testmod(cosine_norm_module, extraglobs={"keras_gradkit": keras_gradkit})
         assert result.attempted >= 3 and result.failed == 0
 
-    def test_keras_file_and_export_of_a_model_with_every_layer(self, tmp_path):
+    def _model_with_every_layer(self):
         rng = np.random.default_rng(9)
         inputs = keras.Input((6, 6, 2))
         hidden = CosineConv2D(4, 3, padding="same", use_bias=True, centered=True)(inputs)
@@ -350,6 +359,74 @@ class TestCosineFamily:
         outputs = CosineDense(2, use_bias=True, activation="softmax")(keras.layers.Flatten()(hidden))
         model = keras.Model(inputs, outputs)
         model.set_weights([w + rng.normal(size=w.shape).astype("float32") * 0.1 for w in model.get_weights()])
-        x = rng.normal(size=(3, 6, 6, 2)).astype("float32")
+        return model, rng.normal(size=(3, 6, 6, 2)).astype("float32")
+
+    def test_keras_file_of_a_model_with_every_layer(self, tmp_path):
+        model, x = self._model_with_every_layer()
         assert_keras_file_round_trip(model, x, tmp_path)
+
+    @pytest.mark.tensorflow_only
+    def test_export_of_a_model_with_every_layer(self, tmp_path):
+        model, x = self._model_with_every_layer()
         assert_export_serves(model, x, tmp_path)
+
+    @pytest.mark.parametrize(
+        "cls, keras_cls",
+        [
+            (CosineDense, keras.layers.Dense),
+            (CosineConv1D, keras.layers.Conv1D),
+            (CosineConv2D, keras.layers.Conv2D),
+        ],
+    )
+    def test_positional_arguments_follow_the_keras_layer(self, cls, keras_cls):
+        ours = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+        theirs = [p for p in inspect.signature(keras_cls.__init__).parameters if p not in ("self", "kwargs")]
+        shared = [p for p in theirs if p in ours]
+        # Every argument the two share sits at the same position, and the
+        # shared ones come first.
+        assert ours[: len(shared)] == shared
+        assert shared == theirs[: len(shared)]
+        assert len(shared) >= 10
+        # The same positional call configures both the same way.
+        args = {
+            "units": 3, "filters": 3, "kernel_size": 2, "strides": 1, "padding": "same",
+            "data_format": "channels_last", "dilation_rate": 1, "groups": 1, "activation": "relu",
+            "use_bias": True, "kernel_initializer": "ones", "bias_initializer": "zeros",
+            "kernel_regularizer": "l2", "bias_regularizer": "l1", "activity_regularizer": "l2",
+            "kernel_constraint": "non_neg", "bias_constraint": "non_neg",
+        }
+        positional = [args[p] for p in shared]
+        ours_config = cls(*positional).get_config()
+        theirs_config = keras_cls(*positional).get_config()
+        for name in shared:
+            assert ours_config[name] == theirs_config[name], name
+        # The issue's example: the second positional argument is `activation`.
+        if cls is CosineDense:
+            assert CosineDense(10, "relu").get_config()["activation"] == "relu"
+
+    @pytest.mark.parametrize(
+        "cls, keras_cls, kwargs",
+        [
+            (CosineDense, keras.layers.Dense, {"units": 2}),
+            (CosineConv1D, keras.layers.Conv1D, {"filters": 2, "kernel_size": 2}),
+            (CosineConv2D, keras.layers.Conv2D, {"filters": 2, "kernel_size": 2}),
+        ],
+    )
+    def test_masking_support_follows_the_keras_layer(self, cls, keras_cls, kwargs):
+        assert cls(**kwargs).supports_masking == keras_cls(**kwargs).supports_masking
+
+    def test_masking_cosine_dense_lstm_ignores_padding(self):
+        inputs = keras.Input((None, 3))
+        hidden = keras.layers.Masking(0.0)(inputs)
+        hidden = CosineDense(4, "tanh", True)(hidden)
+        outputs = keras.layers.LSTM(2, return_sequences=True)(hidden)
+        model = keras.Model(inputs, outputs)
+        rng = np.random.default_rng(10)
+        real = (rng.normal(size=(2, 4, 3)) + 0.5).astype("float32")
+        real[1, 2:] = 0.0  # the second sample has 2 real steps
+        results = [_np(model(np.pad(real, ((0, 0), (0, pad), (0, 0))))) for pad in (0, 3, 8)]
+        for other in results[1:]:
+            np.testing.assert_allclose(other[0, :4], results[0][0, :4], atol=1e-6)
+            np.testing.assert_allclose(other[1, :2], results[0][1, :2], atol=1e-6)
+        # Masked steps repeat the last real output (Keras's LSTM with a mask).
+        np.testing.assert_allclose(results[2][1, 2:], np.repeat(results[0][1, 1:2], 10, axis=0), atol=1e-6)

@@ -216,7 +216,6 @@ class TestLSTM:
             ({"chrono_timesteps": 10, "forget_bias": 3.0}, "chrono_timesteps"),
             ({"chrono_timesteps": 1}, "chrono_timesteps"),
             ({"units": 0}, "units"),
-            ({"units": 2.5}, "units"),
             ({"dropout": 1.5}, "dropout"),
             ({"recurrent_dropout": -0.1}, "recurrent_dropout"),
             ({"use_cudnn": "yes"}, "use_cudnn"),
@@ -232,6 +231,8 @@ class TestLSTM:
                 LSTMCell(**kwargs)
 
     def test_non_number_gate_raises_type_error(self):
+        with pytest.raises(TypeError, match="Argument `units` must be a positive integer. Received: units=2.5"):
+            LSTM(2.5)
         with pytest.raises(TypeError, match="forget_bias"):
             LSTM(4, forget_bias="1")
         with pytest.raises(TypeError, match="unit_forget_bias"):

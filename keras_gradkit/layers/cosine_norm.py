@@ -6,42 +6,8 @@ import math
 import keras
 from keras import ops
 
+from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"Argument `{name}` must be a bool. Received: {name}={value!r}")
-
-
-def _check_positive_int(name, value):
-    if not _is_int(value) or value < 1:
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-
-
-def _int_tuple(name, value, rank):
-    """Normalizes an int or a sequence of `rank` positive ints to a tuple."""
-    values = (value,) * rank if _is_int(value) else value
-    if (
-        not isinstance(values, (tuple, list))
-        or len(values) != rank
-        or not all(_is_int(v) and v >= 1 for v in values)
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer or a tuple of {rank} "
-            f"positive integers. Received: {name}={value!r}"
-        )
-    return tuple(values)
 
 
 class _CosineNormBase(keras.layers.Layer):
@@ -54,39 +20,27 @@ class _CosineNormBase(keras.layers.Layer):
 
     def __init__(
         self,
+        activation,
         use_bias,
+        kernel_initializer,
+        bias_initializer,
+        kernel_regularizer,
+        bias_regularizer,
+        activity_regularizer,
+        kernel_constraint,
+        bias_constraint,
         scale,
         learn_scale,
         centered,
         epsilon,
-        activation,
-        kernel_initializer,
-        kernel_regularizer,
-        kernel_constraint,
-        bias_initializer,
-        bias_regularizer,
-        bias_constraint,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        _check_bool("use_bias", use_bias)
-        _check_bool("learn_scale", learn_scale)
-        _check_bool("centered", centered)
-        if not _is_number(scale) or not math.isfinite(scale) or scale == 0:
-            raise ValueError(
-                "Argument `scale` must be a finite non-zero number. "
-                f"Received: scale={scale!r}"
-            )
-        if not _is_number(epsilon) or not epsilon > 0 or not math.isfinite(epsilon):
-            raise ValueError(
-                "Argument `epsilon` must be a positive number. "
-                f"Received: epsilon={epsilon!r}"
-            )
-        self.use_bias = use_bias
-        self.scale = float(scale)
-        self.learn_scale = learn_scale
-        self.centered = centered
-        self.epsilon = float(epsilon)
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.use_bias = _validation.bool_arg("use_bias", use_bias)
+        self.learn_scale = _validation.bool_arg("learn_scale", learn_scale)
+        self.centered = _validation.bool_arg("centered", centered)
+        self.scale = _validation.finite_float("scale", scale, nonzero=True)
+        self.epsilon = _validation.positive_float("epsilon", epsilon)
         self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -166,6 +120,7 @@ class _CosineNormBase(keras.layers.Layer):
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
             "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),
         }
         return {**super().get_config(), **config}
 
@@ -195,10 +150,31 @@ class CosineDense(_CosineNormBase):
     dtype. Bounded outputs train with larger learning rates than usual (the
     paper used lr 10 for cosine networks where the baseline used 0.1).
 
+    The arguments are those of `keras.layers.Dense`, in the same positions
+    (`CosineDense(10, "relu")` is `units=10, activation="relu"`), followed by
+    the cosine-specific ones. One default differs: `use_bias=False`, because
+    the paper's cosine has no bias and a bias changes the bounded quantity.
+    As `Dense`, the layer passes a mask on unchanged, so
+    `Masking -> CosineDense -> LSTM` still skips the padded steps.
+
     Args:
         units: positive int, the output dimension.
+        activation: activation applied to the scaled cosine.
+            Defaults to `None`.
         use_bias: bool, whether to add the bias (as a weight on a constant
-            input 1). Defaults to `False`.
+            input 1). Defaults to `False` (`Dense` defaults to `True`).
+        kernel_initializer: initializer for the kernel.
+            Defaults to `"glorot_uniform"`.
+        bias_initializer: initializer for the bias. Defaults to `"zeros"`.
+        kernel_regularizer: optional regularizer for the kernel.
+            Defaults to `None`.
+        bias_regularizer: optional regularizer for the bias.
+            Defaults to `None`.
+        activity_regularizer: optional regularizer for the output.
+            Defaults to `None`.
+        kernel_constraint: optional constraint for the kernel.
+            Defaults to `None`.
+        bias_constraint: optional constraint for the bias. Defaults to `None`.
         scale: finite non-zero float multiplying the cosine. Defaults to `1.0`.
         learn_scale: bool, if `True` the scale is a trainable scalar
             initialized to `scale` (the cosine-classifier form of NormFace).
@@ -207,32 +183,22 @@ class CosineDense(_CosineNormBase):
             Defaults to `False`.
         epsilon: positive float added under the square roots of the squared
             norms. Defaults to `1e-7`.
-        activation: activation applied to the scaled cosine.
-            Defaults to `None`.
-        kernel_initializer: initializer for the kernel.
-            Defaults to `"glorot_uniform"`.
-        kernel_regularizer: optional regularizer for the kernel.
-            Defaults to `None`.
-        kernel_constraint: optional constraint for the kernel.
-            Defaults to `None`.
-        bias_initializer: initializer for the bias. Defaults to `"zeros"`.
-        bias_regularizer: optional regularizer for the bias.
-            Defaults to `None`.
-        bias_constraint: optional constraint for the bias. Defaults to `None`.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: tensor of shape `(batch, ..., input_dim)`, rank >= 2.
+        mask: optional mask, e.g. `(batch, time)` from `Masking`; not used in
+            the computation and passed on unchanged.
 
     Returns:
         A tensor of shape `(batch, ..., units)`.
 
     Example:
 
-    >>> import numpy as np, keras_gradkit
-    >>> layer = keras_gradkit.layers.CosineDense(4, use_bias=True, scale=10.0)
-    >>> y = layer(np.random.rand(2, 3).astype("float32"))
-    >>> tuple(y.shape), bool(np.all(np.abs(y) <= 10.0))
+    >>> import numpy as np, keras, keras_gradkit
+    >>> layer = keras_gradkit.layers.CosineDense(4, "tanh", True, scale=10.0)
+    >>> y = keras.ops.convert_to_numpy(layer(np.random.rand(2, 3).astype("float32")))
+    >>> y.shape, bool(np.all(np.abs(y) <= 1.0))
     ((2, 4), True)
 
     References:
@@ -246,27 +212,32 @@ class CosineDense(_CosineNormBase):
     def __init__(
         self,
         units,
+        activation=None,
         use_bias=False,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
         scale=1.0,
         learn_scale=False,
         centered=False,
         epsilon=1e-7,
-        activation=None,
-        kernel_initializer="glorot_uniform",
-        kernel_regularizer=None,
-        kernel_constraint=None,
-        bias_initializer="zeros",
-        bias_regularizer=None,
-        bias_constraint=None,
         **kwargs,
     ):
-        _check_positive_int("units", units)
+        units = _validation.positive_int("units", units)
         super().__init__(
-            use_bias, scale, learn_scale, centered, epsilon, activation,
-            kernel_initializer, kernel_regularizer, kernel_constraint,
-            bias_initializer, bias_regularizer, bias_constraint, **kwargs,
+            activation, use_bias, kernel_initializer, bias_initializer,
+            kernel_regularizer, bias_regularizer, activity_regularizer,
+            kernel_constraint, bias_constraint, scale, learn_scale, centered,
+            epsilon, **kwargs,
         )
         self.units = units
+        # As keras.layers.Dense: the mask of a (batch, time, features) input
+        # is passed on unchanged.
+        self.supports_masking = True
         self.input_spec = keras.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
@@ -311,23 +282,24 @@ class _CosineConv(_CosineNormBase):
         kernel_size,
         strides,
         padding,
-        dilation_rate,
         data_format,
+        dilation_rate,
+        groups,
         **kwargs,
     ):
-        _check_positive_int("filters", filters)
-        kernel_size = _int_tuple("kernel_size", kernel_size, self.rank)
-        strides = _int_tuple("strides", strides, self.rank)
-        dilation_rate = _int_tuple("dilation_rate", dilation_rate, self.rank)
+        filters = _validation.positive_int("filters", filters)
+        kernel_size = _validation.int_tuple("kernel_size", kernel_size, self.rank)
+        strides = _validation.int_tuple("strides", strides, self.rank)
+        dilation_rate = _validation.int_tuple("dilation_rate", dilation_rate, self.rank)
         allowed = ("valid", "same", "causal") if self.rank == 1 else ("valid", "same")
-        if not isinstance(padding, str) or padding.lower() not in allowed:
+        padding = _validation.one_of("padding", padding.lower() if isinstance(padding, str) else padding, allowed)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        _validation.one_of("data_format", data_format, ("channels_last", "channels_first"))
+        if groups != 1:
             raise ValueError(
-                f"Argument `padding` must be one of {allowed}. Received: padding={padding!r}"
-            )
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                "Argument `data_format` must be 'channels_last' or "
-                f"'channels_first'. Received: data_format={data_format!r}"
+                "Argument `groups` must be 1: grouped cosine convolutions are not "
+                f"supported. Received: groups={groups!r}"
             )
         if max(strides) > 1 and max(dilation_rate) > 1:
             raise ValueError(
@@ -338,9 +310,12 @@ class _CosineConv(_CosineNormBase):
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
-        self.padding = padding.lower()
-        self.dilation_rate = dilation_rate
+        self.padding = padding
         self.data_format = data_format
+        self.dilation_rate = dilation_rate
+        self.groups = groups
+        # As keras.layers.Conv1D/Conv2D: masks are not supported.
+        self.supports_masking = False
         self.input_spec = keras.InputSpec(ndim=self.rank + 2)
 
     def build(self, input_shape):
@@ -412,25 +387,47 @@ class _CosineConv(_CosineNormBase):
             "kernel_size": self.kernel_size,
             "strides": self.strides,
             "padding": self.padding,
-            "dilation_rate": self.dilation_rate,
             "data_format": self.data_format,
+            "dilation_rate": self.dilation_rate,
+            "groups": self.groups,
         }
         return {**super().get_config(), **config}
 
 
 _CONV_ARGS_DOC = """
+    The arguments are those of `keras.layers.Conv{rank}D`, in the same
+    positions, followed by the cosine-specific ones. One default differs:
+    `use_bias=False`, because the paper's cosine has no bias. As
+    `Conv{rank}D`, the layer does not support masks.
+
     Args:
         filters: positive int, the number of output filters.
         kernel_size: int or tuple of {rank} ints, the window size.
         strides: int or tuple of {rank} ints. Defaults to `1`.
         padding: {padding}, as in `keras.layers.Conv{rank}D`; padded
             zeros count as part of the patch. Defaults to `"valid"`.
+        data_format: `"channels_last"`, `"channels_first"` or `None` for
+            `keras.config.image_data_format()`. Defaults to `None`.
         dilation_rate: int or tuple of {rank} ints; cannot be combined with
             strides > 1. Defaults to `1`.
-        data_format: `"channels_last"` or `"channels_first"`.
-            Defaults to `"channels_last"`.
+        groups: must be `1` (kept for `Conv{rank}D`'s argument positions;
+            grouped cosine convolutions are not supported). Defaults to `1`.
+        activation: activation applied to the scaled cosine.
+            Defaults to `None`.
         use_bias: bool, whether to add the bias (as a weight on a constant
-            input 1). Defaults to `False`.
+            input 1). Defaults to `False` (`Conv{rank}D` defaults to `True`).
+        kernel_initializer: initializer for the kernel.
+            Defaults to `"glorot_uniform"`.
+        bias_initializer: initializer for the bias. Defaults to `"zeros"`.
+        kernel_regularizer: optional regularizer for the kernel.
+            Defaults to `None`.
+        bias_regularizer: optional regularizer for the bias.
+            Defaults to `None`.
+        activity_regularizer: optional regularizer for the output.
+            Defaults to `None`.
+        kernel_constraint: optional constraint for the kernel.
+            Defaults to `None`.
+        bias_constraint: optional constraint for the bias. Defaults to `None`.
         scale: finite non-zero float multiplying the cosine. Defaults to `1.0`.
         learn_scale: bool, if `True` the scale is a trainable scalar
             initialized to `scale`. Defaults to `False`.
@@ -438,18 +435,6 @@ _CONV_ARGS_DOC = """
             over the patch) instead of the cosine. Defaults to `False`.
         epsilon: positive float added under the square roots of the squared
             norms. Defaults to `1e-7`.
-        activation: activation applied to the scaled cosine.
-            Defaults to `None`.
-        kernel_initializer: initializer for the kernel.
-            Defaults to `"glorot_uniform"`.
-        kernel_regularizer: optional regularizer for the kernel.
-            Defaults to `None`.
-        kernel_constraint: optional constraint for the kernel.
-            Defaults to `None`.
-        bias_initializer: initializer for the bias. Defaults to `"zeros"`.
-        bias_regularizer: optional regularizer for the bias.
-            Defaults to `None`.
-        bias_constraint: optional constraint for the bias. Defaults to `None`.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 """
 
@@ -501,33 +486,36 @@ class CosineConv1D(_CosineConv):
         kernel_size,
         strides=1,
         padding="valid",
+        data_format=None,
         dilation_rate=1,
-        data_format="channels_last",
+        groups=1,
+        activation=None,
         use_bias=False,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
         scale=1.0,
         learn_scale=False,
         centered=False,
         epsilon=1e-7,
-        activation=None,
-        kernel_initializer="glorot_uniform",
-        kernel_regularizer=None,
-        kernel_constraint=None,
-        bias_initializer="zeros",
-        bias_regularizer=None,
-        bias_constraint=None,
         **kwargs,
     ):
         super().__init__(
-            filters, kernel_size, strides, padding, dilation_rate, data_format,
-            use_bias=use_bias, scale=scale, learn_scale=learn_scale,
-            centered=centered, epsilon=epsilon, activation=activation,
+            filters, kernel_size, strides, padding, data_format, dilation_rate, groups,
+            activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer,
-            kernel_regularizer=kernel_regularizer,
-            kernel_constraint=kernel_constraint,
             bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
             bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
-            **kwargs,
+            scale=scale, learn_scale=learn_scale, centered=centered,
+            epsilon=epsilon, **kwargs,
         )
 
 
@@ -578,33 +566,36 @@ class CosineConv2D(_CosineConv):
         kernel_size,
         strides=1,
         padding="valid",
+        data_format=None,
         dilation_rate=1,
-        data_format="channels_last",
+        groups=1,
+        activation=None,
         use_bias=False,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
         scale=1.0,
         learn_scale=False,
         centered=False,
         epsilon=1e-7,
-        activation=None,
-        kernel_initializer="glorot_uniform",
-        kernel_regularizer=None,
-        kernel_constraint=None,
-        bias_initializer="zeros",
-        bias_regularizer=None,
-        bias_constraint=None,
         **kwargs,
     ):
         super().__init__(
-            filters, kernel_size, strides, padding, dilation_rate, data_format,
-            use_bias=use_bias, scale=scale, learn_scale=learn_scale,
-            centered=centered, epsilon=epsilon, activation=activation,
+            filters, kernel_size, strides, padding, data_format, dilation_rate, groups,
+            activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer,
-            kernel_regularizer=kernel_regularizer,
-            kernel_constraint=kernel_constraint,
             bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
             bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
-            **kwargs,
+            scale=scale, learn_scale=learn_scale, centered=centered,
+            epsilon=epsilon, **kwargs,
         )
 
 

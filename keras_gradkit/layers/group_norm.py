@@ -3,11 +3,8 @@
 import keras
 from keras import ops
 
+from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @keras_gradkit_export
@@ -33,8 +30,10 @@ class GroupNorm(keras.layers.Layer):
 
     `groups=-1` (one channel per group) is instance normalization and
     `groups=1` is layer normalization over all channels. Statistics are
-    computed in float32 even under `mixed_float16`/`mixed_bfloat16`; `gamma`
-    and `beta` stay float32 and the output is in the compute dtype.
+    computed in float32 even under `mixed_float16`/`mixed_bfloat16`: inputs
+    are not cast to the compute dtype on the way in (so a float32 input above
+    float16's maximum still gives finite outputs), `gamma` and `beta` stay
+    float32, and the output is in the compute dtype.
 
     Args:
         groups: int, the number of groups; must divide the channel count.
@@ -98,31 +97,20 @@ class GroupNorm(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not _is_int(groups) or (groups < 1 and groups != -1):
+        _validation.integer("groups", groups)
+        if groups < 1 and groups != -1:
             raise ValueError(
                 "Argument `groups` must be a positive integer, or -1 for one "
                 f"group per channel. Received: groups={groups!r}"
             )
-        if not _is_int(axis):
-            raise TypeError(
-                f"Argument `axis` must be an integer. Received: axis={axis!r}"
-            )
+        _validation.integer("axis", axis)
         if axis == 0:
             raise ValueError(
                 "Argument `axis` must not be the batch axis 0. Received: axis=0"
             )
-        is_number = isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
-        if not is_number or not epsilon > 0:
-            raise ValueError(
-                "Argument `epsilon` must be a positive number. "
-                f"Received: epsilon={epsilon!r}"
-            )
-        for arg_name, value in (("center", center), ("scale", scale)):
-            if not isinstance(value, bool):
-                raise TypeError(
-                    f"Argument `{arg_name}` must be a bool. "
-                    f"Received: {arg_name}={value!r}"
-                )
+        epsilon = _validation.positive_float("epsilon", epsilon)
+        _validation.bool_arg("center", center)
+        _validation.bool_arg("scale", scale)
         self.groups = groups
         self.axis = axis
         self.epsilon = float(epsilon)
@@ -135,6 +123,9 @@ class GroupNorm(keras.layers.Layer):
         self.beta_constraint = keras.constraints.get(beta_constraint)
         self.gamma_constraint = keras.constraints.get(gamma_constraint)
         self.supports_masking = True
+        # Inputs reach the float32 statistics uncast: a float16 copy of an
+        # input above 65504 would already be inf (as in keras issue #22586).
+        self.autocast = False
 
     def build(self, input_shape):
         rank = len(input_shape)

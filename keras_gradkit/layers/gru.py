@@ -3,9 +3,9 @@
 import keras
 
 from keras_gradkit import initializers as gk_initializers
+from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
-from keras_gradkit.layers.lstm import _check_rate
-from keras_gradkit.layers.lstm import _check_units
+from keras_gradkit.layers.lstm import _check_cell_arguments
 from keras_gradkit.layers.lstm import _check_use_cudnn
 from keras_gradkit.layers.lstm import _cudnn_possible
 
@@ -123,11 +123,8 @@ class GRUCell(keras.layers.GRUCell):
         chrono_timesteps=None,
         **kwargs,
     ):
-        _check_units(units)
-        _check_rate("dropout", dropout)
-        _check_rate("recurrent_dropout", recurrent_dropout)
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"Argument `reset_after` must be a bool. Received: reset_after={reset_after!r}")
+        _check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
+        _validation.bool_arg("reset_after", reset_after)
         gates = {"update_bias": update_bias, "reset_bias": reset_bias, "candidate_bias": candidate_bias}
         gk_initializers._validate_gate_arguments(gates, _GRU_GATE_DEFAULTS, chrono_timesteps, None, bias_initializer)
         super().__init__(

@@ -8,6 +8,7 @@ from keras import ops
 # loop must stay stateless). It is not exported publicly; nothing else fits.
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
+from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.constraints import MaxAbs
 
@@ -24,47 +25,13 @@ _PARALLEL = 8
 
 
 def _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout):
-    if isinstance(units, bool) or not isinstance(units, int):
-        raise TypeError(
-            f"Argument `units` must be a positive integer. Received: units={units!r}"
-        )
-    if units < 1:
-        raise ValueError(
-            f"Argument `units` must be a positive integer. Received: units={units}"
-        )
-    if recurrent_max_abs is not None:
-        if isinstance(recurrent_max_abs, bool) or not isinstance(
-            recurrent_max_abs, (int, float)
-        ):
-            raise TypeError(
-                "Argument `recurrent_max_abs` must be a positive number or None. "
-                f"Received: recurrent_max_abs={recurrent_max_abs!r}"
-            )
-        if not recurrent_max_abs > 0:
-            raise ValueError(
-                "Argument `recurrent_max_abs` must be positive (it bounds "
-                "|recurrent_kernel|). "
-                f"Received: recurrent_max_abs={recurrent_max_abs}"
-            )
-    if timesteps is not None:
-        if isinstance(timesteps, bool) or not isinstance(timesteps, int):
-            raise TypeError(
-                "Argument `timesteps` must be a positive integer or None. "
-                f"Received: timesteps={timesteps!r}"
-            )
-        if timesteps < 1:
-            raise ValueError(
-                "Argument `timesteps` must be a positive integer or None. "
-                f"Received: timesteps={timesteps}"
-            )
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-        raise TypeError(
-            f"Argument `dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
-        )
-    if not 0 <= dropout < 1:
-        raise ValueError(
-            f"Argument `dropout` must be in [0, 1). Received: dropout={dropout}"
-        )
+    _validation.positive_int("units", units)
+    _validation.positive_float(
+        "recurrent_max_abs", recurrent_max_abs, allow_none=True,
+        hint="(it bounds |recurrent_kernel|)",
+    )
+    _validation.positive_int("timesteps", timesteps, allow_none=True)
+    _validation.fraction("dropout", dropout)
 
 
 def recurrent_bound(recurrent_max_abs=None, timesteps=None):
@@ -164,6 +131,7 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         **kwargs,
     ):
         _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout)
+        _validation.bool_arg("use_bias", use_bias)
         super().__init__(**kwargs)
         self.units = units
         self.activation = keras.activations.get(activation)

@@ -1,9 +1,8 @@
 """LSTM cell with layer normalization (Ba et al. 2016), as tensorflow-addons had it."""
 
-import numbers
-
 import keras
 
+from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.layers.lstm import LSTMCell
 
@@ -124,8 +123,7 @@ class LayerNormLSTMCell(LSTMCell):
         norm_epsilon=1e-3,
         **kwargs,
     ):
-        if isinstance(norm_epsilon, bool) or not isinstance(norm_epsilon, numbers.Real) or not norm_epsilon > 0:
-            raise ValueError(f"Argument `norm_epsilon` must be a positive float. Received: norm_epsilon={norm_epsilon!r}")
+        _validation.positive_float("norm_epsilon", norm_epsilon)
         kwargs.pop("implementation", None)
         super().__init__(
             units,

@@ -1,28 +1,23 @@
 """LSTM cell and layer with per-gate bias arguments and chrono initialization."""
 
-import numbers
-
 import keras
 
+from keras_gradkit import _validation
 from keras_gradkit import initializers as gk_initializers
 from keras_gradkit.api_export import keras_gradkit_export
 
 _LSTM_GATE_DEFAULTS = {"input_bias": 0.0, "forget_bias": 1.0, "cell_bias": 0.0, "output_bias": 0.0}
 
 
-def _check_units(units):
-    if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
-        raise ValueError(f"Argument `units` must be a positive integer. Received: units={units!r}")
-
-
-def _check_rate(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"Argument `{name}` must be a float in [0, 1]. Received: {name}={value!r}")
+def _check_cell_arguments(units, use_bias, dropout, recurrent_dropout):
+    _validation.positive_int("units", units)
+    _validation.bool_arg("use_bias", use_bias)
+    _validation.fraction("dropout", dropout)
+    _validation.fraction("recurrent_dropout", recurrent_dropout)
 
 
 def _check_use_cudnn(use_cudnn):
-    if use_cudnn not in ("auto", True, False):
-        raise ValueError(f"Argument `use_cudnn` must be one of 'auto', True, False. Received: use_cudnn={use_cudnn!r}")
+    _validation.one_of("use_cudnn", use_cudnn, ("auto", True, False))
 
 
 def _lstm_gate_values(cell):
@@ -197,9 +192,7 @@ class LSTMCell(keras.layers.LSTMCell):
         chrono_timesteps=None,
         **kwargs,
     ):
-        _check_units(units)
-        _check_rate("dropout", dropout)
-        _check_rate("recurrent_dropout", recurrent_dropout)
+        _check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
         gates = {"forget_bias": forget_bias, "input_bias": input_bias, "cell_bias": cell_bias, "output_bias": output_bias}
         gk_initializers._validate_gate_arguments(
             gates, _LSTM_GATE_DEFAULTS, chrono_timesteps, unit_forget_bias, bias_initializer
