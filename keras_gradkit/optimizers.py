@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gradkit import _validation
 from keras_gradkit import clipping
 from keras_gradkit.api_export import keras_gradkit_export
 
@@ -243,9 +244,8 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
                 f"Received: inner_optimizer={inner_optimizer!r}"
             )
         policy = clipping.get(policy)
-        for flag_name, flag in (("record_gradients", record_gradients), ("record_update_norms", record_update_norms)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"Argument `{flag_name}` must be a bool. Received: {flag_name}={flag!r}")
+        _validation.bool_arg("record_gradients", record_gradients)
+        _validation.bool_arg("record_update_norms", record_update_norms)
         base = _base_optimizer(inner_optimizer)
         keras_clipping = {a: getattr(base, a) for a in _KERAS_CLIP_ARGS if getattr(base, a)}
         if keras_clipping and not isinstance(policy, clipping.NoClip):

@@ -78,7 +78,6 @@ def test_clipping(tmp_path):
     assert result["steps"] > 0
 
 
-@pytest.mark.tensorflow_only  # examples/normalization.py measures its gradient with tf.GradientTape
 def test_normalization(tmp_path):
     module = load_example("normalization")
     argv = ["--depth", "3", "--width", "8", "--groups", "2", "--epochs", "1", "--variants", "groupnorm",

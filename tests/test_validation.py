@@ -18,6 +18,9 @@ def _public_classes():
         (keras_gradkit.layers, keras.layers.Layer),
         (keras_gradkit.initializers, keras.initializers.Initializer),
         (keras_gradkit.constraints, keras.constraints.Constraint),
+        (keras_gradkit.clipping, keras_gradkit.clipping.ClippingPolicy),
+        (keras_gradkit.optimizers, keras.optimizers.Optimizer),
+        (keras_gradkit.callbacks, keras.callbacks.Callback),
     ):
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if not name.startswith("_") and issubclass(cls, base) and cls.__module__.startswith("keras_gradkit"):
@@ -73,6 +76,20 @@ CASES = [
     ("center", 1, TypeError),
     ("learn_scale", "yes", TypeError),
     ("centered", None, TypeError),
+    ("max_norm", 0.0, ValueError),
+    ("max_norm", "1", TypeError),
+    ("percentile", 0.0, ValueError),
+    ("percentile", "10", TypeError),
+    ("history_size", 0, ValueError),
+    ("history_size", 2.5, TypeError),
+    ("clipping", -0.01, ValueError),
+    ("clipping", "0.01", TypeError),
+    ("record_gradients", 1, TypeError),
+    ("record_update_norms", "yes", TypeError),
+    ("histogram_freq", -1, ValueError),
+    ("histogram_freq", 1.5, TypeError),
+    ("write_plots", 1, TypeError),
+    ("policies", [1], TypeError),
 ]
 
 
@@ -92,6 +109,11 @@ def _required_arguments(cls):
     }
     if "layer" in params:
         required["layer"] = keras.layers.Dense(2)
+    if "inner_optimizer" in params:
+        required["inner_optimizer"] = keras.optimizers.SGD()
+        required["policy"] = keras_gradkit.clipping.NoClip()
+    if "log_dir" in params:
+        required["log_dir"] = "runs/unused"
     return required
 
 
@@ -112,7 +134,12 @@ def test_every_public_class_is_covered():
     names = {cls.__name__ for cls in PUBLIC_CLASSES}
     assert {"LSTM", "GRU", "IndRNN", "CosineDense", "GroupNorm", "WeightNormalization", "Chrono", "MaxAbs"} <= names
     covered = {p.values[0] for p in APPLICABLE}
-    assert covered == set(PUBLIC_CLASSES)
+    # Every class with constructor arguments is covered (NoClip and SkipNonFinite have none).
+    with_arguments = {
+        c for c in PUBLIC_CLASSES
+        if set(inspect.signature(c.__init__).parameters) - {"self", "args", "kwargs", "name"}
+    }
+    assert covered == with_arguments
 
 
 @pytest.mark.parametrize("cls, name, value, error", APPLICABLE)

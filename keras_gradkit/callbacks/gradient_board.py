@@ -10,6 +10,7 @@ import re
 import keras
 import numpy as np
 
+from keras_gradkit import _validation
 from keras_gradkit import clipping
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.callbacks import _depth
@@ -192,10 +193,7 @@ class GradientBoard(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
             raise ValueError(f"Argument `log_dir` must be a non-empty path. Received: log_dir={log_dir!r}")
-        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int) or histogram_freq < 0:
-            raise ValueError(
-                f"Argument `histogram_freq` must be a non-negative integer. Received: histogram_freq={histogram_freq!r}"
-            )
+        _validation.non_negative_int("histogram_freq", histogram_freq)
         if update_freq not in ("epoch", "batch") and (
             isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1
         ):
@@ -203,8 +201,7 @@ class GradientBoard(keras.callbacks.Callback):
                 'Argument `update_freq` must be "epoch", "batch" or a positive integer. '
                 f"Received: update_freq={update_freq!r}"
             )
-        if not isinstance(write_plots, bool):
-            raise TypeError(f"Argument `write_plots` must be a bool. Received: write_plots={write_plots!r}")
+        _validation.bool_arg("write_plots", write_plots)
         self.log_dir = os.fspath(log_dir)
         self.histogram_freq = histogram_freq
         self.update_freq = update_freq

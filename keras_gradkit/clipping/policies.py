@@ -15,21 +15,13 @@ policy directly, `policy(grads, variables)`, applies it once from its initial
 state and returns only the gradients.
 """
 
-import math
-import numbers
 import re
 
 import keras
 from keras import ops
 
+from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
-
-
-def _check_positive_number(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Argument `{name}` must be a number. Received: {name}={value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"Argument `{name}` must be a positive finite number. Received: {name}={value}")
 
 
 def _float32(x):
@@ -179,8 +171,7 @@ class ClipByValue(ClippingPolicy):
     """
 
     def __init__(self, max_value):
-        _check_positive_number("max_value", max_value)
-        self.max_value = float(max_value)
+        self.max_value = _validation.positive_float("max_value", max_value)
 
     def apply(self, grads, variables, state):
         grads = _tensors(grads)
@@ -220,8 +211,7 @@ class ClipByNorm(ClippingPolicy):
     """
 
     def __init__(self, max_norm):
-        _check_positive_number("max_norm", max_norm)
-        self.max_norm = float(max_norm)
+        self.max_norm = _validation.positive_float("max_norm", max_norm)
 
     def apply(self, grads, variables, state):
         grads = _tensors(grads)
@@ -270,8 +260,7 @@ class ClipByGlobalNorm(ClippingPolicy):
     """
 
     def __init__(self, max_norm):
-        _check_positive_number("max_norm", max_norm)
-        self.max_norm = float(max_norm)
+        self.max_norm = _validation.positive_float("max_norm", max_norm)
 
     def apply(self, grads, variables, state):
         grads = _tensors(grads)
@@ -320,16 +309,11 @@ class AutoClip(ClippingPolicy):
     """
 
     def __init__(self, percentile=10.0, history_size=10000):
-        if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real):
-            raise TypeError(f"Argument `percentile` must be a number. Received: percentile={percentile!r}")
-        if not 0 < percentile <= 100:
-            raise ValueError(f"Argument `percentile` must be in (0, 100]. Received: percentile={percentile}")
-        if isinstance(history_size, bool) or not isinstance(history_size, numbers.Integral):
-            raise TypeError(f"Argument `history_size` must be an integer. Received: history_size={history_size!r}")
-        if history_size < 1:
-            raise ValueError(f"Argument `history_size` must be an integer >= 1. Received: history_size={history_size}")
+        _validation.positive_float("percentile", percentile)
+        if percentile > 100:
+            raise ValueError(f"Argument `percentile` must be in (0, 100]. Received: percentile={percentile!r}")
         self.percentile = float(percentile)
-        self.history_size = int(history_size)
+        self.history_size = _validation.positive_int("history_size", history_size)
 
     def state_spec(self, variables):
         return [("history", (self.history_size,), "float32", 0.0), ("count", (), "int32", 0)]
@@ -385,7 +369,7 @@ class AdaptiveClip(ClippingPolicy):
     Args:
         clipping: positive float, the largest ratio of gradient norm to
             weight norm per unit. Defaults to `0.01`.
-        epsilon: non-negative float, the smallest weight norm used, so that
+        epsilon: positive float, the smallest weight norm used, so that
             zero-initialized weights can move. Defaults to `1e-3`.
         exclude: sequence of regular expressions; variables whose `path`
             matches one (`re.search`) are not clipped. Defaults to `()`.
@@ -406,11 +390,9 @@ class AdaptiveClip(ClippingPolicy):
     """
 
     def __init__(self, clipping=0.01, epsilon=1e-3, exclude=()):
-        _check_positive_number("clipping", clipping)
-        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
-            raise TypeError(f"Argument `epsilon` must be a number. Received: epsilon={epsilon!r}")
-        if not math.isfinite(epsilon) or epsilon < 0:
-            raise ValueError(f"Argument `epsilon` must be a non-negative finite number. Received: epsilon={epsilon}")
+        clipping = _validation.positive_float("clipping", clipping)
+        # 0 would leave zero-initialized weights (biases) stuck at 0.
+        epsilon = _validation.positive_float("epsilon", epsilon)
         if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
             raise TypeError(f"Argument `exclude` must be a sequence of strings. Received: exclude={exclude!r}")
         for pattern in exclude:
@@ -418,8 +400,8 @@ class AdaptiveClip(ClippingPolicy):
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"Argument `exclude` has an invalid regular expression {pattern!r} ({e}). Received: exclude={exclude!r}") from None
-        self.clipping = float(clipping)
-        self.epsilon = float(epsilon)
+        self.clipping = clipping
+        self.epsilon = epsilon
         self.exclude = tuple(exclude)
 
     def _excluded(self, variable):
@@ -495,7 +477,7 @@ class Chain(ClippingPolicy):
         policies = list(policies)
         for p in policies:
             if not isinstance(p, ClippingPolicy):
-                raise TypeError(f"Argument `policies` must hold clipping policies. Received: policies={policies!r}")
+                raise TypeError(f"Argument `policies` must be a list of clipping policies. Received: policies={policies!r}")
         self.policies = policies
 
     def state_spec(self, variables):
