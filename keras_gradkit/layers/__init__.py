@@ -11,3 +11,4 @@ from keras_gradkit.layers.ind_rnn import IndRNNCell
 from keras_gradkit.layers.layer_norm_lstm_cell import LayerNormLSTMCell
 from keras_gradkit.layers.lstm import LSTM
 from keras_gradkit.layers.lstm import LSTMCell
+from keras_gradkit.layers.residual_ind_rnn import ResidualIndRNN
