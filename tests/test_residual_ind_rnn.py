@@ -152,6 +152,20 @@ class TestEquation:
         assert np.abs(y[mask] - x[mask]).max() > 1e-2
 
 
+    def test_dropout_mask_is_shared_over_time(self):
+        # Linear recurrences with identity kernels and u = 0, identity weights:
+        # F(x) = D_2(D_1(x)), so F / x shows the dropout masks step by step.
+        units, eye, zeros = 6, np.eye(6, dtype="float32"), np.zeros(6, "float32")
+        x = np.ones((4, 5, units), "float32")
+        layer = build_block(units, x, activation="linear", batch_norm=None, dropout=0.5, seed=3)
+        set_block_weights(layer, {"ind_rnn": [[eye, zeros, zeros]] * 2, "weight": [[eye, zeros]] * 2})
+        np.testing.assert_allclose(_np(layer(x, training=False)), 2 * x)
+        kept = _np(layer(x, training=True)) - x
+        np.testing.assert_allclose(kept, np.broadcast_to(kept[:, :1], kept.shape))
+        assert set(np.unique(np.round(kept, 4))) <= {0.0, 2.0, 4.0}
+        assert 0 < np.mean(kept == 0) < 1
+
+
 class TestMasking:
     @pytest.mark.parametrize("training", [False, True])
     def test_more_padding_changes_nothing(self, training):
