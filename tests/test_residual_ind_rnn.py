@@ -167,15 +167,15 @@ class TestEquation:
 
 
 class TestMasking:
-    @pytest.mark.parametrize("training", [False, True])
-    def test_more_padding_changes_nothing(self, training):
+    @pytest.mark.parametrize("training, batch_norm", [(False, "before"), (True, "before"), (True, "after")])
+    def test_more_padding_changes_nothing(self, training, batch_norm):
         rng = np.random.default_rng(6)
         x, mask = sequences(rng)
         garbage = 10 * rng.normal(size=(3, 5, 4)).astype("float32")
         x_long = np.concatenate([x, garbage], axis=1)
         mask_long = np.concatenate([mask, np.zeros((3, 5), bool)], axis=1)
         weights = random_block_weights(rng, 4)
-        layers = [build_block(4, x, batch_norm=bn) for bn in ("before", "before")]
+        layers = [build_block(4, x, batch_norm=batch_norm) for _ in range(2)]
         for layer in layers:
             set_block_weights(layer, weights)
         short = _np(layers[0](x, mask=keras.ops.convert_to_tensor(mask), training=training))

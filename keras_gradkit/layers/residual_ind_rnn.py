@@ -52,6 +52,9 @@ class ResidualIndRNN(keras.layers.Layer):
     With `batch_norm="after"` each `BN` moves behind its recurrence
     (`W D(BN(IndRNN(.)))`, the paper's other option); with `None` there is
     none. The last operation of `F` is a weight, so `F` can take either sign.
+    Each recurrence is a full `keras_gradkit.layers.IndRNN` with its own input
+    kernel (the official code's recurrence has none and relies on the weight
+    before it), so a block holds four `(units, units)` matrices.
 
     Masks: batch statistics are computed over the unmasked steps only, the
     recurrence keeps its state through masked steps, `F` is zero at masked
