@@ -116,7 +116,7 @@ class ResidualIndRNN(keras.layers.Layer):
     >>> for _ in range(4):
     ...     x = keras_gradkit.layers.ResidualIndRNN(32, timesteps=64)(x)
     >>> model = keras.Model(inputs, x)
-    >>> model(np.ones((2, 64, 1), "float32")).shape
+    >>> tuple(model(np.ones((2, 64, 1), "float32")).shape)
     (2, 64, 32)
 
     References:
