@@ -9,7 +9,8 @@ of `--units` units:
   shortcut and no normalization;
 - `residual`: a `Dense(units)` input weight, then N / 2
   `keras_gradkit.layers.ResidualIndRNN` blocks (two recurrences each, so N
-  recurrent layers), pre-activation batch normalization, identity shortcuts;
+  recurrent layers), pre-activation batch normalization, identity shortcuts,
+  and batch normalization of the last step before the head;
 - `lstm`: N `keras.layers.LSTM` layers.
 
 The recurrent weights are bounded by `2 ** (1 / T)`; the last recurrent layer
@@ -85,7 +86,10 @@ def recurrent_stack(kind, depth, units):
         blocks.append(keras_gradkit.layers.ResidualIndRNN(
             units, timesteps=TIMESTEPS,
             recurrent_initializer=_last_recurrent_initializer() if last else None))
-    return blocks + [keras.layers.Lambda(lambda h: h[:, -1], name="last_step")]
+    # Pre-activation blocks leave the residual stream unnormalized: normalize
+    # the step that is read out, as pre-activation ResNets end with BN.
+    return blocks + [keras.layers.Lambda(lambda h: h[:, -1], name="last_step"),
+                     keras.layers.BatchNormalization(name="output_batch_norm")]
 
 
 def build_model(kind, depth, units):
