@@ -11,4 +11,5 @@ from keras_gradkit.layers.ind_rnn import IndRNNCell
 from keras_gradkit.layers.layer_norm_lstm_cell import LayerNormLSTMCell
 from keras_gradkit.layers.lstm import LSTM
 from keras_gradkit.layers.lstm import LSTMCell
+from keras_gradkit.layers.residual_ind_rnn import ResidualIndRNN
 from keras_gradkit.layers.weight_normalization import WeightNormalization

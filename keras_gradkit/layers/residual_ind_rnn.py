@@ -1,0 +1,304 @@
+"""ResidualIndRNN: one pre-activation residual block of the deep IndRNN."""
+
+import keras
+from keras import ops
+
+from keras_gradkit.api_export import keras_gradkit_export
+from keras_gradkit.layers.ind_rnn import IndRNN
+
+_BATCH_NORM_PLACES = ("before", "after", None)
+
+
+def _validate_block_arguments(dropout, batch_norm):
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise TypeError(
+            f"Argument `dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
+        )
+    if not 0 <= dropout < 1:
+        raise ValueError(
+            f"Argument `dropout` must be in [0, 1). Received: dropout={dropout}"
+        )
+    if batch_norm not in _BATCH_NORM_PLACES:
+        raise ValueError(
+            'Argument `batch_norm` must be "before", "after" or None. '
+            f"Received: batch_norm={batch_norm!r}"
+        )
+
+
+def _child_seed(seed, index):
+    return None if seed is None else seed + index
+
+
+@keras_gradkit_export
+class ResidualIndRNN(keras.layers.Layer):
+    """Residual IndRNN block: `y = x + F(x)` over a whole sequence.
+
+    Stack these blocks to build the deep residual IndRNN of Li et al. (2019):
+    the identity shortcut carries the gradient from the last block to the
+    first unchanged, so tens of recurrent layers still train where a plain
+    stack loses the gradient across depth. The block keeps the shape
+    `(batch, timesteps, units)`; put a `keras.layers.Dense(units)` (or an
+    `IndRNN`) in front of the first block to change the width.
+
+    Equation (pre-activation, identity shortcut), with `BN` batch
+    normalization over batch and time, `IndRNN` the recurrence
+    `h_t = activation(z_t @ kernel + recurrent_kernel * h_{t-1} + bias)`,
+    `D` dropout with one mask per sequence and `W z = z @ w + b` a per-step
+    weight:
+
+        F(x) = W_2 D(IndRNN_2(BN_2(W_1 D(IndRNN_1(BN_1(x))))))
+        y = x + F(x)
+
+    With `batch_norm="after"` each `BN` moves behind its recurrence
+    (`W D(BN(IndRNN(.)))`, the paper's other option); with `None` there is
+    none. The last operation of `F` is a weight, so `F` can take either sign.
+    Each recurrence is a full `keras_gradkit.layers.IndRNN` with its own input
+    kernel (the official code's recurrence has none and relies on the weight
+    before it), so a block holds four `(units, units)` matrices.
+
+    Masks: batch statistics are computed over the unmasked steps only, the
+    recurrence keeps its state through masked steps, `F` is zero at masked
+    steps (they pass through unchanged) and the mask passes on. Padding a
+    batch with more masked steps changes nothing at the real steps, in
+    training and in inference.
+
+    Args:
+        units: int, width of the input, the state and the output. Must be
+            >= 1 and equal the last axis of the input.
+        activation: activation of both recurrences. Defaults to `"relu"`, as
+            in the paper.
+        use_bias: bool, whether the recurrences and the weights add a bias.
+            Defaults to `True`.
+        kernel_initializer: initializer of the recurrences' input kernels
+            and of the weights `w`. Defaults to `"glorot_uniform"`.
+        recurrent_initializer: initializer of the recurrent kernels, as in
+            `keras_gradkit.layers.IndRNN`. Defaults to `None` (uniform in
+            `[0, bound]`).
+        bias_initializer: initializer of the biases. Defaults to `"zeros"`.
+        recurrent_max_abs: positive float or None, the bound on
+            `|recurrent_kernel|`. Defaults to `None`.
+        timesteps: positive int or None; without `recurrent_max_abs` it sets
+            the bound to `2 ** (1 / timesteps)`. Defaults to `None`.
+        kernel_regularizer: regularizer of the input kernels and the weights
+            `w`. Defaults to `None`.
+        recurrent_regularizer: regularizer of the recurrent kernels.
+            Defaults to `None` (the paper applies no weight decay to them).
+        bias_regularizer: regularizer of the biases. Defaults to `None`.
+        kernel_constraint: constraint of the input kernels and the weights
+            `w`. Defaults to `None`.
+        bias_constraint: constraint of the biases. Defaults to `None`.
+        dropout: float in `[0, 1)`, fraction of each recurrence's outputs
+            dropped before its weight, with one mask shared by all time steps
+            of a sequence. Defaults to `0.0`.
+        seed: int or None, seed of the dropout masks and of the default
+            recurrent initializers. Defaults to `None`.
+        batch_norm: `"before"`, `"after"` or None: where batch normalization
+            sits relative to each recurrence. Defaults to `"before"`.
+        momentum: float, momentum of the moving statistics of batch
+            normalization. With few training steps, lower it (e.g. `0.9`):
+            after 200 steps at `0.99` the moving variance still weighs its
+            initial value by 0.13, and inference drifts from training.
+            Defaults to `0.99`.
+        epsilon: positive float added to the variance in batch
+            normalization. Defaults to `1e-3`.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `(batch, timesteps, units)`.
+        mask: optional boolean `(batch, timesteps)`, `True` at real steps.
+        training: bool, whether batch statistics and dropout are used.
+
+    Returns:
+        `(batch, timesteps, units)`, the input plus the residual `F(x)`.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_gradkit
+    >>> inputs = keras.Input((64, 1))
+    >>> x = keras.layers.Dense(32)(inputs)
+    >>> for _ in range(4):
+    ...     x = keras_gradkit.layers.ResidualIndRNN(32, timesteps=64)(x)
+    >>> model = keras.Model(inputs, x)
+    >>> tuple(model(np.ones((2, 64, 1), "float32")).shape)
+    (2, 64, 32)
+
+    References:
+        Li et al., [Deep Independently Recurrent Neural Network
+        (IndRNN)](https://arxiv.org/abs/1910.06251), 2019.
+    """
+
+    def __init__(
+        self,
+        units,
+        activation="relu",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer=None,
+        bias_initializer="zeros",
+        recurrent_max_abs=None,
+        timesteps=None,
+        kernel_regularizer=None,
+        recurrent_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        dropout=0.0,
+        seed=None,
+        batch_norm="before",
+        momentum=0.99,
+        epsilon=1e-3,
+        **kwargs,
+    ):
+        _validate_block_arguments(dropout, batch_norm)
+        super().__init__(**kwargs)
+        self.units = units
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = (
+            None
+            if recurrent_initializer is None
+            else keras.initializers.get(recurrent_initializer)
+        )
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.recurrent_max_abs = recurrent_max_abs
+        self.timesteps = timesteps
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.recurrent_regularizer = keras.regularizers.get(recurrent_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.dropout = float(dropout)
+        self.seed = seed
+        self.batch_norm = batch_norm
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.supports_masking = True
+        self.batch_norms = []
+        if batch_norm is not None:
+            self.batch_norms = [
+                keras.layers.BatchNormalization(
+                    momentum=momentum,
+                    epsilon=epsilon,
+                    dtype=self.dtype_policy,
+                    name=f"batch_normalization_{i}",
+                )
+                for i in (1, 2)
+            ]
+        self.recurrences = [self._make_recurrence(i) for i in (1, 2)]
+        self.weight_layers = [self._make_weight(i) for i in (1, 2)]
+        self.dropouts = [
+            keras.layers.Dropout(
+                self.dropout,
+                noise_shape=(None, 1, units),
+                seed=_child_seed(seed, i),
+                name=f"dropout_{i}",
+            )
+            for i in (1, 2)
+        ]
+
+    def _make_recurrence(self, index):
+        return IndRNN(
+            self.units,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            recurrent_initializer=self.recurrent_initializer,
+            bias_initializer=self.bias_initializer,
+            recurrent_max_abs=self.recurrent_max_abs,
+            timesteps=self.timesteps,
+            kernel_regularizer=self.kernel_regularizer,
+            recurrent_regularizer=self.recurrent_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            seed=_child_seed(self.seed, index),
+            return_sequences=True,
+            dtype=self.dtype_policy,
+            name=f"ind_rnn_{index}",
+        )
+
+    def _make_weight(self, index):
+        return keras.layers.Dense(
+            self.units,
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            bias_initializer=self.bias_initializer,
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            dtype=self.dtype_policy,
+            name=f"weight_{index}",
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(
+                "ResidualIndRNN expects inputs of rank 3 (batch, timesteps, units). "
+                f"Received: input shape={tuple(input_shape)}"
+            )
+        if input_shape[-1] != self.units:
+            raise ValueError(
+                "ResidualIndRNN adds its input to its output, so the input width "
+                f"must equal `units`. Received: input width={input_shape[-1]} "
+                f"(input shape={tuple(input_shape)}), units={self.units}. Put a "
+                f"`keras.layers.Dense({self.units})` in front of the block."
+            )
+        input_shape = tuple(input_shape)
+        for i in range(2):
+            if self.batch_norms:
+                self.batch_norms[i].build(input_shape)
+            self.recurrences[i].build(input_shape)
+            self.weight_layers[i].build(input_shape)
+
+    def call(self, inputs, training=None, mask=None):
+        residual = inputs
+        for i in range(2):
+            residual = self._half(i, residual, training, mask)
+        if mask is not None:
+            keep = ops.expand_dims(ops.cast(mask, "bool"), -1)
+            residual = ops.where(keep, residual, ops.zeros_like(residual))
+        return inputs + residual
+
+    def _half(self, i, x, training, mask):
+        """`W D(IndRNN(BN(x)))`, or `W D(BN(IndRNN(x)))` with `batch_norm="after"`."""
+        if self.batch_norm == "before":
+            x = self.batch_norms[i](x, training=training, mask=mask)
+        x = self.recurrences[i](x, training=training, mask=mask)
+        if self.batch_norm == "after":
+            x = self.batch_norms[i](x, training=training, mask=mask)
+        x = self.dropouts[i](x, training=training)
+        return self.weight_layers[i](x)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = {
+            "units": self.units,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": (
+                None
+                if self.recurrent_initializer is None
+                else keras.initializers.serialize(self.recurrent_initializer)
+            ),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "recurrent_max_abs": self.recurrent_max_abs,
+            "timesteps": self.timesteps,
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "recurrent_regularizer": keras.regularizers.serialize(
+                self.recurrent_regularizer
+            ),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "dropout": self.dropout,
+            "seed": self.seed,
+            "batch_norm": self.batch_norm,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+        }
+        return {**super().get_config(), **config}
