@@ -3,26 +3,20 @@
 import keras
 from keras import ops
 
+from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.layers.ind_rnn import IndRNN
 
 _BATCH_NORM_PLACES = ("before", "after", None)
 
 
-def _validate_block_arguments(dropout, batch_norm):
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-        raise TypeError(
-            f"Argument `dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
-        )
-    if not 0 <= dropout < 1:
-        raise ValueError(
-            f"Argument `dropout` must be in [0, 1). Received: dropout={dropout}"
-        )
-    if batch_norm not in _BATCH_NORM_PLACES:
-        raise ValueError(
-            'Argument `batch_norm` must be "before", "after" or None. '
-            f"Received: batch_norm={batch_norm!r}"
-        )
+def _validate_block_arguments(units, dropout, batch_norm, momentum, epsilon, use_bias):
+    _validation.positive_int("units", units)
+    _validation.fraction("dropout", dropout)
+    _validation.one_of("batch_norm", batch_norm, _BATCH_NORM_PLACES)
+    _validation.fraction("momentum", momentum)
+    _validation.positive_float("epsilon", epsilon)
+    _validation.bool_arg("use_bias", use_bias)
 
 
 def _child_seed(seed, index):
@@ -149,7 +143,7 @@ class ResidualIndRNN(keras.layers.Layer):
         epsilon=1e-3,
         **kwargs,
     ):
-        _validate_block_arguments(dropout, batch_norm)
+        _validate_block_arguments(units, dropout, batch_norm, momentum, epsilon, use_bias)
         super().__init__(**kwargs)
         self.units = units
         self.activation = keras.activations.get(activation)
