@@ -50,7 +50,8 @@ def _backward_for(activation):
 
 
 def _chunk_size(steps):
-    if steps is None:
+    if not isinstance(steps, int):
+        # Unknown, or symbolic under JAX export, where `min` is inconclusive.
         return 1
     for size in range(min(_MAX_CHUNK, steps), 0, -1):
         if steps % size == 0:
@@ -189,40 +190,12 @@ def _scan_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, backw
     )
 
 
-def ind_recurrence(
-    x,
-    kernel,
-    bias,
-    u,
-    h0,
-    mask=None,
-    activation=keras.activations.relu,
-    last_only=False,
-    chunk=None,
-):
-    """Runs `h_t = activation(x_t @ kernel + bias + u * h_{t-1})` over
-    time-major inputs.
-
-    Args:
-        x: `(timesteps, batch, features)`.
-        kernel: `(features, units)`.
-        bias: `(units,)`.
-        u: `(units,)`, the recurrent weights.
-        h0: `(batch, units)`, the initial state.
-        mask: optional boolean `(timesteps, batch, 1)`; masked steps keep the
-            previous state.
-        activation: the activation. For relu, tanh, sigmoid and linear the
-            backward pass is hand-written (it needs only the stored states);
-            other activations are differentiated automatically.
-        last_only: return only the last state; the backward pass then skips
-            the (all-zero) gradients of the other states.
-        chunk: steps per loop iteration; must divide `timesteps`. Defaults to
-            the largest divisor up to 32, padding the sequence with masked
-            steps when there is no divisor of at least 8.
-
-    Returns:
-        The states, `(timesteps, batch, units)`, or the last one.
-    """
+def _chunked_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, chunk=None):
+    """The TensorFlow engine: chunks of `chunk` steps per loop iteration (one
+    input projection per chunk) and a hand-written backward pass. `chunk`
+    must divide `timesteps`; it defaults to the largest divisor up to 32, and
+    the sequence is padded with masked steps when there is no divisor of at
+    least 8."""
     steps = x.shape[0]
     if chunk is None:
         chunk = _chunk_size(steps)
@@ -231,9 +204,6 @@ def ind_recurrence(
         # keep the state, rather than loop one step at a time.
         return _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
     backward = _backward_for(activation)
-    if backward is None:
-        states = _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk)
-        return states[-1] if last_only else states
 
     @ops.custom_gradient
     def recurrence(x, kernel, bias, u, h0):
@@ -261,7 +231,163 @@ def _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
         mask = ops.ones(tuple(ops.shape(h0)[:1]) + (1,), "bool")
         mask = ops.broadcast_to(mask, (steps,) + tuple(ops.shape(mask)))
     mask = ops.concatenate([mask, ops.zeros(pad_shape + (1,), "bool")], axis=0)
-    states = ind_recurrence(
+    states = _chunked_recurrence(
         x, kernel, bias, u, h0, mask, activation, last_only, chunk=_PAD_CHUNK
     )
     return states if last_only else states[:steps]
+
+
+# ----------------------------------------------------------------------------
+# The other engines and the choice between them.
+
+
+def _scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
+    """The JAX engine (and the fallback for other activations): the input
+    projection as one matrix product over the whole sequence, then `ops.scan`
+    over the elementwise recurrence, differentiated automatically. XLA fuses
+    each step into one loop body, which beats a hand-written backward pass
+    made of many small operations."""
+    projected = _project(x, kernel, bias)
+
+    def step(h, inputs):
+        new = activation(inputs[0] + u * h)
+        h = new if mask is None else ops.where(inputs[1], new, h)
+        return h, h
+
+    inputs = (projected,) if mask is None else (projected, mask)
+    last, states = _scan(step, h0, inputs)
+    return last if last_only else states
+
+
+# Activations by name, as PyTorch functions: the PyTorch engine calls them once
+# per step, where going through `keras.ops` would cost more than the step.
+_TORCH_ACTIVATIONS = {
+    "relu": "relu",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "linear": None,
+}
+
+
+def _torch_derivative(name, h):
+    """`act'(pre)` written with the output `h = act(pre)`."""
+    if name == "relu":
+        return (h > 0).to(h.dtype)
+    if name == "tanh":
+        return 1 - h * h
+    if name == "sigmoid":
+        return h * (1 - h)
+    return None
+
+
+def _torch_states(projected, u, h0, mask, name):
+    """Forward loop of the PyTorch engine, writing into one `(T, batch,
+    units)` buffer."""
+    import torch
+
+    states = torch.empty_like(projected)
+    h = h0
+    for t in range(projected.shape[0]):
+        out = states[t]
+        torch.addcmul(projected[t], u, h, out=out)
+        if name is not None:
+            getattr(torch, name + "_")(out)
+        if mask is not None:
+            torch.where(mask[t], out, h, out=out)
+        h = out
+    return states
+
+
+def _torch_grad_pre(grad_states, grad_last, states, u, mask, name):
+    """Backward loop of the PyTorch engine: the gradient w.r.t. every
+    pre-activation, and the one w.r.t. the initial state."""
+    import torch
+
+    derivative = _torch_derivative(name, states)
+    grad_pre = torch.empty_like(states)
+    carry = torch.zeros_like(states[0]) if grad_last is None else grad_last
+    for t in range(states.shape[0] - 1, -1, -1):
+        g = carry if grad_states is None else grad_states[t] + carry
+        d = grad_pre[t]
+        if derivative is None:
+            d.copy_(g)
+        else:
+            torch.mul(g, derivative[t], out=d)
+        if mask is None:
+            carry = d * u
+        else:
+            d.masked_fill_(~mask[t], 0)
+            carry = torch.where(mask[t], d * u, g)
+    return grad_pre, carry
+
+
+def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
+    """The PyTorch engine: the input projection as one matrix product
+    (differentiated by autograd), then the elementwise recurrence as a
+    `torch.autograd.Function` whose two loops run plain PyTorch operations in
+    place, a few per step."""
+    import torch
+
+    name = _TORCH_ACTIVATIONS[activation.__name__]
+
+    class Recurrence(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, projected, u, h0):
+            states = _torch_states(projected, u, h0, mask, name)
+            ctx.save_for_backward(states, u, h0)
+            return states[-1].clone() if last_only else states
+
+        @staticmethod
+        def backward(ctx, upstream):
+            states, u, h0 = ctx.saved_tensors
+            grad_states, grad_last = (None, upstream) if last_only else (upstream, None)
+            grad_pre, grad_h0 = _torch_grad_pre(grad_states, grad_last, states, u, mask, name)
+            previous = torch.cat([h0.unsqueeze(0), states[:-1]])
+            grad_u = torch.einsum("tbj,tbj->j", grad_pre, previous)
+            return grad_pre, grad_u, grad_h0
+
+    return Recurrence.apply(_project(x, kernel, bias), u, h0)
+
+
+def ind_recurrence(
+    x,
+    kernel,
+    bias,
+    u,
+    h0,
+    mask=None,
+    activation=keras.activations.relu,
+    last_only=False,
+):
+    """Runs `h_t = activation(x_t @ kernel + bias + u * h_{t-1})` over
+    time-major inputs, with the engine that is fastest on the backend:
+
+    - TensorFlow: chunks of steps per loop iteration and a hand-written
+      backward pass (`_chunked_recurrence`);
+    - PyTorch: a `torch.autograd.Function` with in-place loops
+      (`_torch_recurrence`);
+    - JAX, and any activation without a hand-written derivative: `ops.scan`
+      differentiated automatically (`_scanned_recurrence`).
+
+    Args:
+        x: `(timesteps, batch, features)`.
+        kernel: `(features, units)`.
+        bias: `(units,)`.
+        u: `(units,)`, the recurrent weights.
+        h0: `(batch, units)`, the initial state.
+        mask: optional boolean `(timesteps, batch, 1)`; masked steps keep the
+            previous state.
+        activation: the activation. Relu, tanh, sigmoid and linear have
+            hand-written derivatives (functions of the stored states).
+        last_only: return only the last state; the backward pass then skips
+            the (all-zero) gradients of the other states.
+
+    Returns:
+        The states, `(timesteps, batch, units)`, or the last one.
+    """
+    backend = keras.backend.backend()
+    if _backward_for(activation) is None or backend not in ("tensorflow", "torch"):
+        return _scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
+    if backend == "tensorflow":
+        return _chunked_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
+    return _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
