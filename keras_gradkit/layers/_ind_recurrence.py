@@ -73,7 +73,12 @@ def _scan(step, init, inputs, reverse=False):
     (time) axis is unknown, so in that case the inputs travel packed in one
     float tensor and are unpacked inside the loop.
     """
-    if len(inputs) == 1 or inputs[0].shape[0] is not None:
+    steps = inputs[0].shape[0]
+    if steps is not None and not isinstance(steps, int):
+        # A symbolic length (JAX export): `lax.scan` cannot split it into
+        # unrolled iterations plus a remainder.
+        return ops.scan(step, init, inputs, reverse=reverse)
+    if len(inputs) == 1 or steps is not None:
         return ops.scan(step, init, inputs, reverse=reverse, unroll=_PARALLEL)
     dtype = init[0].dtype if isinstance(init, tuple) else init.dtype
     shapes = [ops.shape(x)[1:] for x in inputs]
