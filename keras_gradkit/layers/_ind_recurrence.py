@@ -360,6 +360,13 @@ def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
     return Recurrence.apply(_project(x, kernel, bias), u, h0)
 
 
+def masked_output_repeats_state():
+    """Keras's output at masked steps before the first unmasked one (without
+    `zero_output_for_mask`): its JAX `rnn` repeats the previous state, so the
+    initial state; its TensorFlow and PyTorch `rnn` output zeros."""
+    return keras.backend.backend() == "jax"
+
+
 def ind_recurrence(
     x,
     kernel,

@@ -11,6 +11,7 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.constraints import MaxAbs
 from keras_gradkit.layers._ind_recurrence import ind_recurrence
+from keras_gradkit.layers._ind_recurrence import masked_output_repeats_state
 
 
 def _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout):
@@ -405,7 +406,8 @@ class IndRNN(keras.layers.RNN):
 
     def _outputs(self, states, step_mask):
         """Keras's conventions for masked steps: the output repeats the last
-        unmasked output (zeros before the first one), or is zero with
+        unmasked output (before the first one: zeros, or the initial state
+        where the backend's Keras does so), or is zero with
         `zero_output_for_mask=True`; the state is carried through.
 
         `states` holds every state with `return_sequences=True`, else only
@@ -417,14 +419,16 @@ class IndRNN(keras.layers.RNN):
             last_output = outputs[-1]
             return last_output, ops.transpose(outputs, (1, 0, 2)), [last_state]
         last_state = last_output = states
-        if step_mask is not None:
-            keep = self._kept_outputs(step_mask)[-1]
-            last_output = ops.where(keep, last_state, ops.zeros_like(last_state))
+        keep = None if step_mask is None else self._kept_outputs(step_mask)
+        if keep is not None:
+            last_output = ops.where(keep[-1], last_state, ops.zeros_like(last_state))
         return last_output, ops.expand_dims(last_output, 1), [last_state]
 
     def _kept_outputs(self, step_mask):
         if self.zero_output_for_mask:
             return step_mask
+        if masked_output_repeats_state():
+            return None  # the output of an IndRNN step is its state
         return ops.cumsum(ops.cast(step_mask, "int32"), axis=0) > 0
 
     @property
