@@ -87,7 +87,7 @@ def weighted_loss(outputs):
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     total = 0.0
     for k, o in enumerate(outputs):
-        scale = np.linspace(0.5, 1.5, o.shape[-1]).astype("float32") * (k + 1)
+        scale = keras.ops.convert_to_tensor(np.linspace(0.5, 1.5, o.shape[-1]).astype("float32") * (k + 1))
         total = total + keras.ops.sum(o * scale) + keras.ops.sum(keras.ops.square(o))
     return total
 
