@@ -1,5 +1,12 @@
 """The IndRNN recurrence engine (private): the loops behind
-`keras_gradkit.layers.IndRNN`."""
+`keras_gradkit.layers.IndRNN`, one per backend.
+
+`ind_recurrence` picks the engine that measured fastest in `model.fit`
+(`benchmarks/rnn_speed.py`): chunks with a hand-written backward pass on
+TensorFlow, `ops.scan` differentiated by XLA on JAX, a `torch.autograd.Function`
+with in-place loops on PyTorch. The backend-specific code of the layer lives
+here and nowhere else.
+"""
 
 import keras
 from keras import ops

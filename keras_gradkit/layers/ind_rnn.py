@@ -267,8 +267,9 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
 
 @keras_gradkit_export
 class IndRNN(keras.layers.RNN):
-    """Fast IndRNN layer: batched input projections, then the elementwise
-    recurrence with a hand-written backward pass.
+    """Fast IndRNN layer: the elementwise recurrence run by the engine that is
+    fastest on each backend (a hand-written backward pass on TensorFlow and
+    PyTorch, `lax.scan` on JAX).
 
     Computes exactly what `keras.layers.RNN(keras_gradkit.layers.IndRNNCell(...))`
     computes (same weights, same order, so `set_weights` works both ways),
