@@ -1,90 +1,171 @@
-"""Times one forward+backward training step of IndRNN and its alternatives.
+"""Times IndRNN training steps in `model.fit`, the path users run.
 
-Compares, in one run and on the same inputs, `keras_gradkit.layers.IndRNN`,
-`keras.layers.RNN(keras_gradkit.layers.IndRNNCell)`, `keras.layers.SimpleRNN`
-(relu) and `keras.layers.LSTM`, and prints milliseconds per step and ratios.
+Compares, in one run, on the same data and backend:
 
-    python benchmarks/rnn_speed.py                 # batch 64, 128 units, T in {100, 1000}
-    python benchmarks/rnn_speed.py --timesteps 200 --repeats 5
+- `keras_gradkit.layers.IndRNN` (the fast layer),
+- `keras.layers.RNN(keras_gradkit.layers.IndRNNCell)` (the cell in Keras's loop),
+- `keras.layers.LSTM`,
+- the floor: the IndRNN recurrence's forward and backward pass, input
+  projection included, as one fused loop compiled by numba on one thread
+  (a NumPy loop when numba is not installed; the table says which).
 
-Each configuration is traced once (tf.function), warmed up, then timed in
-interleaved rounds; the table reports the median over rounds.
+Each model is `Input((T, features)) -> layer(units) -> Dense(1)`, compiled
+with SGD and MSE. The first epoch (tracing, compiling, first steps) is timed
+apart; then the models take turns, one epoch each, and the table reports the
+median milliseconds per step over these epochs.
+
+    KERAS_BACKEND=jax python benchmarks/rnn_speed.py
+    python benchmarks/rnn_speed.py --backend torch --timesteps 100 1000 3000
+
+numba is a benchmark-only dependency: `pip install numba`.
 """
 
 import argparse
 import os
+import platform
 import statistics
+import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--units", type=int, default=128)
+    parser.add_argument("--features", type=int, default=2)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[100, 1000, 3000])
+    parser.add_argument("--rounds", type=int, default=5, help="timed epochs per model")
+    parser.add_argument(
+        "--step-budget", type=float, default=2.0, help="about this many seconds of steps per timed epoch"
+    )
+    parser.add_argument("--layers", nargs="+", default=None, help="subset of the layer names")
+    parser.add_argument(
+        "--slow-step", type=float, default=20.0,
+        help="a layer whose first epoch (one step) takes longer is timed on one more step only",
+    )
+    parser.add_argument("--lstm-max-timesteps", type=int, default=None, help="skip LSTM above this length")
+    return parser.parse_args()
+
+
+ARGS = parse_args()
+if ARGS.backend:
+    os.environ["KERAS_BACKEND"] = ARGS.backend
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_gradkit as gk  # noqa: E402
 
 LAYERS = {
     "gk.IndRNN": lambda units: gk.layers.IndRNN(units),
-    "RNN(gk.IndRNNCell)": lambda units: keras.layers.RNN(gk.layers.IndRNNCell(units)),
-    "SimpleRNN(relu)": lambda units: keras.layers.SimpleRNN(units, activation="relu"),
+    "RNN(IndRNNCell)": lambda units: keras.layers.RNN(gk.layers.IndRNNCell(units)),
     "LSTM": lambda units: keras.layers.LSTM(units),
 }
 
 
-def make_step(layer, inputs):
-    layer(inputs)  # build
-    weights = layer.trainable_weights
+class EpochTimer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
 
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(layer(inputs, training=True)))
-        return tape.gradient(loss, weights)
-
-    return step
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self.start
 
 
-def time_once(step):
-    start = time.perf_counter()
-    grads = step()
-    for g in grads:
-        g.numpy()
-    return time.perf_counter() - start
+def make_model(name, timesteps, features, units):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((timesteps, features))
+    outputs = keras.layers.Dense(1)(LAYERS[name](units)(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.SGD(1e-3), "mse")
+    return model
 
 
-def run(batch, units, timesteps, features, repeats):
-    inputs = tf.constant(np.random.default_rng(0).uniform(size=(batch, timesteps, features)).astype("float32"))
-    steps = {name: make_step(factory(units), inputs) for name, factory in LAYERS.items()}
-    for step in steps.values():
-        time_once(step)
-        time_once(step)
-    times = {name: [] for name in steps}
+def fit_epoch(model, x, y, batch, steps):
+    timer = EpochTimer()
+    model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[timer])
+    return timer.seconds
+
+
+def time_layers(names, timesteps, args):
+    rng = np.random.default_rng(0)
+    data_batches = 4
+    x = rng.uniform(size=(args.batch * data_batches, timesteps, args.features)).astype("float32")
+    y = rng.uniform(size=(args.batch * data_batches, 1)).astype("float32")
+    models, first, steps, per_step, rounds = {}, {}, {}, {}, {}
+    for name in names:
+        models[name] = make_model(name, timesteps, args.features, args.units)
+        first[name] = fit_epoch(models[name], x, y, args.batch, 1)
+        one = fit_epoch(models[name], x, y, args.batch, 1)  # a first estimate, to size the epochs
+        steps[name] = int(min(data_batches, max(1, args.step_budget // one)))
+        per_step[name] = [one] if first[name] > args.slow_step else []
+        rounds[name] = 1 if per_step[name] else args.rounds
+    for _ in range(args.rounds):
+        for name in names:
+            if len(per_step[name]) < rounds[name]:
+                per_step[name].append(fit_epoch(models[name], x, y, args.batch, steps[name]) / steps[name])
+    return {
+        name: (statistics.median(t) * 1000, first[name], f"{steps[name]}x{rounds[name]}")
+        for name, t in per_step.items()
+    }
+
+
+def floor_ms(timesteps, args, repeats=5):
+    from fused_floor import make_floor
+
+    floor, kind = make_floor()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(timesteps, args.batch, args.features)).astype("float32")
+    kernel = rng.normal(0, 0.5, size=(args.features, args.units)).astype("float32")
+    u = rng.uniform(0, 1, size=args.units).astype("float32")
+    bias = np.zeros(args.units, "float32")
+    floor(x, kernel, u, bias)  # compile
+    times = []
     for _ in range(repeats):
-        for name, step in steps.items():
-            times[name].append(time_once(step))
-    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+        start = time.perf_counter()
+        floor(x, kernel, u, bias)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000, kind
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--units", type=int, default=128)
-    parser.add_argument("--features", type=int, default=2)
-    parser.add_argument("--timesteps", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
-    print(f"keras {keras.__version__}, tensorflow {tf.__version__}, {os.cpu_count()} CPU cores, "
-          f"batch {args.batch}, units {args.units}, features {args.features}")
-    print("| T | layer | ms / step | gk.IndRNN speed-up |")
-    print("|---|---|---|---|")
+def header(args):
+    backend = keras.backend.backend()
+    versions = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+    module = __import__(versions[backend])
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    print(
+        f"backend {backend} {module.__version__}, keras {keras.__version__}, python {platform.python_version()}, "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores; batch {args.batch}, units {args.units}, "
+        f"features {args.features}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+
+
+def main(args):
+    names = args.layers or list(LAYERS)
+    header(args)
+    print()
+    print("| T | layer | ms / step (fit) | first epoch, s | steps timed | vs gk.IndRNN | vs floor |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for timesteps in args.timesteps:
-        result = run(args.batch, args.units, timesteps, args.features, args.repeats)
-        fast = result["gk.IndRNN"]
-        for name, ms in result.items():
-            print(f"| {timesteps} | {name} | {ms:.1f} | {ms / fast:.2f}x |", flush=True)
+        skip_lstm = args.lstm_max_timesteps is not None and timesteps > args.lstm_max_timesteps
+        result = time_layers([n for n in names if not (skip_lstm and n == "LSTM")], timesteps, args)
+        floor, kind = floor_ms(timesteps, args)
+        fast = result.get("gk.IndRNN", (None,))[0]
+        for name, (ms, first, steps) in result.items():
+            speedup = f"{ms / fast:.2f}x" if fast else "-"
+            print(
+                f"| {timesteps} | {name} | {ms:.1f} | {first:.1f} | {steps} | {speedup} | {ms / floor:.2f}x |",
+                flush=True,
+            )
+        if skip_lstm:
+            print(f"| {timesteps} | LSTM | not timed (--lstm-max-timesteps {args.lstm_max_timesteps}) | | | | |")
+        print(f"| {timesteps} | floor ({kind}) | {floor:.1f} | - | 5 | - | 1.00x |", flush=True)
+    load = os.getloadavg()
+    print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print("'vs gk.IndRNN': this layer's time over gk.IndRNN's (above 1: gk.IndRNN is faster).")
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -11,17 +11,8 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.constraints import MaxAbs
-
-# Time steps handled per iteration of the fast layer's loops: fewer loop
-# iterations, same arithmetic. The largest divisor of the sequence length up to
-# this value is used.
-_MAX_CHUNK = 32
-# Below this chunk size, a sequence is padded to a multiple of _PAD_CHUNK.
-_MIN_CHUNK = 8
-_PAD_CHUNK = 16
-# Loop iterations that may overlap (TensorFlow's `parallel_iterations`; JAX
-# unrolls this many iterations instead).
-_PARALLEL = 8
+from keras_gradkit.layers._ind_recurrence import ind_recurrence
+from keras_gradkit.layers._ind_recurrence import masked_output_repeats_state
 
 
 def _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout):
@@ -242,266 +233,11 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         return {**super().get_config(), **config}
 
 
-# ----------------------------------------------------------------------------
-# The fast path: one input projection per chunk of steps, then an elementwise recurrence
-# whose backward pass is written by hand.
-
-
-def _relu_backward(h, g):
-    return ops.where(h > 0, g, 0.0)
-
-
-def _tanh_backward(h, g):
-    return g * (1 - h * h)
-
-
-def _sigmoid_backward(h, g):
-    return g * h * (1 - h)
-
-
-def _linear_backward(h, g):
-    return g
-
-
-# Activations whose derivative is a function of their output, so the backward
-# pass needs only the stored states.
-_BACKWARD = {
-    "relu": _relu_backward,
-    "tanh": _tanh_backward,
-    "sigmoid": _sigmoid_backward,
-    "linear": _linear_backward,
-}
-
-
-def _backward_for(activation):
-    name = getattr(activation, "__name__", None)
-    if name in _BACKWARD and keras.activations.get(name) is activation:
-        return _BACKWARD[name]
-    return None
-
-
-def _chunk_size(steps):
-    if steps is None:
-        return 1
-    for size in range(min(_MAX_CHUNK, steps), 0, -1):
-        if steps % size == 0:
-            return size
-    return 1
-
-
-def _chunked(x, chunk):
-    """(T, ...) -> (T // chunk, chunk, ...), keeping a static T static."""
-    shape = ops.shape(x)
-    steps = x.shape[0]
-    return ops.reshape(x, (-1 if steps is None else steps // chunk, chunk) + tuple(shape[1:]))
-
-
-def _scan(step, init, inputs, reverse=False):
-    """`ops.scan` over a tuple of inputs.
-
-    Keras's TensorFlow `scan` cannot check several inputs whose leading
-    (time) axis is unknown, so in that case the inputs travel packed in one
-    float tensor and are unpacked inside the loop.
-    """
-    if len(inputs) == 1 or inputs[0].shape[0] is not None:
-        return ops.scan(step, init, inputs, reverse=reverse, unroll=_PARALLEL)
-    dtype = init[0].dtype if isinstance(init, tuple) else init.dtype
-    shapes = [ops.shape(x)[1:] for x in inputs]
-    dtypes = [x.dtype for x in inputs]
-    flat = [ops.reshape(ops.cast(x, dtype), (ops.shape(x)[0], -1)) for x in inputs]
-    sizes = [ops.shape(f)[1] for f in flat]
-    packed = ops.concatenate(flat, axis=1)
-
-    def packed_step(carry, row):
-        parts, start = [], 0
-        for shape, size, original in zip(shapes, sizes, dtypes):
-            part = ops.reshape(row[start : start + size], shape)
-            if original == "bool":
-                part = part > 0.5
-            parts.append(part)
-            start = start + size
-        return step(carry, tuple(parts))
-
-    return ops.scan(packed_step, init, packed, reverse=reverse, unroll=_PARALLEL)
-
-
-def _project(x_chunk, kernel, bias):
-    """`(chunk, batch, features) @ kernel + bias` as one matrix product."""
-    shape = ops.shape(x_chunk)
-    flat = ops.matmul(ops.reshape(x_chunk, (-1, shape[-1])), kernel) + bias
-    return ops.reshape(flat, (shape[0], shape[1], -1))
-
-
-def _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk):
-    """States of `h_t = act(x_t @ kernel + bias + u * h_{t-1})` (kept where
-    `mask` is False) for time-major `x`, as `(T, batch, units)`. The input
-    projection is one matrix product per chunk of steps, so the projected
-    sequence is never stored."""
-
-    def step(carry, inputs):
-        h = carry[-1]
-        x_rows = ops.unstack(_project(inputs[0], kernel, bias), num=chunk)
-        m_rows = None if mask is None else ops.unstack(inputs[1], num=chunk)
-        rows = []
-        for j in range(chunk):
-            new = activation(x_rows[j] + u * h)
-            h = new if mask is None else ops.where(m_rows[j], new, h)
-            rows.append(h)
-        out = ops.stack(rows)
-        return out, out
-
-    inputs = (_chunked(x, chunk),)
-    if mask is not None:
-        inputs += (_chunked(mask, chunk),)
-    init = ops.repeat(ops.expand_dims(h0, 0), chunk, axis=0)
-    _, states = _scan(step, init, inputs)
-    return ops.reshape(states, (-1,) + tuple(ops.shape(h0)))
-
-
-def _scan_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, backward, chunk):
-    """Gradients w.r.t. `x`, `kernel`, `bias`, `u` and `h0`, given the
-    gradient w.r.t. every state (`grad_states`) or, when only the last state
-    is used, w.r.t. the last state (`grad_last`, `grad_states=None`). Runs from the last step to the first:
-    `g_t = grad_t + c_t`, `dpre_t = g_t * act'(h_t)`, `c_{t-1} = dpre_t * u`
-    (`c_{t-1} = g_t` where the step is masked); each chunk then turns its
-    `dpre` into the input, kernel, bias and recurrent gradients."""
-    state_chunks = _chunked(states, chunk)
-    # The state just before each chunk: h0, then each chunk's last state.
-    previous = ops.concatenate(
-        [ops.expand_dims(h0, 0), state_chunks[:-1, -1]], axis=0
-    )
-
-    def step(carry, inputs):
-        c = carry[1]
-        g_rows = None if grad_states is None else ops.unstack(inputs[3], num=chunk)
-        h_rows = ops.unstack(inputs[0], num=chunk)
-        m_rows = None if mask is None else ops.unstack(inputs[-1], num=chunk)
-        dpre_rows = [None] * chunk
-        for j in reversed(range(chunk)):
-            g = c if g_rows is None else g_rows[j] + c
-            dpre = backward(h_rows[j], g)
-            if mask is None:
-                c = dpre * u
-            else:
-                dpre = ops.where(m_rows[j], dpre, ops.zeros_like(dpre))
-                c = ops.where(m_rows[j], dpre * u, g)
-            dpre_rows[j] = dpre
-        dpre_chunk = ops.stack(dpre_rows)
-        h_prev = ops.concatenate(
-            [ops.expand_dims(inputs[1], 0), inputs[0][:-1]], axis=0
-        )
-        du = ops.sum(dpre_chunk * h_prev, axis=(0, 1))
-        x_flat = ops.reshape(inputs[2], (-1, ops.shape(kernel)[0]))
-        dpre_flat = ops.reshape(dpre_chunk, (-1, ops.shape(kernel)[1]))
-        dx = ops.reshape(ops.matmul(dpre_flat, ops.transpose(kernel)), ops.shape(inputs[2]))
-        dkernel = ops.matmul(ops.transpose(x_flat), dpre_flat)
-        out = (dx, c, du, dkernel, ops.sum(dpre_flat, axis=0))
-        return out, out
-
-    inputs = (state_chunks, previous, _chunked(x, chunk))
-    if grad_states is not None:
-        inputs += (_chunked(grad_states, chunk),)
-    if mask is not None:
-        inputs += (_chunked(mask, chunk),)
-    init = (
-        ops.zeros_like(inputs[2][0]),
-        ops.zeros_like(h0) if grad_last is None else grad_last,
-        ops.zeros_like(u),
-        ops.zeros_like(kernel),
-        ops.zeros_like(u),
-    )
-    final, (dx, _, du, dkernel, dbias) = _scan(step, init, inputs, reverse=True)
-    return (
-        ops.reshape(dx, ops.shape(x)),
-        ops.sum(dkernel, axis=0),
-        ops.sum(dbias, axis=0),
-        ops.sum(du, axis=0),
-        final[1],
-    )
-
-
-def ind_recurrence(
-    x,
-    kernel,
-    bias,
-    u,
-    h0,
-    mask=None,
-    activation=keras.activations.relu,
-    last_only=False,
-    chunk=None,
-):
-    """Runs `h_t = activation(x_t @ kernel + bias + u * h_{t-1})` over
-    time-major inputs.
-
-    Args:
-        x: `(timesteps, batch, features)`.
-        kernel: `(features, units)`.
-        bias: `(units,)`.
-        u: `(units,)`, the recurrent weights.
-        h0: `(batch, units)`, the initial state.
-        mask: optional boolean `(timesteps, batch, 1)`; masked steps keep the
-            previous state.
-        activation: the activation. For relu, tanh, sigmoid and linear the
-            backward pass is hand-written (it needs only the stored states);
-            other activations are differentiated automatically.
-        last_only: return only the last state; the backward pass then skips
-            the (all-zero) gradients of the other states.
-        chunk: steps per loop iteration; must divide `timesteps`. Defaults to
-            the largest divisor up to 32, padding the sequence with masked
-            steps when there is no divisor of at least 8.
-
-    Returns:
-        The states, `(timesteps, batch, units)`, or the last one.
-    """
-    steps = x.shape[0]
-    if chunk is None:
-        chunk = _chunk_size(steps)
-    if chunk < _MIN_CHUNK and (steps is None or steps > _MAX_CHUNK):
-        # No good divisor (or an unknown length): pad with masked steps, which
-        # keep the state, rather than loop one step at a time.
-        return _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
-    backward = _backward_for(activation)
-    if backward is None:
-        states = _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk)
-        return states[-1] if last_only else states
-
-    @ops.custom_gradient
-    def recurrence(x, kernel, bias, u, h0):
-        states = _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk)
-
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            grad_states, grad_last = (None, upstream) if last_only else (upstream, None)
-            return _scan_backward(
-                grad_states, grad_last, states, x, kernel, u, h0, mask, backward, chunk
-            )
-
-        return (states[-1] if last_only else states), grad
-
-    return recurrence(x, kernel, bias, u, h0)
-
-
-def _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
-    steps = ops.shape(x)[0]
-    padding = (-steps) % _PAD_CHUNK
-    pad_shape = (padding,) + tuple(ops.shape(x)[1:-1])
-    x = ops.concatenate([x, ops.zeros(pad_shape + (ops.shape(x)[-1],), x.dtype)], axis=0)
-    if mask is None:
-        mask = ops.ones(tuple(ops.shape(h0)[:1]) + (1,), "bool")
-        mask = ops.broadcast_to(mask, (steps,) + tuple(ops.shape(mask)))
-    mask = ops.concatenate([mask, ops.zeros(pad_shape + (1,), "bool")], axis=0)
-    states = ind_recurrence(
-        x, kernel, bias, u, h0, mask, activation, last_only, chunk=_PAD_CHUNK
-    )
-    return states if last_only else states[:steps]
-
-
 @keras_gradkit_export
 class IndRNN(keras.layers.RNN):
-    """Fast IndRNN layer: batched input projections, then the elementwise
-    recurrence with a hand-written backward pass.
+    """Fast IndRNN layer: the elementwise recurrence run by the engine that is
+    fastest on each backend (a hand-written backward pass on TensorFlow and
+    PyTorch, `lax.scan` on JAX).
 
     Computes exactly what `keras.layers.RNN(keras_gradkit.layers.IndRNNCell(...))`
     computes (same weights, same order, so `set_weights` works both ways),
@@ -639,7 +375,8 @@ class IndRNN(keras.layers.RNN):
 
     def _outputs(self, states, step_mask):
         """Keras's conventions for masked steps: the output repeats the last
-        unmasked output (zeros before the first one), or is zero with
+        unmasked output (before the first one: zeros, or the initial state
+        where the backend's Keras does so), or is zero with
         `zero_output_for_mask=True`; the state is carried through.
 
         `states` holds every state with `return_sequences=True`, else only
@@ -651,14 +388,16 @@ class IndRNN(keras.layers.RNN):
             last_output = outputs[-1]
             return last_output, ops.transpose(outputs, (1, 0, 2)), [last_state]
         last_state = last_output = states
-        if step_mask is not None:
-            keep = self._kept_outputs(step_mask)[-1]
-            last_output = ops.where(keep, last_state, ops.zeros_like(last_state))
+        keep = None if step_mask is None else self._kept_outputs(step_mask)
+        if keep is not None:
+            last_output = ops.where(keep[-1], last_state, ops.zeros_like(last_state))
         return last_output, ops.expand_dims(last_output, 1), [last_state]
 
     def _kept_outputs(self, step_mask):
         if self.zero_output_for_mask:
             return step_mask
+        if masked_output_repeats_state():
+            return None  # the output of an IndRNN step is its state
         return ops.cumsum(ops.cast(step_mask, "int32"), axis=0) > 0
 
     @property

@@ -1,0 +1,418 @@
+"""The IndRNN recurrence engine (private): the loops behind
+`keras_gradkit.layers.IndRNN`, one per backend.
+
+`ind_recurrence` picks the engine that measured fastest in `model.fit`
+(`benchmarks/rnn_speed.py`): chunks with a hand-written backward pass on
+TensorFlow, `ops.scan` differentiated by XLA on JAX, a `torch.autograd.Function`
+with in-place loops on PyTorch. The backend-specific code of the layer lives
+here and nowhere else.
+"""
+
+import keras
+from keras import ops
+
+# Time steps handled per iteration of the fast layer's loops: fewer loop
+# iterations, same arithmetic. The largest divisor of the sequence length up to
+# this value is used.
+_MAX_CHUNK = 32
+# Below this chunk size, a sequence is padded to a multiple of _PAD_CHUNK.
+_MIN_CHUNK = 8
+_PAD_CHUNK = 16
+# Loop iterations that may overlap (TensorFlow's `parallel_iterations`; JAX
+# unrolls this many iterations instead).
+_PARALLEL = 8
+
+
+def _relu_slope(h):
+    return ops.cast(h > 0, h.dtype)
+
+
+def _tanh_slope(h):
+    return 1 - h * h
+
+
+def _sigmoid_slope(h):
+    return h * (1 - h)
+
+
+def _linear_slope(h):
+    return ops.ones_like(h)
+
+
+# Activations whose derivative `act'(pre)` is a function of their output
+# `h = act(pre)`, so the backward pass needs only the stored states.
+_SLOPES = {
+    "relu": _relu_slope,
+    "tanh": _tanh_slope,
+    "sigmoid": _sigmoid_slope,
+    "linear": _linear_slope,
+}
+
+
+def _slope_for(activation):
+    name = getattr(activation, "__name__", None)
+    if name in _SLOPES and keras.activations.get(name) is activation:
+        return _SLOPES[name]
+    return None
+
+
+def _chunk_size(steps):
+    if not isinstance(steps, int):
+        # Unknown, or symbolic under JAX export, where `min` is inconclusive.
+        return 1
+    for size in range(min(_MAX_CHUNK, steps), 0, -1):
+        if steps % size == 0:
+            return size
+    return 1
+
+
+def _chunked(x, chunk):
+    """(T, ...) -> (T // chunk, chunk, ...), keeping a static T static."""
+    shape = ops.shape(x)
+    steps = x.shape[0]
+    return ops.reshape(x, (-1 if steps is None else steps // chunk, chunk) + tuple(shape[1:]))
+
+
+def _scan(step, init, inputs, reverse=False):
+    """`ops.scan` over a tuple of inputs.
+
+    Keras's TensorFlow `scan` cannot check several inputs whose leading
+    (time) axis is unknown, so in that case the inputs travel packed in one
+    float tensor and are unpacked inside the loop.
+    """
+    steps = inputs[0].shape[0]
+    if steps is not None and not isinstance(steps, int):
+        # A symbolic length (JAX export): `lax.scan` cannot split it into
+        # unrolled iterations plus a remainder.
+        return ops.scan(step, init, inputs, reverse=reverse)
+    if len(inputs) == 1 or steps is not None:
+        return ops.scan(step, init, inputs, reverse=reverse, unroll=_PARALLEL)
+    dtype = init[0].dtype if isinstance(init, tuple) else init.dtype
+    shapes = [ops.shape(x)[1:] for x in inputs]
+    dtypes = [x.dtype for x in inputs]
+    flat = [ops.reshape(ops.cast(x, dtype), (ops.shape(x)[0], -1)) for x in inputs]
+    sizes = [ops.shape(f)[1] for f in flat]
+    packed = ops.concatenate(flat, axis=1)
+
+    def packed_step(carry, row):
+        parts, start = [], 0
+        for shape, size, original in zip(shapes, sizes, dtypes):
+            part = ops.reshape(row[start : start + size], shape)
+            if original == "bool":
+                part = part > 0.5
+            parts.append(part)
+            start = start + size
+        return step(carry, tuple(parts))
+
+    return ops.scan(packed_step, init, packed, reverse=reverse, unroll=_PARALLEL)
+
+
+def _project(x_chunk, kernel, bias):
+    """`(chunk, batch, features) @ kernel + bias` as one matrix product."""
+    shape = ops.shape(x_chunk)
+    flat = ops.matmul(ops.reshape(x_chunk, (-1, shape[-1])), kernel) + bias
+    return ops.reshape(flat, (shape[0], shape[1], -1))
+
+
+def _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk):
+    """States of `h_t = act(x_t @ kernel + bias + u * h_{t-1})` (kept where
+    `mask` is False) for time-major `x`, as `(T, batch, units)`. The input
+    projection is one matrix product per chunk of steps, so the projected
+    sequence is never stored."""
+
+    def step(carry, inputs):
+        h = carry[-1]
+        x_rows = ops.unstack(_project(inputs[0], kernel, bias), num=chunk)
+        m_rows = None if mask is None else ops.unstack(inputs[1], num=chunk)
+        rows = []
+        for j in range(chunk):
+            new = activation(x_rows[j] + u * h)
+            h = new if mask is None else ops.where(m_rows[j], new, h)
+            rows.append(h)
+        out = ops.stack(rows)
+        return out, out
+
+    inputs = (_chunked(x, chunk),)
+    if mask is not None:
+        inputs += (_chunked(mask, chunk),)
+    init = ops.repeat(ops.expand_dims(h0, 0), chunk, axis=0)
+    _, states = _scan(step, init, inputs)
+    return ops.reshape(states, (-1,) + tuple(ops.shape(h0)))
+
+
+def _backward_chunk(c, inputs, kernel, u, slope_of, chunk, has_grads, has_mask):
+    """One chunk of the backward pass, from its last step to its first.
+
+    With `a_t = act'(pre_t)`: `g_t = grad_t + c_t`, `dpre_t = g_t * a_t` and
+    `c_{t-1} = g_t * a_t * u` (`= g_t` at a masked step). The factor
+    `a_t * u` is computed for the whole chunk first, so the loop costs one
+    multiplication per step (two with per-step gradients)."""
+    h_chunk, h_before, x_chunk = inputs[:3]
+    slope = slope_of(h_chunk)
+    decay = slope * u
+    if has_mask:
+        keep = inputs[-1]
+        slope = ops.where(keep, slope, ops.zeros_like(slope))
+        decay = ops.where(keep, decay, ops.ones_like(decay))
+    decay_rows = ops.unstack(decay, num=chunk)
+    grad_rows = ops.unstack(inputs[3], num=chunk) if has_grads else None
+    g_rows = [None] * chunk
+    for j in reversed(range(chunk)):
+        g = c if grad_rows is None else grad_rows[j] + c
+        g_rows[j] = g
+        c = g * decay_rows[j]
+    dpre = ops.stack(g_rows) * slope
+    h_prev = ops.concatenate([ops.expand_dims(h_before, 0), h_chunk[:-1]], axis=0)
+    return c, dpre, _weight_gradients(dpre, h_prev, x_chunk, kernel)
+
+
+def _weight_gradients(dpre, h_prev, x_chunk, kernel):
+    """The chunk's gradients w.r.t. `x`, `kernel`, `bias` and `u` from the
+    gradients of its pre-activations."""
+    features, units = ops.shape(kernel)[0], ops.shape(kernel)[1]
+    x_flat = ops.reshape(x_chunk, (-1, features))
+    dpre_flat = ops.reshape(dpre, (-1, units))
+    dx = ops.reshape(ops.matmul(dpre_flat, ops.transpose(kernel)), ops.shape(x_chunk))
+    dkernel = ops.matmul(ops.transpose(x_flat), dpre_flat)
+    return dx, dkernel, ops.sum(dpre_flat, axis=0), ops.sum(dpre * h_prev, axis=(0, 1))
+
+
+def _scan_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, slope_of, chunk):
+    """Gradients w.r.t. `x`, `kernel`, `bias`, `u` and `h0`, given the
+    gradient w.r.t. every state (`grad_states`) or, when only the last state
+    is used, w.r.t. the last state (`grad_last`, `grad_states=None`)."""
+    state_chunks = _chunked(states, chunk)
+    # The state just before each chunk: h0, then each chunk's last state.
+    previous = ops.concatenate([ops.expand_dims(h0, 0), state_chunks[:-1, -1]], axis=0)
+    inputs = (state_chunks, previous, _chunked(x, chunk))
+    if grad_states is not None:
+        inputs += (_chunked(grad_states, chunk),)
+    if mask is not None:
+        inputs += (_chunked(mask, chunk),)
+
+    def step(carry, inputs):
+        c, _, (dx, dkernel, dbias, du) = _backward_chunk(
+            carry[1], inputs, kernel, u, slope_of, chunk, grad_states is not None, mask is not None
+        )
+        out = (dx, c, du, dkernel, dbias)
+        return out, out
+
+    zeros = ops.zeros_like
+    init = (zeros(inputs[2][0]), zeros(h0) if grad_last is None else grad_last, zeros(u), zeros(kernel), zeros(u))
+    final, (dx, _, du, dkernel, dbias) = _scan(step, init, inputs, reverse=True)
+    return (
+        ops.reshape(dx, ops.shape(x)),
+        ops.sum(dkernel, axis=0),
+        ops.sum(dbias, axis=0),
+        ops.sum(du, axis=0),
+        final[1],
+    )
+
+
+def _chunked_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, chunk=None):
+    """The TensorFlow engine: chunks of `chunk` steps per loop iteration (one
+    input projection per chunk) and a hand-written backward pass. `chunk`
+    must divide `timesteps`; it defaults to the largest divisor up to 32, and
+    the sequence is padded with masked steps when there is no divisor of at
+    least 8."""
+    steps = x.shape[0]
+    if chunk is None:
+        chunk = _chunk_size(steps)
+    if chunk < _MIN_CHUNK and (steps is None or steps > _MAX_CHUNK):
+        # No good divisor (or an unknown length): pad with masked steps, which
+        # keep the state, rather than loop one step at a time.
+        return _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
+    slope_of = _slope_for(activation)
+
+    @ops.custom_gradient
+    def recurrence(x, kernel, bias, u, h0):
+        states = _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            grad_states, grad_last = (None, upstream) if last_only else (upstream, None)
+            return _scan_backward(
+                grad_states, grad_last, states, x, kernel, u, h0, mask, slope_of, chunk
+            )
+
+        return (states[-1] if last_only else states), grad
+
+    return recurrence(x, kernel, bias, u, h0)
+
+
+def _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
+    steps = ops.shape(x)[0]
+    padding = (-steps) % _PAD_CHUNK
+    pad_shape = (padding,) + tuple(ops.shape(x)[1:-1])
+    x = ops.concatenate([x, ops.zeros(pad_shape + (ops.shape(x)[-1],), x.dtype)], axis=0)
+    if mask is None:
+        mask = ops.ones(tuple(ops.shape(h0)[:1]) + (1,), "bool")
+        mask = ops.broadcast_to(mask, (steps,) + tuple(ops.shape(mask)))
+    mask = ops.concatenate([mask, ops.zeros(pad_shape + (1,), "bool")], axis=0)
+    states = _chunked_recurrence(
+        x, kernel, bias, u, h0, mask, activation, last_only, chunk=_PAD_CHUNK
+    )
+    return states if last_only else states[:steps]
+
+
+# ----------------------------------------------------------------------------
+# The other engines and the choice between them.
+
+
+def _scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
+    """The JAX engine (and the fallback for other activations): `ops.scan`
+    over the steps, differentiated automatically, `_PARALLEL` steps unrolled
+    per loop iteration. XLA fuses each step; projecting the whole sequence
+    before the loop measured 2-4x slower on the CPU (the projected sequence
+    and its gradient then travel through memory)."""
+
+    def step(h, inputs):
+        new = activation(ops.matmul(inputs[0], kernel) + bias + u * h)
+        h = new if mask is None else ops.where(inputs[1], new, h)
+        return h, h
+
+    inputs = (x,) if mask is None else (x, mask)
+    last, states = _scan(step, h0, inputs)
+    return last if last_only else states
+
+
+# Activations by name, as PyTorch functions: the PyTorch engine calls them once
+# per step, where going through `keras.ops` would cost more than the step.
+_TORCH_ACTIVATIONS = {
+    "relu": "relu",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "linear": None,
+}
+
+
+def _torch_derivative(name, h):
+    """`act'(pre)` written with the output `h = act(pre)`."""
+    if name == "relu":
+        return h > 0
+    if name == "tanh":
+        return 1 - h * h
+    if name == "sigmoid":
+        return h * (1 - h)
+    return None
+
+
+def _torch_states(projected, u, h0, mask, name):
+    """Forward loop of the PyTorch engine, writing into one `(T, batch,
+    units)` buffer."""
+    import torch
+
+    states = torch.empty_like(projected)
+    h = h0
+    for t in range(projected.shape[0]):
+        out = states[t]
+        torch.addcmul(projected[t], u, h, out=out)
+        if name is not None:
+            getattr(torch, name + "_")(out)
+        if mask is not None:
+            torch.where(mask[t], out, h, out=out)
+        h = out
+    return states
+
+
+def _torch_grad_pre(grad_states, grad_last, states, u, mask, name):
+    """Backward loop of the PyTorch engine: the gradient w.r.t. every
+    pre-activation, and the one w.r.t. the initial state."""
+    import torch
+
+    derivative = _torch_derivative(name, states)
+    grad_pre = torch.empty_like(states)
+    carry = torch.zeros_like(states[0]) if grad_last is None else grad_last
+    for t in range(states.shape[0] - 1, -1, -1):
+        g = carry if grad_states is None else grad_states[t] + carry
+        d = grad_pre[t]
+        if derivative is None:
+            d.copy_(g)
+        else:
+            torch.mul(g, derivative[t], out=d)
+        if mask is None:
+            carry = d * u
+        else:
+            d.masked_fill_(~mask[t], 0)
+            carry = torch.where(mask[t], d * u, g)
+    return grad_pre, carry
+
+
+def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
+    """The PyTorch engine: the input projection as one matrix product
+    (differentiated by autograd), then the elementwise recurrence as a
+    `torch.autograd.Function` whose two loops run plain PyTorch operations in
+    place, a few per step."""
+    import torch
+
+    name = _TORCH_ACTIVATIONS[activation.__name__]
+
+    class Recurrence(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, projected, u, h0):
+            states = _torch_states(projected, u, h0, mask, name)
+            ctx.save_for_backward(states, u, h0)
+            return states[-1].clone() if last_only else states
+
+        @staticmethod
+        def backward(ctx, upstream):
+            states, u, h0 = ctx.saved_tensors
+            grad_states, grad_last = (None, upstream) if last_only else (upstream, None)
+            grad_pre, grad_h0 = _torch_grad_pre(grad_states, grad_last, states, u, mask, name)
+            previous = torch.cat([h0.unsqueeze(0), states[:-1]])
+            grad_u = torch.sum(grad_pre * previous, dim=(0, 1))  # einsum: 10x slower
+            return grad_pre, grad_u, grad_h0
+
+    return Recurrence.apply(_project(x, kernel, bias), u, h0)
+
+
+def masked_output_repeats_state():
+    """Keras's output at masked steps before the first unmasked one (without
+    `zero_output_for_mask`): its JAX `rnn` repeats the previous state, so the
+    initial state; its TensorFlow and PyTorch `rnn` output zeros."""
+    return keras.backend.backend() == "jax"
+
+
+def ind_recurrence(
+    x,
+    kernel,
+    bias,
+    u,
+    h0,
+    mask=None,
+    activation=keras.activations.relu,
+    last_only=False,
+):
+    """Runs `h_t = activation(x_t @ kernel + bias + u * h_{t-1})` over
+    time-major inputs, with the engine that is fastest on the backend:
+
+    - TensorFlow: chunks of steps per loop iteration and a hand-written
+      backward pass (`_chunked_recurrence`);
+    - PyTorch: a `torch.autograd.Function` with in-place loops
+      (`_torch_recurrence`);
+    - JAX, and any activation without a hand-written derivative: `ops.scan`
+      differentiated automatically (`_scanned_recurrence`).
+
+    Args:
+        x: `(timesteps, batch, features)`.
+        kernel: `(features, units)`.
+        bias: `(units,)`.
+        u: `(units,)`, the recurrent weights.
+        h0: `(batch, units)`, the initial state.
+        mask: optional boolean `(timesteps, batch, 1)`; masked steps keep the
+            previous state.
+        activation: the activation. Relu, tanh, sigmoid and linear have
+            hand-written derivatives (functions of the stored states).
+        last_only: return only the last state; the backward pass then skips
+            the (all-zero) gradients of the other states.
+
+    Returns:
+        The states, `(timesteps, batch, units)`, or the last one.
+    """
+    backend = keras.backend.backend()
+    if _slope_for(activation) is None or backend not in ("tensorflow", "torch"):
+        return _scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
+    if backend == "tensorflow":
+        return _chunked_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
+    return _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
