@@ -27,12 +27,15 @@ demo: $(STAMP)
 	@echo "TensorBoard logs are in runs/. To look at them:"
 	@echo "    $(VENV)/bin/tensorboard --logdir runs"
 
-# The suite once per backend; tests about TensorFlow itself run only on it.
+# The suite once per backend (every backend runs even if one fails); tests
+# about TensorFlow itself run only on it. Two pytest workers, one per core.
+PYTEST_ARGS ?= -n 2 --durations=15
 test: $(STAMP)
-	@set -e; for b in $(BACKENDS); do \
+	@failed=""; for b in $(BACKENDS); do \
 		echo "=== KERAS_BACKEND=$$b"; \
-		KERAS_BACKEND=$$b $(PY) -m pytest -q tests; \
-	done
+		KERAS_BACKEND=$$b $(PY) -m pytest -q $(PYTEST_ARGS) tests || failed="$$failed $$b"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/rnn_speed.py

@@ -395,6 +395,11 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """`apply` without side effects (JAX): returns the new trainable and
         optimizer variable values, in the order of `variables`."""
+        if keras.backend.backend() == "tensorflow":
+            raise ValueError(
+                "stateless_apply is not supported with the TensorFlow backend (as it is incompatible with "
+                "tf.distribute), as for Keras's own optimizers. Use `apply`."
+            )
         if not self.built:
             raise ValueError(
                 "To call `stateless_apply`, ClippedOptimizer must be built: call "

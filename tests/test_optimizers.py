@@ -482,6 +482,7 @@ class TestDrivers:
         opt.build([v1, v2])
         return opt, [v1, v2]
 
+    @pytest.mark.skipif(BACKEND == "tensorflow", reason="Keras has no stateless_apply on TensorFlow")
     @pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
     def test_apply_equals_stateless_apply(self, nan):
         policy = lambda: clipping.chain(clipping.SkipNonFinite(), clipping.AutoClip(50.0, 4))  # noqa: E731
@@ -514,6 +515,14 @@ class TestDrivers:
         for a, b in zip(before, after):
             np.testing.assert_array_equal(a, b)
         assert opt.gradient_statistics()["skipped_steps"] == 1.0
+
+    def test_stateless_apply_on_tensorflow_says_to_use_apply(self):
+        if BACKEND != "tensorflow":
+            pytest.skip("the TensorFlow backend's rule")
+        opt, variables = self._setup(clipping.NoClip())
+        with pytest.raises(ValueError, match="Use `apply`"):
+            opt.stateless_apply([v.value for v in opt.variables], [np.ones((2, 2), "float32"), np.ones(3, "float32")],
+                                [v.value for v in variables])
 
     def test_private_keras_attributes_still_mean_what_we_read(self):
         # `_UpdateView` reads these; if Keras renames or changes them, this fails first.
