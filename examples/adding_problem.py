@@ -105,10 +105,16 @@ def build_model(kind, seq_len, units, num_layers):
 
 
 class PrintValidation(keras.callbacks.Callback):
-    def __init__(self, steps_per_epoch):
+    """Prints the validation MSE at every evaluation; stops training once it
+    is below `target_mse` or after `max_minutes` (both optional)."""
+
+    def __init__(self, steps_per_epoch, max_minutes=None, target_mse=None):
         super().__init__()
         self.steps_per_epoch = steps_per_epoch
+        self.max_minutes = max_minutes
+        self.target_mse = target_mse
         self.start = None
+        self.steps_done = 0
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
@@ -121,6 +127,13 @@ class PrintValidation(keras.callbacks.Callback):
             f"  (baseline {BASELINE_MSE:.3f})  {elapsed:7.1f} s",
             flush=True,
         )
+        self.steps_done = step
+        if self.target_mse is not None and logs["val_loss"] < self.target_mse:
+            print(f"validation MSE below --target-mse {self.target_mse}: stopping", flush=True)
+            self.model.stop_training = True
+        if self.max_minutes is not None and elapsed > 60.0 * self.max_minutes:
+            print(f"--max-minutes {self.max_minutes} reached: stopping", flush=True)
+            self.model.stop_training = True
 
 
 def parse_args(argv=None):
@@ -137,6 +150,10 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", default="runs/adding_problem")
     parser.add_argument("--demo", action="store_true", help="short run: IndRNN, T=100, 1000 steps")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop at the first evaluation after this much training time")
+    parser.add_argument("--target-mse", type=float, default=None,
+                        help="stop at the first evaluation whose validation MSE is below this")
     parser.add_argument("--gradboard", action="store_true", help="also log gradients with GradientBoard")
     parser.add_argument("--probe-size", type=int, default=16, help="probe batch of the time gradient")
     parser.add_argument("--time-gradient-png", default=None, help="with --gradboard: save the last plot here")
@@ -167,7 +184,8 @@ def main(argv=None):
         f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}; logs in {logdir}",
         flush=True,
     )
-    callbacks = [keras.callbacks.TensorBoard(logdir), PrintValidation(args.eval_every)]
+    printer = PrintValidation(args.eval_every, args.max_minutes, args.target_mse)
+    callbacks = [keras.callbacks.TensorBoard(logdir), printer]
     if args.gradboard:
         probe = (val_x[: args.probe_size], val_y[: args.probe_size])
         callbacks.append(gk.callbacks.GradientBoard(logdir, time_probe=probe))
@@ -185,7 +203,7 @@ def main(argv=None):
     final = history.history["val_loss"][-1]
     best = min(history.history["val_loss"])
     print(
-        f"RESULT | {args.model} x{args.layers} | T={args.seq_len} | {epochs * args.eval_every} steps | "
+        f"RESULT | {args.model} x{args.layers} | T={args.seq_len} | {printer.steps_done} steps | "
         f"{wall:.0f} s | final val MSE {final:.4f} | best {best:.4f} | baseline {BASELINE_MSE:.3f} |",
         flush=True,
     )
