@@ -9,14 +9,14 @@ BACKENDS ?= tensorflow jax torch
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml Makefile
-	$(PY) -m pip install --quiet -e ".[test,examples,tensorflow,jax]" "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test,examples,docs,tensorflow,jax]" "$(TORCH)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,10 +35,17 @@ test: $(STAMP)
 		echo "=== KERAS_BACKEND=$$b"; \
 		KERAS_BACKEND=$$b $(PY) -m pytest -q $(PYTEST_ARGS) tests || failed="$$failed $$b"; \
 	done; \
+	echo "=== make docs"; \
+	$(MAKE) --no-print-directory docs || failed="$$failed docs"; \
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
+
+# The documentation site (mkdocs.yml): --strict makes a broken link, a missing
+# API reference or a docstring griffe cannot parse an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) benchmarks/rnn_speed.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build site *.egg-info

@@ -248,11 +248,12 @@ class IndRNN(keras.layers.RNN):
     `|recurrent_kernel| <= bound` projected after every optimizer update.
 
     Args:
-        units, activation, use_bias, kernel_initializer, recurrent_initializer,
-        bias_initializer, recurrent_max_abs, timesteps, kernel_regularizer,
-        recurrent_regularizer, bias_regularizer, kernel_constraint,
-        bias_constraint, dropout, seed: as in
-        `keras_gradkit.layers.IndRNNCell`.
+        units: as in `keras_gradkit.layers.IndRNNCell`, and so are
+            `activation`, `use_bias`, `kernel_initializer`,
+            `recurrent_initializer`, `bias_initializer`, `recurrent_max_abs`,
+            `timesteps`, `kernel_regularizer`, `recurrent_regularizer`,
+            `bias_regularizer`, `kernel_constraint`, `bias_constraint`,
+            `dropout` and `seed`.
         return_sequences: bool, return the whole sequence of outputs instead
             of the last one. Defaults to `False`.
         return_state: bool, also return the last state. Defaults to `False`.
