@@ -21,11 +21,10 @@ $(STAMP): $(PY) pyproject.toml Makefile
 
 install: $(STAMP)
 
+# IndRNN and LSTM on the adding problem, both with GradientBoard, in runs/demo;
+# ends with the TensorBoard command and what to look at.
 demo: $(STAMP)
-	$(PY) examples/adding_problem.py --demo --logdir runs/adding_problem
-	@echo
-	@echo "TensorBoard logs are in runs/. To look at them:"
-	@echo "    $(VENV)/bin/tensorboard --logdir runs"
+	@$(PY) examples/demo.py --logdir runs/demo
 
 # The suite once per backend (every backend runs even if one fails); tests
 # about TensorFlow itself run only on it. Two pytest workers, one per core.
