@@ -107,8 +107,8 @@ for block in spec["blocks"]:
     linecache.cache[spec["file"]] = (len(source), None, source.splitlines(True), spec["file"])
     try:
         exec(compile(source, spec["file"], "exec"), namespace)
-    except BaseException:
-        traceback.print_exc()
+    except BaseException as e:
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # without this runner's frame
         print(f"DOCS-BLOCK-FAILED {spec['file']}:{block['line']}", file=sys.stderr)
         sys.exit(1)
 '''
@@ -121,7 +121,7 @@ def run_markdown_blocks(file, blocks, workdir, timeout=MARKDOWN_TIMEOUT_S):
     runner.write_text(_RUNNER)
     spec.write_text(json.dumps({"file": file, "blocks": blocks, "progress": str(progress)}))
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), MPLBACKEND="Agg")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"  # TensorFlow's start-up noise would fill the stderr tail
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
     try:
         result = subprocess.run(
