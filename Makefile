@@ -9,7 +9,7 @@ BACKENDS ?= tensorflow jax torch
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,20 @@ test: $(STAMP)
 		echo "=== KERAS_BACKEND=$$b"; \
 		KERAS_BACKEND=$$b $(PY) -m pytest -q $(PYTEST_ARGS) tests || failed="$$failed $$b"; \
 	done; \
+	$(MAKE) --no-print-directory dist || failed="$$failed dist"; \
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
+
+# A wheel and an sdist that `twine check` accepts; the wheel holds only the package.
+dist: $(STAMP)
+	@rm -rf dist
+	@$(PY) -m build --outdir dist . > build.log 2>&1 || (tail -30 build.log; exit 1)
+	@$(PY) -m twine check --strict dist/*
+	@$(PY) -c "import glob, zipfile; names = zipfile.ZipFile(glob.glob('dist/*.whl')[0]).namelist(); \
+	other = [n for n in names if not n.startswith(('keras_gradkit/', 'keras_gradkit-'))]; \
+	assert not other, f'the wheel holds more than the package: {other}'; print(f'wheel: {len(names)} files, only keras_gradkit')"
 
 bench: $(STAMP)
 	$(PY) benchmarks/rnn_speed.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build dist build.log site *.egg-info
