@@ -9,7 +9,7 @@ BACKENDS ?= tensorflow jax torch
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test install bench docs clean
+.PHONY: demo test install bench docs dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,10 @@ $(STAMP): $(PY) pyproject.toml Makefile
 
 install: $(STAMP)
 
+# IndRNN and LSTM on the adding problem, both with GradientBoard, in runs/demo;
+# ends with the TensorBoard command and what to look at.
 demo: $(STAMP)
-	$(PY) examples/adding_problem.py --demo --logdir runs/adding_problem
-	@echo
-	@echo "TensorBoard logs are in runs/. To look at them:"
-	@echo "    $(VENV)/bin/tensorboard --logdir runs"
+	@$(PY) examples/demo.py --logdir runs/demo
 
 # The suite once per backend (every backend runs even if one fails); tests
 # about TensorFlow itself run only on it. Two pytest workers, one per core.
@@ -37,7 +36,18 @@ test: $(STAMP)
 	done; \
 	echo "=== make docs"; \
 	$(MAKE) --no-print-directory docs || failed="$$failed docs"; \
+	echo "=== make dist"; \
+	$(MAKE) --no-print-directory dist || failed="$$failed dist"; \
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
+
+# A wheel and an sdist that `twine check` accepts; the wheel holds only the package.
+dist: $(STAMP)
+	@rm -rf dist
+	@$(PY) -m build --outdir dist . > build.log 2>&1 || (tail -30 build.log; exit 1)
+	@$(PY) -m twine check --strict dist/*
+	@$(PY) -c "import glob, zipfile; names = zipfile.ZipFile(glob.glob('dist/*.whl')[0]).namelist(); \
+	other = [n for n in names if not n.startswith(('keras_gradkit/', 'keras_gradkit-'))]; \
+	assert not other, f'the wheel holds more than the package: {other}'; print(f'wheel: {len(names)} files, only keras_gradkit')"
 
 # The documentation site (mkdocs.yml): --strict makes a broken link, a missing
 # API reference or a docstring griffe cannot parse an error.
@@ -48,4 +58,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/rnn_speed.py
 
 clean:
-	rm -rf $(VENV) runs build site *.egg-info
+	rm -rf $(VENV) runs build dist build.log site *.egg-info

@@ -19,7 +19,7 @@ the same log directory, and the time-gradient reach is printed at the end;
 Hyperparameters follow the paper and its official code where they are known:
 128 units, 2 IndRNN layers (1 for the others), Adam with learning rate 2e-4 for
 ReLU IndRNN and 2e-3 for LSTM / tanh SimpleRNN, batch 32, gradient norm
-clipped at 10, input weights N(0, 0.001), recurrent weights of the last IndRNN
+clipped at 10 (by `ClippedOptimizer(..., ClipByGlobalNorm(10.0))`), input weights N(0, 0.001), recurrent weights of the last IndRNN
 layer U((1/2)^(1/T), 2^(1/T)), all bounded by 2^(1/T). TensorBoard logs go to
 `--logdir`; validation MSE is printed as training goes.
 """
@@ -174,7 +174,8 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     model = build_model(args.model, args.seq_len, args.units, args.layers)
     schedule = keras.optimizers.schedules.ExponentialDecay(args.lr, 20000, 0.1, staircase=True)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=10.0), loss="mse")
+    optimizer = gk.optimizers.ClippedOptimizer(keras.optimizers.Adam(schedule), gk.clipping.ClipByGlobalNorm(10.0))
+    model.compile(optimizer=optimizer, loss="mse")
     val_x, val_y = adding_batch(np.random.default_rng([args.seed, 10**9]), args.val_size, args.seq_len)
     epochs = args.steps // args.eval_every
     data = AddingProblem(args.batch_size, args.seq_len, args.eval_every * epochs, args.seed)

@@ -91,8 +91,10 @@ class GateBias(keras.initializers.Initializer):
 
     Example:
 
+    >>> import keras, keras_gradkit
     >>> init = keras_gradkit.initializers.GateBias("lstm", forget=1.0)
-    >>> bias = init((4 * 3,))
+    >>> keras.ops.convert_to_numpy(init((4 * 3,))).tolist()  # gates i, f, c, o
+    [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     >>> layer = keras.layers.LSTM(3, unit_forget_bias=False, bias_initializer=init)
 
     References:
@@ -156,8 +158,10 @@ class Chrono(keras.initializers.Initializer):
 
     Example:
 
+    >>> import keras, keras_gradkit
     >>> init = keras_gradkit.initializers.Chrono(100, layout="gru")
-    >>> bias = init((2, 3 * 8))
+    >>> tuple(init((2, 3 * 8)).shape)
+    (2, 24)
     >>> layer = keras.layers.GRU(8, bias_initializer=init)
 
     References:

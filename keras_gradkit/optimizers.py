@@ -295,7 +295,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         self._update_norms = self._own_variable("update_norms", (k,), "float32") if self.record_update_norms else None
         self._weight_norms = self._own_variable("weight_norms", (k,), "float32") if self.record_update_norms else None
         self._last_gradients = []
-        if self.record_gradients:
+        if self._recording:
             self._build_gradient_copies()
 
     def _build_gradient_copies(self):

@@ -156,21 +156,3 @@ class TestChrono:
     def test_public_path(self):
         assert keras_gradkit.initializers.Chrono is Chrono
         assert keras_gradkit.initializers.GateBias is GateBias
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "keras_gradkit.initializers",
-        "keras_gradkit.layers.lstm",
-        "keras_gradkit.layers.gru",
-        "keras_gradkit.layers.layer_norm_lstm_cell",
-    ],
-)
-def test_docstring_examples_run(module):
-    import doctest
-    import importlib
-
-    globs = {"np": np, "keras": keras, "keras_gradkit": keras_gradkit}
-    result = doctest.testmod(importlib.import_module(module), extraglobs=globs)
-    assert result.attempted > 0 and result.failed == 0

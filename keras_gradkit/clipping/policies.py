@@ -33,7 +33,17 @@ def _squared_norm(g):
 
 
 def global_norm(grads):
-    """The L2 norm of all non-`None` tensors in `grads` taken together (float32)."""
+    """The L2 norm of all non-`None` tensors in `grads` taken together (float32).
+
+    Example:
+
+    ```python
+    >>> import numpy as np, keras, keras_gradkit
+    >>> norm = keras_gradkit.clipping.global_norm([np.array([3.0]), None, np.array([4.0])])
+    >>> float(keras.ops.convert_to_numpy(norm))
+    5.0
+    ```
+    """
     squares = [_squared_norm(g) for g in grads if g is not None]
     if not squares:
         return ops.convert_to_tensor(0.0, "float32")
@@ -69,6 +79,20 @@ class ClippingPolicy:
 
     Subclasses implement `apply`; stateful ones also `state_spec`. Policies
     skip `None` gradients and keep the dtype of each gradient.
+
+    Example:
+
+    ```python
+    >>> import numpy as np, keras, keras_gradkit
+    >>> class Halve(keras_gradkit.clipping.ClippingPolicy):
+    ...     def apply(self, grads, variables, state):
+    ...         info = {"threshold": keras.ops.convert_to_tensor(float("nan"), "float32"),
+    ...                 "clipped": keras.ops.convert_to_tensor(True),
+    ...                 "skip": keras.ops.convert_to_tensor(False)}
+    ...         return [None if g is None else g * 0.5 for g in grads], [], info
+    >>> [keras.ops.convert_to_numpy(g).tolist() for g in Halve()([np.array([2.0, -4.0])])]
+    [[1.0, -2.0]]
+    ```
     """
 
     def __init__(self):
@@ -162,8 +186,10 @@ class ClipByValue(ClippingPolicy):
     Example:
 
     ```python
-    import numpy as np, keras_gradkit
-    keras_gradkit.clipping.ClipByValue(0.5)([np.array([-2.0, 0.1, 3.0])])
+    >>> import numpy as np, keras, keras_gradkit
+    >>> grads = keras_gradkit.clipping.ClipByValue(0.5)([np.array([-2.0, 0.25, 3.0])])
+    >>> keras.ops.convert_to_numpy(grads[0]).tolist()
+    [-0.5, 0.25, 0.5]
     ```
 
     References:
@@ -202,8 +228,10 @@ class ClipByNorm(ClippingPolicy):
     Example:
 
     ```python
-    import numpy as np, keras_gradkit
-    keras_gradkit.clipping.ClipByNorm(1.0)([np.array([3.0, 4.0]), np.array([0.1])])
+    >>> import numpy as np, keras, keras_gradkit
+    >>> grads = keras_gradkit.clipping.ClipByNorm(2.5)([np.array([3.0, 4.0]), np.array([0.25])])
+    >>> [keras.ops.convert_to_numpy(g).tolist() for g in grads]  # norms 5 and 0.25
+    [[1.5, 2.0], [0.25]]
     ```
 
     References:
@@ -251,8 +279,10 @@ class ClipByGlobalNorm(ClippingPolicy):
     Example:
 
     ```python
-    import numpy as np, keras_gradkit
-    keras_gradkit.clipping.ClipByGlobalNorm(1.0)([np.array([3.0]), np.array([4.0])])
+    >>> import numpy as np, keras, keras_gradkit
+    >>> grads = keras_gradkit.clipping.ClipByGlobalNorm(2.5)([np.array([3.0]), np.array([4.0])])
+    >>> [keras.ops.convert_to_numpy(g).tolist() for g in grads]  # global norm 5
+    [[1.5], [2.0]]
     ```
 
     References:
@@ -471,6 +501,16 @@ class Chain(ClippingPolicy):
 
     Args:
         policies: list of `ClippingPolicy` objects.
+
+    Example:
+
+    ```python
+    >>> import numpy as np, keras, keras_gradkit
+    >>> policy = keras_gradkit.clipping.Chain(
+    ...     [keras_gradkit.clipping.SkipNonFinite(), keras_gradkit.clipping.ClipByGlobalNorm(2.5)])
+    >>> [keras.ops.convert_to_numpy(g).tolist() for g in policy([np.array([3.0, 4.0])])]
+    [[1.5, 2.0]]
+    ```
     """
 
     def __init__(self, policies):
@@ -512,12 +552,31 @@ class Chain(ClippingPolicy):
 
 
 def chain(*policies):
-    """Returns a policy applying `policies` in order, e.g. `chain(SkipNonFinite(), AutoClip())`."""
+    """Returns a policy applying `policies` in order, e.g. `chain(SkipNonFinite(), AutoClip())`.
+
+    Example:
+
+    ```python
+    >>> import keras_gradkit
+    >>> keras_gradkit.clipping.chain(keras_gradkit.clipping.SkipNonFinite(), keras_gradkit.clipping.AutoClip())
+    Chain(policies=[...])
+    ```
+    """
     return Chain(policies)
 
 
 def get(identifier):
-    """Returns a policy from a policy object or its serialized dict."""
+    """Returns a policy from a policy object or its serialized dict.
+
+    Example:
+
+    ```python
+    >>> import keras, keras_gradkit
+    >>> config = keras.saving.serialize_keras_object(keras_gradkit.clipping.ClipByNorm(1.0))
+    >>> keras_gradkit.clipping.get(config)
+    ClipByNorm(max_norm=1.0)
+    ```
+    """
     if isinstance(identifier, ClippingPolicy):
         return identifier
     if isinstance(identifier, dict):

@@ -86,6 +86,7 @@ class GRUCell(keras.layers.GRUCell):
 
     Example:
 
+    >>> import numpy as np, keras, keras_gradkit
     >>> cell = keras_gradkit.layers.GRUCell(8, update_bias=1.0)
     >>> rnn = keras.layers.RNN(cell)
     >>> tuple(rnn(np.zeros((2, 5, 3))).shape)
@@ -266,6 +267,7 @@ class GRU(keras.layers.GRU):
 
     Example:
 
+    >>> import numpy as np, keras, keras_gradkit
     >>> gru = keras_gradkit.layers.GRU(8, chrono_timesteps=100)
     >>> tuple(gru(np.zeros((2, 5, 3))).shape)
     (2, 8)

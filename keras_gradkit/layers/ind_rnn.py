@@ -94,7 +94,7 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
     >>> import keras, numpy as np, keras_gradkit
     >>> cell = keras_gradkit.layers.IndRNNCell(8, timesteps=20)
     >>> rnn = keras.layers.RNN(cell, return_sequences=True)
-    >>> rnn(np.ones((2, 20, 3), "float32")).shape
+    >>> tuple(rnn(np.ones((2, 20, 3), "float32")).shape)
     (2, 20, 8)
 
     References:
@@ -277,7 +277,7 @@ class IndRNN(keras.layers.RNN):
 
     >>> import numpy as np, keras_gradkit
     >>> layer = keras_gradkit.layers.IndRNN(16, timesteps=50)
-    >>> layer(np.ones((4, 50, 2), "float32")).shape
+    >>> tuple(layer(np.ones((4, 50, 2), "float32")).shape)
     (4, 16)
 
     References:

@@ -81,6 +81,7 @@ class LayerNormLSTMCell(LSTMCell):
 
     Example:
 
+    >>> import numpy as np, keras, keras_gradkit
     >>> cell = keras_gradkit.layers.LayerNormLSTMCell(8)
     >>> rnn = keras.layers.RNN(cell, return_sequences=True)
     >>> tuple(rnn(np.zeros((2, 5, 3))).shape)

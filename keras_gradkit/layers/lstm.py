@@ -152,6 +152,7 @@ class LSTMCell(keras.layers.LSTMCell):
 
     Example:
 
+    >>> import numpy as np, keras, keras_gradkit
     >>> cell = keras_gradkit.layers.LSTMCell(8, forget_bias=2.0)
     >>> rnn = keras.layers.RNN(cell)
     >>> tuple(rnn(np.zeros((2, 5, 3))).shape)
@@ -314,6 +315,7 @@ class LSTM(keras.layers.LSTM):
 
     Example:
 
+    >>> import numpy as np, keras, keras_gradkit
     >>> lstm = keras_gradkit.layers.LSTM(8, chrono_timesteps=100)
     >>> tuple(lstm(np.zeros((2, 5, 3))).shape)
     (2, 8)

@@ -108,13 +108,13 @@ class ResidualIndRNN(keras.layers.Layer):
     Example:
 
     >>> import numpy as np, keras, keras_gradkit
-    >>> inputs = keras.Input((64, 1))
-    >>> x = keras.layers.Dense(32)(inputs)
-    >>> for _ in range(4):
-    ...     x = keras_gradkit.layers.ResidualIndRNN(32, timesteps=64)(x)
+    >>> inputs = keras.Input((16, 1))
+    >>> x = keras.layers.Dense(8)(inputs)
+    >>> for _ in range(2):
+    ...     x = keras_gradkit.layers.ResidualIndRNN(8, timesteps=16)(x)
     >>> model = keras.Model(inputs, x)
-    >>> tuple(model(np.ones((2, 64, 1), "float32")).shape)
-    (2, 64, 32)
+    >>> tuple(model(np.ones((2, 16, 1), "float32")).shape)
+    (2, 16, 8)
 
     References:
         Li et al., [Deep Independently Recurrent Neural Network
