@@ -1,8 +1,9 @@
 """The documentation runs as written.
 
 - Markdown: the ```python (or ```py) blocks of README.md and of every
-  docs/**/*.md run in order, in one namespace per file, in a fresh Python
-  process whose working directory is a temporary folder. A block whose first
+  docs/**/*.md run in order, in one namespace and working folder per file,
+  all files in one fresh Python process (Keras's global state reset between
+  files). A block whose first
   non-empty line starts with `# fragment` is skipped; other fence languages
   (bash, console, text, none) are not run.
 - Docstrings: every public class and function of the public subpackages, and
@@ -94,32 +95,57 @@ def markdown_files():
     return [path.relative_to(REPO).as_posix() for path in files]
 
 
-# Runs in the subprocess: only the standard library, so it starts fast.
+# Runs in the subprocess: only the standard library, so it starts fast. All
+# files run in one process (one import of the backend, which dominates the
+# cost), each in its own namespace and working folder, with Keras's global
+# state (dtype policy, names) reset in between.
 _RUNNER = '''
-import json, linecache, sys, traceback
+import io, json, linecache, os, sys, traceback
 spec = json.load(open(sys.argv[1]))
-namespace = {"__name__": "__main__"}
-for block in spec["blocks"]:
-    with open(spec["progress"], "w") as f:
-        f.write(str(block["line"]))
-    # Padding makes traceback line numbers the Markdown file's line numbers.
-    source = "\\n" * (block["line"] - 1) + block["source"] + "\\n"
-    linecache.cache[spec["file"]] = (len(source), None, source.splitlines(True), spec["file"])
-    try:
-        exec(compile(source, spec["file"], "exec"), namespace)
-    except BaseException as e:
-        traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # without this runner's frame
-        print(f"DOCS-BLOCK-FAILED {spec['file']}:{block['line']}", file=sys.stderr)
-        sys.exit(1)
+failures = {}
+
+
+def reset_keras():
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.config.set_dtype_policy("float32")
+        keras.backend.clear_session()
+
+
+for number, entry in enumerate(spec["files"]):
+    file, namespace = entry["file"], {"__name__": "__main__"}
+    folder = os.path.join(spec["workdir"], f"file{number}")
+    os.makedirs(folder, exist_ok=True)
+    os.chdir(folder)
+    reset_keras()
+    for block in entry["blocks"]:
+        with open(spec["progress"], "w") as f:
+            f.write(json.dumps([file, block["line"]]))
+        # Padding makes traceback line numbers the Markdown file's line numbers.
+        source = "\\n" * (block["line"] - 1) + block["source"] + "\\n"
+        linecache.cache[file] = (len(source), None, source.splitlines(True), file)
+        try:
+            exec(compile(source, file, "exec"), namespace)
+        except BaseException as e:
+            text = io.StringIO()
+            traceback.print_exception(type(e), e, e.__traceback__.tb_next, file=text)  # without this runner's frame
+            failures[file] = {"line": block["line"], "traceback": text.getvalue()}
+            break
+with open(spec["results"], "w") as f:
+    json.dump(failures, f)
 '''
 
 
-def run_markdown_blocks(file, blocks, workdir, timeout=MARKDOWN_TIMEOUT_S):
-    """Runs `blocks` in one fresh process. Returns None, or a failure message."""
+def run_markdown_files(blocks_by_file, workdir, timeout=MARKDOWN_TIMEOUT_S):
+    """Runs each file's blocks (`{file: blocks}`) in one fresh process.
+    Returns `{file: failure message}` for the files whose blocks failed."""
     workdir = Path(workdir)
     runner, spec, progress = workdir / "_docs_runner.py", workdir / "_docs_blocks.json", workdir / "_docs_progress"
+    results = workdir / "_docs_results.json"
     runner.write_text(_RUNNER)
-    spec.write_text(json.dumps({"file": file, "blocks": blocks, "progress": str(progress)}))
+    results.unlink(missing_ok=True)
+    files = [{"file": file, "blocks": blocks} for file, blocks in blocks_by_file.items()]
+    spec.write_text(json.dumps({"files": files, "progress": str(progress), "results": str(results), "workdir": str(workdir)}))
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), MPLBACKEND="Agg")
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"  # TensorFlow's start-up noise would fill the stderr tail
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
@@ -128,27 +154,33 @@ def run_markdown_blocks(file, blocks, workdir, timeout=MARKDOWN_TIMEOUT_S):
             [sys.executable, str(runner), str(spec)], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired as e:
-        line = progress.read_text() if progress.exists() else "?"
+        file, line = json.loads(progress.read_text()) if progress.exists() else ("?", "?")
         tail = (e.stderr or b"")[-STDERR_TAIL_CHARS:]
         tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        return f"{file}: the block starting at line {line} ran past {timeout} s.\n--- stderr tail ---\n{tail}"
-    if result.returncode == 0:
-        return None
-    line = progress.read_text() if progress.exists() else "?"
-    return (
-        f"{file}: the python block starting at line {line} failed (exit code {result.returncode}).\n"
-        f"--- stderr tail ---\n{result.stderr[-STDERR_TAIL_CHARS:]}"
-    )
+        return {file: f"{file}: the block starting at line {line} ran past {timeout} s.\n--- stderr tail ---\n{tail}"}
+    if result.returncode != 0 or not results.exists():
+        file, line = json.loads(progress.read_text()) if progress.exists() else ("?", "?")
+        return {file: f"{file}: the process died in the block starting at line {line} (exit code {result.returncode}).\n"
+                      f"--- stderr tail ---\n{result.stderr[-STDERR_TAIL_CHARS:]}"}
+    return {
+        file: f"{file}: the python block starting at line {failure['line']} failed.\n"
+              f"--- traceback ---\n{failure['traceback'][-STDERR_TAIL_CHARS:]}"
+        for file, failure in json.loads(results.read_text()).items()
+    }
 
 
-@pytest.mark.parametrize("file", markdown_files())
-def test_markdown_code_blocks_run(file, tmp_path):
-    blocks = runnable_blocks((REPO / file).read_text(encoding="utf-8"))
-    if not blocks:
-        pytest.skip(f"{file} has no python blocks to run")
-    failure = run_markdown_blocks(file, blocks, tmp_path)
-    if failure:
-        pytest.fail(failure, pytrace=False)
+def run_markdown_blocks(file, blocks, workdir, timeout=MARKDOWN_TIMEOUT_S):
+    """Runs one file's `blocks` in a fresh process. Returns None, or a failure message."""
+    return run_markdown_files({file: blocks}, workdir, timeout).get(file)
+
+
+def test_markdown_code_blocks_run(tmp_path):
+    blocks_by_file = {file: runnable_blocks((REPO / file).read_text(encoding="utf-8")) for file in markdown_files()}
+    blocks_by_file = {file: blocks for file, blocks in blocks_by_file.items() if blocks}
+    assert "README.md" in blocks_by_file and len(blocks_by_file) > 1, sorted(blocks_by_file)
+    failures = run_markdown_files(blocks_by_file, tmp_path, timeout=MARKDOWN_TIMEOUT_S * 4)
+    if failures:
+        pytest.fail("\n\n".join(failures.values()), pytrace=False)
 
 
 class TestMarkdownExtraction:
