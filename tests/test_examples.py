@@ -5,6 +5,7 @@ import importlib.util
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
@@ -84,3 +85,49 @@ def test_normalization(tmp_path):
             "--logdir", str(tmp_path), "--gradboard"]
     module.main(argv)
     assert_gradient_board_wrote(os.path.join(tmp_path, "mlp", "groupnorm"))
+
+
+# Compiling a recurrent train step costs seconds per model: TensorFlow's trace
+# (the smoke mode runs it eagerly) and JAX's XLA compile of the train, test and
+# probe functions. To keep the test within seconds, PyTorch (eager, cheap)
+# runs every family on both tasks, TensorFlow the residual family on both
+# tasks and JAX the residual family on the adding problem; TensorFlow also
+# builds the other families (building costs JAX seconds of tracing too).
+DEEP_RNN_SMOKE = {
+    "torch": [],
+    "tensorflow": ["--models", "residual"],
+    "jax": ["--tasks", "adding", "--models", "residual"],
+}
+
+
+def test_deep_rnn_smoke(tmp_path, capsys):
+    """N = 2, one tiny epoch: a Markdown row per model and task,
+    GradientBoard's gradient-across-depth tags read back with TensorBoard's
+    reader, and the figure drawn from them."""
+    module = load_example("deep_rnn")
+    for task in (module.digits_task(0, 60), module.adding_task(0, 12, 16, 1, 1, 16)):
+        for kind in module.MODELS if keras.backend.backend() == "tensorflow" else ():
+            model = module.build_model(kind, 2, 4, task)
+            assert tuple(model.output.shape) == (None, 10 if task.name == "digits" else 1)
+    png = tmp_path / "depth.png"
+    argv = ["--smoke", "--logdir", str(tmp_path), "--figure", str(png)] + DEEP_RNN_SMOKE[keras.backend.backend()]
+    results = module.main(argv)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| digits |", "| adding |"))]
+    assert len(rows) == len(results) == {"torch": 6, "tensorflow": 2, "jax": 1}[keras.backend.backend()]
+    for (task, kind, depth), result in results.items():
+        row = f"| {task} | {module.MODEL_NAMES[kind]} | {depth} | "
+        assert sum(line.startswith(row) for line in rows) == 1
+        assert np.isfinite(result["metric"])
+        depth_logs = module.read_depth_logs(result["run_dir"])
+        assert set(depth_logs) == set(module.DEPTH_TAGS)
+        norms = depth_logs["gradient_depth/norms"][-1][1]
+        # A residual block is one layer: input weight, block, output BN, head.
+        assert norms.shape == (depth + 1 if kind != "residual" else depth // 2 + 3,)
+        assert np.all(np.isfinite(norms)) and np.all(norms >= 0)
+        # A plain ReLU stack can saturate the softmax at initialization (all
+        # gradients zero, the ratio NaN) with some backends' random draws.
+        logged = float(depth_logs["gradient_depth/first_to_last"][-1][1])
+        expected = module.first_to_last(norms)
+        assert logged == pytest.approx(expected, rel=1e-5, nan_ok=True)
+        assert logged == pytest.approx(result["ratio_logged"], nan_ok=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
