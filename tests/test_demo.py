@@ -26,7 +26,7 @@ def test_demo_writes_both_runs_quietly(tmp_path):
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell: the demo quiets the backend itself
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "demo.py"),
-         "--seq-len", "12", "--steps", "10", "--eval-every", "5", "--logdir", str(logdir)],
+         "--seq-len", "12", "--steps", "5", "--eval-every", "5", "--logdir", str(logdir)],
         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
