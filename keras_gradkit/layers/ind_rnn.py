@@ -35,6 +35,30 @@ def recurrent_bound(recurrent_max_abs=None, timesteps=None):
     return None
 
 
+def ind_rnn_arguments(layer):
+    """The serialized IndRNN arguments of `layer` (an `IndRNNCell`, or a layer
+    that takes the same arguments, such as `ResidualIndRNN`), for `get_config`."""
+    return {
+        "units": layer.units,
+        "activation": keras.activations.serialize(layer.activation),
+        "use_bias": layer.use_bias,
+        "kernel_initializer": keras.initializers.serialize(layer.kernel_initializer),
+        "recurrent_initializer": (
+            None if layer.recurrent_initializer is None else keras.initializers.serialize(layer.recurrent_initializer)
+        ),
+        "bias_initializer": keras.initializers.serialize(layer.bias_initializer),
+        "recurrent_max_abs": layer.recurrent_max_abs,
+        "timesteps": layer.timesteps,
+        "kernel_regularizer": keras.regularizers.serialize(layer.kernel_regularizer),
+        "recurrent_regularizer": keras.regularizers.serialize(layer.recurrent_regularizer),
+        "bias_regularizer": keras.regularizers.serialize(layer.bias_regularizer),
+        "kernel_constraint": keras.constraints.serialize(layer.kernel_constraint),
+        "bias_constraint": keras.constraints.serialize(layer.bias_constraint),
+        "dropout": layer.dropout,
+        "seed": layer.seed,
+    }
+
+
 @keras_gradkit_export
 class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
     """Independently recurrent cell (IndRNN): each unit sees only its own past.
@@ -207,29 +231,7 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         return [ops.zeros((batch_size, self.units), dtype=self.compute_dtype)]
 
     def get_config(self):
-        config = {
-            "units": self.units,
-            "activation": keras.activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "recurrent_initializer": (
-                None
-                if self.recurrent_initializer is None
-                else keras.initializers.serialize(self.recurrent_initializer)
-            ),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "recurrent_max_abs": self.recurrent_max_abs,
-            "timesteps": self.timesteps,
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "recurrent_regularizer": keras.regularizers.serialize(
-                self.recurrent_regularizer
-            ),
-            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            "dropout": self.dropout,
-            "seed": self.seed,
-        }
+        config = ind_rnn_arguments(self)
         return {**super().get_config(), **config}
 
 

@@ -6,6 +6,7 @@ from keras import ops
 from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.layers.ind_rnn import IndRNN
+from keras_gradkit.layers.ind_rnn import ind_rnn_arguments
 
 _BATCH_NORM_PLACES = ("before", "after", None)
 
@@ -270,27 +271,7 @@ class ResidualIndRNN(keras.layers.Layer):
 
     def get_config(self):
         config = {
-            "units": self.units,
-            "activation": keras.activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "recurrent_initializer": (
-                None
-                if self.recurrent_initializer is None
-                else keras.initializers.serialize(self.recurrent_initializer)
-            ),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "recurrent_max_abs": self.recurrent_max_abs,
-            "timesteps": self.timesteps,
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "recurrent_regularizer": keras.regularizers.serialize(
-                self.recurrent_regularizer
-            ),
-            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            "dropout": self.dropout,
-            "seed": self.seed,
+            **ind_rnn_arguments(self),
             "batch_norm": self.batch_norm,
             "momentum": self.momentum,
             "epsilon": self.epsilon,
