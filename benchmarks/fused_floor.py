@@ -18,32 +18,43 @@ _FLT_MIN = np.float32(1.1754944e-38)
 
 
 def _step_loops(x, kernel, u, bias):
+    """Loops over time and batch with the units innermost and contiguous, so
+    the compiler vectorizes them (an inner loop over features measured 3-4x
+    slower)."""
     steps, batch, features = x.shape
     units = kernel.shape[1]
     states = np.empty((steps + 1, batch, units), np.float32)
     states[0] = 0.0
     for t in range(steps):
         for b in range(batch):
+            h, h_prev = states[t + 1, b], states[t, b]
             for j in range(units):
-                pre = bias[j] + u[j] * states[t, b, j]
-                for k in range(features):
-                    pre += x[t, b, k] * kernel[k, j]
-                states[t + 1, b, j] = pre if pre > 0.0 else 0.0
+                h[j] = bias[j] + u[j] * h_prev[j]
+            for k in range(features):
+                x_k = x[t, b, k]
+                for j in range(units):
+                    h[j] += x_k * kernel[k, j]
+            for j in range(units):
+                h[j] = max(h[j], np.float32(0.0))
     d_kernel = np.zeros_like(kernel)
     d_u = np.zeros_like(u)
     d_bias = np.zeros_like(bias)
     carry = np.ones((batch, units), np.float32)  # d loss / d h_T
     for t in range(steps - 1, -1, -1):
         for b in range(batch):
+            c, h, h_prev = carry[b], states[t + 1, b], states[t, b]
             for j in range(units):
-                d_pre = carry[b, j] if states[t + 1, b, j] > 0.0 else 0.0
-                d_u[j] += d_pre * states[t, b, j]
+                d_pre = c[j] if h[j] > 0.0 else np.float32(0.0)
+                d_u[j] += d_pre * h_prev[j]
                 d_bias[j] += d_pre
-                for k in range(features):
-                    d_kernel[k, j] += x[t, b, k] * d_pre
-                carry[b, j] = d_pre * u[j]
-                if abs(carry[b, j]) < _FLT_MIN:
-                    carry[b, j] = 0.0  # flush to zero: subnormals cost 10-100x
+                c_next = d_pre * u[j]
+                # Flush to zero: subnormal numbers cost 10-100x.
+                c[j] = c_next if abs(c_next) >= _FLT_MIN else np.float32(0.0)
+                h[j] = d_pre  # the state is no longer needed: keep d_pre there
+            for k in range(features):
+                x_k = x[t, b, k]
+                for j in range(units):
+                    d_kernel[k, j] += x_k * h[j]
     return d_kernel, d_u, d_bias
 
 

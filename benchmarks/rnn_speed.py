@@ -142,9 +142,30 @@ def header(args):
     )
 
 
+def print_targets(rows):
+    """The issue's targets, from this run: `gk.IndRNN` at least as fast as the
+    cell, 5x faster than LSTM at T = 1000, within 1.5x of the floor."""
+    print("\ntargets (this run):")
+    for timesteps, result, floor in rows:
+        fast = result.get("gk.IndRNN", (None,))[0]
+        if fast is None:
+            continue
+        checks = []
+        if "RNN(IndRNNCell)" in result:
+            ratio = result["RNN(IndRNNCell)"][0] / fast
+            checks.append(f"cell / gk.IndRNN {ratio:.2f}x ({'met' if ratio >= 1.0 else 'NOT met'}, >= 1.00x)")
+        if "LSTM" in result and timesteps == 1000:
+            ratio = result["LSTM"][0] / fast
+            checks.append(f"LSTM / gk.IndRNN {ratio:.1f}x ({'met' if ratio >= 5.0 else 'NOT met'}, >= 5x)")
+        ratio = fast / floor
+        checks.append(f"gk.IndRNN / floor {ratio:.2f}x ({'met' if ratio <= 1.5 else 'NOT met'}, <= 1.50x)")
+        print(f"  T = {timesteps}: " + "; ".join(checks))
+
+
 def main(args):
     names = args.layers or list(LAYERS)
     header(args)
+    rows = []
     print()
     print("| T | layer | ms / step (fit) | first epoch, s | steps timed | vs gk.IndRNN | vs floor |")
     print("|---:|---|---:|---:|---:|---:|---:|")
@@ -152,6 +173,7 @@ def main(args):
         skip_lstm = args.lstm_max_timesteps is not None and timesteps > args.lstm_max_timesteps
         result = time_layers([n for n in names if not (skip_lstm and n == "LSTM")], timesteps, args)
         floor, kind = floor_ms(timesteps, args)
+        rows.append((timesteps, result, floor))
         fast = result.get("gk.IndRNN", (None,))[0]
         for name, (ms, first, steps) in result.items():
             speedup = f"{ms / fast:.2f}x" if fast else "-"
@@ -162,6 +184,7 @@ def main(args):
         if skip_lstm:
             print(f"| {timesteps} | LSTM | not timed (--lstm-max-timesteps {args.lstm_max_timesteps}) | | | | |")
         print(f"| {timesteps} | floor ({kind}) | {floor:.1f} | - | 5 | - | 1.00x |", flush=True)
+    print_targets(rows)
     load = os.getloadavg()
     print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("'vs gk.IndRNN': this layer's time over gk.IndRNN's (above 1: gk.IndRNN is faster).")

@@ -176,12 +176,14 @@ class TestFastLayerEqualsCell:
         fast, reference = build_pair(5, x, weights, **kwargs)
         mask = ragged_mask(3, 12) if masked else None
         h0 = rng.normal(size=(3, 5)).astype("float32")
-        got_out, got_grad = outputs_and_grads(fast, x, h0, mask)
         want_out, want_grad = outputs_and_grads(reference, x, h0, mask)
-        for g, w in zip(got_out, want_out):
-            assert_close_relative(g, w, 1e-5)
-        for g, w in zip(got_grad, want_grad):
-            assert_close_relative(g, w, 1e-5)
+        # In training and in inference (engines may differ, e.g. XLA on TensorFlow).
+        for training in (False, True):
+            got_out, got_grad = outputs_and_grads(fast, x, h0, mask, training=training)
+            for g, w in zip(got_out, want_out):
+                assert_close_relative(g, w, 1e-5)
+            for g, w in zip(got_grad, want_grad):
+                assert_close_relative(g, w, 1e-5)
         expected_seq, expected_state = numpy_ind_rnn(x, *weights, h0=h0, activation=activation, mask=mask, go_backwards=go_backwards)
         assert_close_relative(got_out[0], expected_seq, 1e-5)
         assert_close_relative(got_out[1], expected_state, 1e-5)
@@ -190,7 +192,8 @@ class TestFastLayerEqualsCell:
         "masked,zero_output_for_mask,go_backwards",
         [(False, False, False), (True, False, True), (True, True, False), (True, True, True)],
     )
-    def test_last_output_and_gradients(self, masked, zero_output_for_mask, go_backwards):
+    @pytest.mark.parametrize("training", [False, True])
+    def test_last_output_and_gradients(self, masked, zero_output_for_mask, go_backwards, training):
         rng = np.random.default_rng(3)
         x = rng.normal(size=(3, 9, 2)).astype("float32")
         weights = random_weights(rng, 2, 6)
@@ -200,14 +203,14 @@ class TestFastLayerEqualsCell:
         mask = ragged_mask(3, 9) if masked else None
         if masked:
             mask[1, :] = False  # a fully padded sample
-        got_out, got_grad = outputs_and_grads(fast, x, None, mask)
-        want_out, want_grad = outputs_and_grads(reference, x, None, mask)
+        got_out, got_grad = outputs_and_grads(fast, x, None, mask, training=training)
+        want_out, want_grad = outputs_and_grads(reference, x, None, mask, training=training)
         for g, w in zip(got_out + got_grad, want_out + want_grad):
             assert_close_relative(g, w, 1e-5)
 
     @pytest.mark.parametrize("steps", [37])
-    @pytest.mark.parametrize("return_sequences", [False, True])
-    def test_long_and_prime_lengths(self, steps, return_sequences):
+    @pytest.mark.parametrize("return_sequences,training", [(False, False), (True, True)])
+    def test_long_and_prime_lengths(self, steps, return_sequences, training):
         # 37 has no divisor to chunk by: it is padded with masked steps.
         rng = np.random.default_rng(16)
         x = rng.normal(size=(2, steps, 3)).astype("float32")
@@ -216,8 +219,8 @@ class TestFastLayerEqualsCell:
         mask = ragged_mask(2, steps)
         h0 = rng.normal(size=(2, 4)).astype("float32")
         for m in (None, mask):
-            got_out, got_grad = outputs_and_grads(fast, x, h0, m)
-            want_out, want_grad = outputs_and_grads(reference, x, h0, m)
+            got_out, got_grad = outputs_and_grads(fast, x, h0, m, training=training)
+            want_out, want_grad = outputs_and_grads(reference, x, h0, m, training=training)
             for g, w in zip(got_out + got_grad, want_out + want_grad):
                 assert_close_relative(g, w, 1e-5)
 
@@ -241,7 +244,8 @@ class TestFastLayerEqualsCell:
         assert_close_relative(to_numpy(layer(x)), expected, 1e-5)
 
     @pytest.mark.tensorflow_only
-    def test_unknown_sequence_length_in_a_tf_function(self):
+    @pytest.mark.parametrize("training", [False, True])
+    def test_unknown_sequence_length_in_a_tf_function(self, training):
         # A TensorFlow graph traced with `timesteps=None` (the SavedModel
         # signature) runs the loop over packed inputs: values and gradients
         # must not change.
@@ -257,7 +261,7 @@ class TestFastLayerEqualsCell:
         def run(inputs, m):
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
-                outputs = fast(inputs, mask=m)
+                outputs = fast(inputs, mask=m, training=training)
                 loss = weighted_loss(outputs)
             return outputs, tape.gradient(loss, fast.trainable_weights + [inputs])
 
@@ -266,6 +270,20 @@ class TestFastLayerEqualsCell:
         assert_close_relative(to_numpy(got), want[0], 1e-5)
         for g, w in zip(grads, want_grads):
             assert_close_relative(to_numpy(g), w, 1e-5)
+
+    @pytest.mark.tensorflow_only
+    def test_tensorflow_compiles_the_loop_in_training_only(self):
+        # Training runs the XLA-compiled engine (the equality tests above run
+        # both modes); inference, and so an exported SavedModel, needs no XLA.
+        import tensorflow as tf
+
+        layer = gk.layers.IndRNN(3)
+        x = np.ones((2, 5, 2), "float32")
+        layer(x)
+        for training in (True, False):
+            graph = tf.function(lambda x: layer(x, training=training)).get_concrete_function(x).graph
+            compiled = [n.op for n in graph.as_graph_def().node if n.attr["_XlaMustCompile"].b]
+            assert compiled == (["PartitionedCall"] if training else []), (training, compiled)
 
     @pytest.mark.parametrize("masked", [False, True])
     def test_unknown_sequence_length_in_a_model(self, masked):
@@ -607,7 +625,7 @@ class TestTraining:
         layer = gk.layers.IndRNN(3, activation=activation, return_sequences=True, go_backwards=True)
         layer(x)
         layer.set_weights(weights)
-        _, grads = outputs_and_grads(layer, x, h0, mask)
+        grads_by_mode = [outputs_and_grads(layer, x, h0, mask, training=t)[1] for t in (False, True)]
         scale = np.linspace(0.5, 1.5, 3)
 
         def numpy_loss(kernel, u, bias):
@@ -622,7 +640,8 @@ class TestTraining:
                 plus = numpy_loss(*shifted)
                 shifted[index][position] -= 2e-6
                 numeric[position] = (plus - numpy_loss(*shifted)) / 2e-6
-            assert_close_relative(grads[index], numeric, 1e-4)
+            for grads in grads_by_mode:
+                assert_close_relative(grads[index], numeric, 1e-4)
 
     @pytest.mark.parametrize("jit_compile", [False, True])
     def test_fit_matches_cell_model(self, jit_compile):

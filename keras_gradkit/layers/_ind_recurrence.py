@@ -3,9 +3,9 @@
 
 `ind_recurrence` picks the engine that measured fastest in `model.fit`
 (`benchmarks/rnn_speed.py`): chunks with a hand-written backward pass on
-TensorFlow, `ops.scan` differentiated by XLA on JAX, a `torch.autograd.Function`
-with in-place loops on PyTorch. The backend-specific code of the layer lives
-here and nowhere else.
+TensorFlow (compiled by XLA in training), `ops.scan` differentiated by JAX on
+JAX, a `torch.autograd.Function` with in-place loops on PyTorch. The
+backend-specific code of the layer lives here and nowhere else.
 """
 
 import keras
@@ -15,12 +15,19 @@ from keras import ops
 # iterations, same arithmetic. The largest divisor of the sequence length up to
 # this value is used.
 _MAX_CHUNK = 32
+# The same, for the loops that XLA compiles (TensorFlow in training), where
+# 10-20 steps measured fastest.
+_COMPILED_MAX_CHUNK = 16
 # Below this chunk size, a sequence is padded to a multiple of _PAD_CHUNK.
 _MIN_CHUNK = 8
 _PAD_CHUNK = 16
 # Loop iterations that may overlap (TensorFlow's `parallel_iterations`; JAX
 # unrolls this many iterations instead).
 _PARALLEL = 8
+# Steps unrolled per iteration of JAX's `lax.scan`: 2 measured fastest in
+# `fit` (1.4x the cell at T = 100, 1.5x at T = 1000), 8 compiled longer and
+# lost to the cell at T = 100.
+_JAX_UNROLL = 2
 
 
 def _relu_slope(h):
@@ -56,11 +63,11 @@ def _slope_for(activation):
     return None
 
 
-def _chunk_size(steps):
+def _chunk_size(steps, max_chunk=_MAX_CHUNK):
     if not isinstance(steps, int):
         # Unknown, or symbolic under JAX export, where `min` is inconclusive.
         return 1
-    for size in range(min(_MAX_CHUNK, steps), 0, -1):
+    for size in range(min(max_chunk, steps), 0, -1):
         if steps % size == 0:
             return size
     return 1
@@ -73,7 +80,7 @@ def _chunked(x, chunk):
     return ops.reshape(x, (-1 if steps is None else steps // chunk, chunk) + tuple(shape[1:]))
 
 
-def _scan(step, init, inputs, reverse=False):
+def _scan(step, init, inputs, reverse=False, unroll=_PARALLEL):
     """`ops.scan` over a tuple of inputs.
 
     Keras's TensorFlow `scan` cannot check several inputs whose leading
@@ -86,7 +93,7 @@ def _scan(step, init, inputs, reverse=False):
         # unrolled iterations plus a remainder.
         return ops.scan(step, init, inputs, reverse=reverse)
     if len(inputs) == 1 or steps is not None:
-        return ops.scan(step, init, inputs, reverse=reverse, unroll=_PARALLEL)
+        return ops.scan(step, init, inputs, reverse=reverse, unroll=unroll)
     dtype = init[0].dtype if isinstance(init, tuple) else init.dtype
     shapes = [ops.shape(x)[1:] for x in inputs]
     dtypes = [x.dtype for x in inputs]
@@ -104,7 +111,7 @@ def _scan(step, init, inputs, reverse=False):
             start = start + size
         return step(carry, tuple(parts))
 
-    return ops.scan(packed_step, init, packed, reverse=reverse, unroll=_PARALLEL)
+    return ops.scan(packed_step, init, packed, reverse=reverse, unroll=unroll)
 
 
 def _project(x_chunk, kernel, bias):
@@ -209,16 +216,18 @@ def _scan_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, slope
     )
 
 
-def _chunked_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, chunk=None):
+def _chunked_recurrence(
+    x, kernel, bias, u, h0, mask, activation, last_only, chunk=None, max_chunk=_MAX_CHUNK
+):
     """The TensorFlow engine: chunks of `chunk` steps per loop iteration (one
     input projection per chunk) and a hand-written backward pass. `chunk`
-    must divide `timesteps`; it defaults to the largest divisor up to 32, and
-    the sequence is padded with masked steps when there is no divisor of at
-    least 8."""
+    must divide `timesteps`; it defaults to the largest divisor up to
+    `max_chunk`, and the sequence is padded with masked steps when there is
+    no divisor of at least 8."""
     steps = x.shape[0]
     if chunk is None:
-        chunk = _chunk_size(steps)
-    if chunk < _MIN_CHUNK and (steps is None or steps > _MAX_CHUNK):
+        chunk = _chunk_size(steps, max_chunk)
+    if chunk < _MIN_CHUNK and (steps is None or steps > max_chunk):
         # No good divisor (or an unknown length): pad with masked steps, which
         # keep the state, rather than loop one step at a time.
         return _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
@@ -262,10 +271,11 @@ def _padded_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
 
 def _scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
     """The JAX engine (and the fallback for other activations): `ops.scan`
-    over the steps, differentiated automatically, `_PARALLEL` steps unrolled
-    per loop iteration. XLA fuses each step; projecting the whole sequence
-    before the loop measured 2-4x slower on the CPU (the projected sequence
-    and its gradient then travel through memory)."""
+    over the steps, differentiated automatically, `_JAX_UNROLL` steps
+    unrolled per loop iteration on JAX (`_PARALLEL` elsewhere). XLA fuses
+    each step; projecting the whole sequence before the loop measured 2-4x
+    slower on the CPU (the projected sequence and its gradient then travel
+    through memory)."""
 
     def step(h, inputs):
         new = activation(ops.matmul(inputs[0], kernel) + bias + u * h)
@@ -273,8 +283,35 @@ def _scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
         return h, h
 
     inputs = (x,) if mask is None else (x, mask)
-    last, states = _scan(step, h0, inputs)
+    unroll = _JAX_UNROLL if keras.backend.backend() == "jax" else _PARALLEL
+    last, states = _scan(step, h0, inputs, unroll=unroll)
     return last if last_only else states
+
+
+# XLA-compiled TensorFlow engines, one per (activation, last_only, masked).
+_COMPILED = {}
+
+
+def _compiled_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
+    """The TensorFlow training engine: `_chunked_recurrence` (its forward and
+    hand-written backward loops) compiled by XLA, which fuses each step's
+    operations; TensorFlow's executor otherwise spends more time dispatching
+    the small per-step operations than computing them. Inference keeps the
+    uncompiled engine, so exported SavedModels need no XLA to serve."""
+    import tensorflow as tf
+
+    key = (activation, last_only, mask is None)
+    if key not in _COMPILED:
+
+        def run(x, kernel, bias, u, h0, *mask):
+            return _chunked_recurrence(
+                x, kernel, bias, u, h0, mask[0] if mask else None, activation, last_only,
+                max_chunk=_COMPILED_MAX_CHUNK,
+            )
+
+        _COMPILED[key] = tf.function(run, jit_compile=True, autograph=False)
+    args = (x, kernel, bias, u, h0) + (() if mask is None else (mask,))
+    return _COMPILED[key](*args)
 
 
 # Activations by name, as PyTorch functions: the PyTorch engine calls them once
@@ -383,12 +420,14 @@ def ind_recurrence(
     mask=None,
     activation=keras.activations.relu,
     last_only=False,
+    training=False,
 ):
     """Runs `h_t = activation(x_t @ kernel + bias + u * h_{t-1})` over
     time-major inputs, with the engine that is fastest on the backend:
 
     - TensorFlow: chunks of steps per loop iteration and a hand-written
-      backward pass (`_chunked_recurrence`);
+      backward pass (`_chunked_recurrence`), compiled by XLA in training
+      (`_compiled_recurrence`);
     - PyTorch: a `torch.autograd.Function` with in-place loops
       (`_torch_recurrence`);
     - JAX, and any activation without a hand-written derivative: `ops.scan`
@@ -406,6 +445,8 @@ def ind_recurrence(
             hand-written derivatives (functions of the stored states).
         last_only: return only the last state; the backward pass then skips
             the (all-zero) gradients of the other states.
+        training: whether the layer trains (TensorFlow then compiles the
+            loops with XLA).
 
     Returns:
         The states, `(timesteps, batch, units)`, or the last one.
@@ -414,5 +455,6 @@ def ind_recurrence(
     if _slope_for(activation) is None or backend not in ("tensorflow", "torch"):
         return _scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
     if backend == "tensorflow":
-        return _chunked_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
+        engine = _compiled_recurrence if training is True else _chunked_recurrence
+        return engine(x, kernel, bias, u, h0, mask, activation, last_only)
     return _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)

@@ -238,8 +238,8 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
 @keras_gradkit_export
 class IndRNN(keras.layers.RNN):
     """Fast IndRNN layer: the elementwise recurrence run by the engine that is
-    fastest on each backend (a hand-written backward pass on TensorFlow and
-    PyTorch, `lax.scan` on JAX).
+    fastest on each backend (a hand-written backward pass on TensorFlow,
+    compiled by XLA in training, and on PyTorch; `lax.scan` on JAX).
 
     Computes exactly what `keras.layers.RNN(keras_gradkit.layers.IndRNNCell(...))`
     computes (same weights, same order, so `set_weights` works both ways),
@@ -268,7 +268,9 @@ class IndRNN(keras.layers.RNN):
         sequences: `(batch, timesteps, features)`.
         initial_state: optional list with one `(batch, units)` tensor.
         mask: optional boolean `(batch, timesteps)`.
-        training: bool, whether dropout is applied.
+        training: bool, whether dropout is applied. On TensorFlow, training
+            also compiles the recurrence with XLA (inference does not, so a
+            SavedModel serves without XLA).
 
     Returns:
         `(batch, units)`, or `(batch, timesteps, units)` with
@@ -372,7 +374,7 @@ class IndRNN(keras.layers.RNN):
         u = ops.copy(cell.recurrent_kernel)
         states = ind_recurrence(
             x, kernel, bias, u, h0, step_mask, cell.activation,
-            last_only=not self.return_sequences,
+            last_only=not self.return_sequences, training=training,
         )
         return self._outputs(states, step_mask)
 
