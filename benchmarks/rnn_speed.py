@@ -5,6 +5,8 @@ Compares, in one run, on the same data and backend:
 - `keras_gradkit.layers.IndRNN` (the fast layer),
 - `keras.layers.RNN(keras_gradkit.layers.IndRNNCell)` (the cell in Keras's loop),
 - `keras.layers.LSTM`,
+- `fit overhead`: the same model without the recurrent layer (the time
+  steps averaged, then `Dense(1)`), i.e. what `fit` costs around the layer;
 - the floor: the IndRNN recurrence's forward and backward pass, input
   projection included, as one fused loop compiled by numba on one thread
   (a NumPy loop when numba is not installed; the table says which).
@@ -63,6 +65,9 @@ LAYERS = {
     "gk.IndRNN": lambda units: gk.layers.IndRNN(units),
     "RNN(IndRNNCell)": lambda units: keras.layers.RNN(gk.layers.IndRNNCell(units)),
     "LSTM": lambda units: keras.layers.LSTM(units),
+    # No recurrence: what `fit` costs around the layer (data, Dense, loss,
+    # optimizer, callbacks). The floor has none of it.
+    "fit overhead": lambda units: keras.layers.GlobalAveragePooling1D(),
 }
 
 
@@ -159,6 +164,9 @@ def print_targets(rows):
             checks.append(f"LSTM / gk.IndRNN {ratio:.1f}x ({'met' if ratio >= 5.0 else 'NOT met'}, >= 5x)")
         ratio = fast / floor
         checks.append(f"gk.IndRNN / floor {ratio:.2f}x ({'met' if ratio <= 1.5 else 'NOT met'}, <= 1.50x)")
+        if "fit overhead" in result:
+            net = (fast - result["fit overhead"][0]) / floor
+            checks.append(f"(gk.IndRNN - fit overhead) / floor {net:.2f}x")
         print(f"  T = {timesteps}: " + "; ".join(checks))
 
 
