@@ -158,8 +158,6 @@ def layer_gradient_norms(model, loss, x, y):
     loss_fn = keras.losses.get(loss)
     if keras.backend.backend() == "jax":
         grads = _jax_gradients(model, loss_fn, x, y, variables)
-    elif keras.backend.backend() == "torch":
-        grads = _torch_gradients(model, loss_fn, x, y, variables)
     else:
         _, _, grads = value_and_gradients(lambda: keras.ops.mean(loss_fn(y, model(x, training=True))), (), variables)
     norms, start = [], 0
@@ -185,19 +183,6 @@ def _jax_gradients(model, loss_fn, x, y, variables):
     grads = model._depth_probe([v.value for v in model.trainable_variables],
                                [v.value for v in model.non_trainable_variables], x, y)
     by_path = {v.path: g for v, g in zip(model.trainable_variables, grads)}
-    return [by_path[v.path] for v in variables]
-
-
-def _torch_gradients(model, loss_fn, x, y, variables):
-    """The same gradient with `torch.autograd.grad` of `model.stateless_call`."""
-    import torch
-
-    trainable = [v.value.detach().requires_grad_(True) for v in model.trainable_variables]
-    y_pred, _ = model.stateless_call(trainable, [v.value for v in model.non_trainable_variables], x, training=True)
-    loss = keras.ops.mean(loss_fn(keras.ops.convert_to_tensor(y), y_pred))
-    grads = torch.autograd.grad(loss, trainable, allow_unused=True)
-    by_path = {v.path: (np.zeros(v.shape, "float32") if g is None else g.detach().cpu().numpy())
-               for v, g in zip(model.trainable_variables, grads)}
     return [by_path[v.path] for v in variables]
 
 
