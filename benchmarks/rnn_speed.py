@@ -9,7 +9,8 @@ Compares, in one run, on the same data and backend:
   steps averaged, then `Dense(1)`), i.e. what `fit` costs around the layer;
 - the floor: the IndRNN recurrence's forward and backward pass, input
   projection included, as one fused loop compiled by numba on one thread
-  (a NumPy loop when numba is not installed; the table says which).
+  (a NumPy loop when numba is not installed; the table says which), timed
+  first, in a process of its own (`fused_floor.py`).
 
 Each model is `Input((T, features)) -> layer(units) -> Dense(1)`, compiled
 with SGD and MSE. The first epoch (tracing, compiling, first steps) is timed
@@ -26,9 +27,11 @@ numba is a benchmark-only dependency: `pip install numba`.
 """
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -63,6 +66,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_gradkit as gk  # noqa: E402
+
+FLOOR_REPEATS = 9
 
 LAYERS = {
     "gk.IndRNN": lambda units: gk.layers.IndRNN(units),
@@ -137,22 +142,14 @@ def time_layers(names, timesteps, args):
     }
 
 
-def floor_ms(timesteps, args, repeats=9):
-    from fused_floor import make_floor
-
-    floor, kind = make_floor()
-    rng = np.random.default_rng(0)
-    x = rng.uniform(size=(timesteps, args.batch, args.features)).astype("float32")
-    kernel = rng.normal(0, 0.5, size=(args.features, args.units)).astype("float32")
-    u = rng.uniform(0, 1, size=args.units).astype("float32")
-    bias = np.zeros(args.units, "float32")
-    floor(x, kernel, u, bias)  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        floor(x, kernel, u, bias)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000, kind
+def floor_ms(timesteps, args):
+    """`{timesteps: (ms, kind)}` from `fused_floor.py`, run in a process of
+    its own (no deep learning framework imported, nothing else running)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_floor.py")
+    command = [sys.executable, script, "--timesteps", *map(str, timesteps), "--batch", str(args.batch),
+               "--units", str(args.units), "--features", str(args.features), "--repeats", str(FLOOR_REPEATS)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return {int(t): tuple(v) for t, v in json.loads(output.strip().splitlines()[-1]).items()}
 
 
 def header(args):
@@ -194,14 +191,13 @@ def main(args):
     names = args.layers or list(LAYERS)
     header(args)
     rows = []
+    floors = floor_ms(args.timesteps, args)
     print()
     print("| T | layer | ms / step (fit) | first epoch, s | steps timed | vs gk.IndRNN | vs floor |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for timesteps in args.timesteps:
         skip_lstm = args.lstm_max_timesteps is not None and timesteps > args.lstm_max_timesteps
-        # The floor first: timed after the models, it ran beside the threads
-        # that TensorFlow leaves spinning for a while after its operations.
-        floor, kind = floor_ms(timesteps, args)
+        floor, kind = floors[timesteps]
         result = time_layers([n for n in names if not (skip_lstm and n == "LSTM")], timesteps, args)
         rows.append((timesteps, result, floor))
         fast = result.get("gk.IndRNN", (None,))[0]
@@ -213,7 +209,7 @@ def main(args):
             )
         if skip_lstm:
             print(f"| {timesteps} | LSTM | not timed (--lstm-max-timesteps {args.lstm_max_timesteps}) | | | | |")
-        print(f"| {timesteps} | floor ({kind}) | {floor:.1f} | - | 9 | - | 1.00x |", flush=True)
+        print(f"| {timesteps} | floor ({kind}) | {floor:.1f} | - | {FLOOR_REPEATS} | - | 1.00x |", flush=True)
     print_targets(rows)
     load = os.getloadavg()
     print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
