@@ -132,6 +132,8 @@ def time_layers(names, timesteps, args):
         # A slow layer is timed on one more one-step epoch only.
         per_step[name] = [one] if first[name] > args.slow_step else []
         rounds[name] = 1 if per_step[name] else args.rounds
+        if per_step[name]:
+            steps[name] = 1
     for _ in range(args.rounds):
         for name in names:
             if len(per_step[name]) < rounds[name]:

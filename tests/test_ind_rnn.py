@@ -285,29 +285,6 @@ class TestFastLayerEqualsCell:
             compiled = [n.op for n in graph.as_graph_def().node if n.attr["_XlaMustCompile"].b]
             assert compiled == (["PartitionedCall"] if training else []), (training, compiled)
 
-    @pytest.mark.skipif(BACKEND != "torch", reason="the PyTorch engine's floating-point mode")
-    @pytest.mark.parametrize("flushing", [False, True])
-    def test_torch_engine_restores_the_denormal_mode(self, flushing):
-        # The engine flushes subnormal numbers to zero while its loops run
-        # (as TensorFlow and XLA do); the thread's own setting must survive.
-        import torch
-
-        def flushes():
-            return float((torch.tensor([1e-40]) * 1.0).item()) == 0.0
-
-        if not torch.set_flush_denormal(flushing):
-            pytest.skip("this processor cannot flush subnormal numbers")
-        try:
-            assert flushes() == flushing
-            layer = gk.layers.IndRNN(3, recurrent_initializer=keras.initializers.Constant(1e-3))
-            x = np.ones((2, 40, 2), "float32")
-            layer(x)
-            _, _, grads = value_and_gradients(lambda x: keras.ops.sum(layer(x)), [x], layer.trainable_weights)
-            assert all(np.all(np.isfinite(to_numpy(g))) for g in grads)
-            assert flushes() == flushing
-        finally:
-            torch.set_flush_denormal(False)
-
     @pytest.mark.parametrize("masked", [False, True])
     def test_unknown_sequence_length_in_a_model(self, masked):
         # Models built on keras.Input((None, features)) are called, trained

@@ -8,8 +8,6 @@ JAX, a `torch.autograd.Function` with in-place loops on PyTorch. The
 backend-specific code of the layer lives here and nowhere else.
 """
 
-import contextlib
-
 import keras
 from keras import ops
 
@@ -433,24 +431,6 @@ def _torch_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, name
     return dx, dkernel, dbias, du, carry
 
 
-@contextlib.contextmanager
-def _torch_flush_denormals():
-    """Subnormal floats flushed to zero on the CPU while the loops run, as
-    TensorFlow and XLA do there: the vanishing gradient `g_t * a_t * u`
-    reaches them within a few hundred steps, where each operation costs
-    several times more. The thread's setting is restored afterwards."""
-    import torch
-
-    tiny = torch.tensor([1e-40])  # subnormal in float32
-    if bool((tiny * 1.0 == 0).item()) or not torch.set_flush_denormal(True):
-        yield  # already flushing, or not supported by this processor
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-
-
 def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
     """The PyTorch engine: a `torch.autograd.Function` whose forward and
     backward loops run plain PyTorch operations in place, a few per step,
@@ -463,8 +443,7 @@ def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
     class Recurrence(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, kernel, bias, u, h0):
-            with _torch_flush_denormals():
-                states = _torch_states(x, kernel, bias, u, h0, mask, name)
+            states = _torch_states(x, kernel, bias, u, h0, mask, name)
             ctx.save_for_backward(states, x, kernel, u, h0)
             return states[-1].clone() if last_only else states
 
@@ -472,10 +451,9 @@ def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
         def backward(ctx, upstream):
             states, x, kernel, u, h0 = ctx.saved_tensors
             grad_states, grad_last = (None, upstream) if last_only else (upstream, None)
-            with _torch_flush_denormals():
-                return _torch_backward(
-                    grad_states, grad_last, states, x, kernel, u, h0, mask, name, ctx.needs_input_grad[0]
-                )
+            return _torch_backward(
+                grad_states, grad_last, states, x, kernel, u, h0, mask, name, ctx.needs_input_grad[0]
+            )
 
     return Recurrence.apply(x, kernel, bias, u, h0)
 
