@@ -15,13 +15,11 @@ from keras import ops
 # iterations, same arithmetic. The largest divisor of the sequence length up to
 # this value is used.
 _MAX_CHUNK = 32
-# The same, for the loops that XLA compiles (TensorFlow in training), where
-# 10-20 steps measured fastest. XLA fuses a forward chunk's steps so that each
-# stored state recomputes the chunk's earlier steps (work growing with the
-# square of the chunk); the backward steps are not recomputed, so the backward
-# loop takes longer chunks, which spread its per-chunk work (the slopes, the
-# weight-gradient products) over more steps: 25 measured 20-21 ms against
-# 27-30 ms for 10 at T = 1000.
+# The same, for the loops that XLA compiles (TensorFlow in training): 10-50
+# steps measured within noise of each other for the forward loop
+# (`_written_forward`). The backward loop takes longer chunks, which spread its
+# per-chunk work (the slopes, the weight-gradient products) over more steps:
+# 25 measured 20-21 ms against 27-30 ms for 10 at T = 1000.
 _COMPILED_MAX_CHUNK = 16
 _COMPILED_MAX_BACKWARD_CHUNK = 25
 # Below this chunk size, a sequence is padded to a multiple of _PAD_CHUNK.
