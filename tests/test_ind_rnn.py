@@ -570,13 +570,16 @@ class TestTraining:
         half(x)
         full.set_weights(weights)
         half.set_weights(weights)
-        out = half(x)
-        assert keras.backend.standardize_dtype(out.dtype) == "float16"
-        np.testing.assert_allclose(to_numpy(out).astype("float32"), to_numpy(full(x)), atol=2e-2, rtol=2e-2)
-        _, _, grads = value_and_gradients(
-            lambda: keras.ops.sum(keras.ops.cast(half(x), "float32")), (), half.trainable_weights
-        )
-        assert all(np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)
+        for training in (False, True):  # TensorFlow compiles its loops in training
+            out = half(x, training=training)
+            assert keras.backend.standardize_dtype(out.dtype) == "float16"
+            np.testing.assert_allclose(to_numpy(out).astype("float32"), to_numpy(full(x)), atol=2e-2, rtol=2e-2)
+            _, _, grads = value_and_gradients(
+                lambda: keras.ops.sum(keras.ops.cast(half(x, training=training), "float32")),
+                (),
+                half.trainable_weights,
+            )
+            assert all(np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)
         assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in half.trainable_weights)
 
     @pytest.mark.parametrize(
