@@ -1,0 +1,1 @@
+"""The jax backend's parts of keras_gradkit (private)."""

@@ -1,0 +1,1 @@
+"""The tensorflow backend's parts of keras_gradkit (private)."""

@@ -1,0 +1,1 @@
+"""The torch backend's parts of keras_gradkit (private)."""
