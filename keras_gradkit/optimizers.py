@@ -7,7 +7,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gradkit import _recording
 from keras_gradkit import _validation
+from keras_gradkit import backend
 from keras_gradkit import clipping
 from keras_gradkit.api_export import keras_gradkit_export
 
@@ -24,109 +26,31 @@ _BASE_DEFAULTS = {
     "loss_scale_factor": None,
     "gradient_accumulation_steps": None,
 }
-# Layout of the `latest` statistics vector and of the `counters` vector.
-_LATEST = ("global_norm", "global_norm_clipped", "threshold", "clipped")
+# Layout of the saved `counters` vector.
 _COUNTERS = ("steps", "clipped_steps", "skipped_steps")
+_LATEST = ("global_norm", "global_norm_clipped", "threshold", "clipped")
 
 
-def _snapshot(variable):
-    """The variable's current value, read now (ordered before later updates)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        value = variable.value if isinstance(variable, keras.Variable) else variable
-        # A resource variable is read now; in a StatelessScope it is a tensor.
-        return tf.identity(value.read_value() if hasattr(value, "read_value") else value)
-    return ops.copy(ops.convert_to_tensor(variable))
-
-
-def _norm(x):
-    return ops.sqrt(ops.sum(ops.square(ops.cast(x, "float32"))))
-
-
-def _global_norm_of(norms_or_squares):
-    """sqrt of the sum of squares of scalar norms (None entries skipped)."""
-    present = [ops.square(n) for n in norms_or_squares if n is not None]
-    if not present:
-        return ops.zeros((), "float32")
-    return ops.sqrt(ops.sum(ops.stack(present)))
+def _get_optimizer(identifier):
+    """A Keras optimizer from what `keras.optimizers.get` takes (an instance, a name or a config dict)."""
+    if isinstance(identifier, keras.optimizers.Optimizer):
+        return identifier
+    if isinstance(identifier, (str, dict)):
+        try:
+            return keras.optimizers.get(identifier)
+        except ValueError as e:
+            raise ValueError(
+                f"Argument `inner_optimizer` names no Keras optimizer ({e}). Received: inner_optimizer={identifier!r}"
+            ) from e
+    raise TypeError(
+        "Argument `inner_optimizer` must be a `keras.optimizers.Optimizer`, an optimizer name such as "
+        f'"adam" or a serialized optimizer dict. Received: inner_optimizer={identifier!r}'
+    )
 
 
 def _assign_if(variable, condition, value):
     """`variable <- value if condition else variable`, without a traced branch."""
     variable.assign(ops.where(condition, value, ops.convert_to_tensor(variable)))
-
-
-def _scatter(indices, values, size):
-    """A vector of `size` float32 entries, `values[j]` at `indices[j]`, 0 elsewhere."""
-    out = [ops.zeros((), "float32")] * size
-    for i, v in zip(indices, values):
-        out[i] = v
-    return ops.stack(out)
-
-
-class _UpdateView:
-    """The gradient the update really uses, and the way back to what the inner
-    optimizer expects.
-
-    Undoes loss scaling (when the inner optimizer is a `LossScaleOptimizer`)
-    and, under the inner optimizer's `gradient_accumulation_steps`, averages
-    with the accumulated gradients: `full = (g + acc) / steps` on update steps.
-    Keras has no public route to the accumulators nor to the micro-step count
-    (`iterations` counts updates under accumulation), so this reads
-    `_accumulated_gradients`, `_get_variable_index` and `_iterations`
-    (`tests/test_optimizers.py` checks that they still mean this).
-    """
-
-    def __init__(self, inner, grads, tvs):
-        base = _base_optimizer(inner)
-        self.loss_scale = inner.dynamic_scale if isinstance(inner, keras.optimizers.LossScaleOptimizer) else None
-        full = grads
-        if self.loss_scale is not None:
-            full = [None if g is None else g / ops.cast(self.loss_scale, g.dtype) for g in grads]
-        self.steps = base.gradient_accumulation_steps
-        self.is_update = None
-        self.micro, self.acc = full, None
-        if self.steps:
-            self.is_update = ops.equal(ops.mod(ops.convert_to_tensor(base._iterations) + 1, self.steps), 0)
-            self.acc = [
-                None if g is None else ops.convert_to_tensor(base._accumulated_gradients[base._get_variable_index(v)])
-                for g, v in zip(full, tvs)
-            ]
-            full = [None if g is None else (g + ops.cast(a, g.dtype)) / self.steps for g, a in zip(full, self.acc)]
-        self.full = full
-
-    def to_inner(self, grads):
-        """Turns a gradient meant for the update into what the inner optimizer
-        takes: re-scaled by the loss scale, and such that its accumulation
-        `(g + acc) / steps` gives `grads` back on update steps."""
-        if self.steps:
-            grads = [
-                None if g is None else ops.where(self.is_update, g * self.steps - ops.cast(a, g.dtype), m)
-                for g, a, m in zip(grads, self.acc, self.micro)
-            ]
-        if self.loss_scale is not None:  # the inner LossScaleOptimizer unscales again
-            grads = [None if g is None else g * ops.cast(self.loss_scale, g.dtype) for g in grads]
-        return grads
-
-
-def _base_optimizer(optimizer):
-    """The optimizer that really updates (under any `LossScaleOptimizer`)."""
-    while isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        optimizer = optimizer.inner_optimizer
-    return optimizer
-
-
-def _equivalent_policy(optimizer):
-    """The policy matching Keras's own clipping arguments, or `NoClip`."""
-    base = _base_optimizer(optimizer)
-    if base.clipnorm:
-        return clipping.ClipByNorm(base.clipnorm)
-    if base.global_clipnorm:
-        return clipping.ClipByGlobalNorm(base.global_clipnorm)
-    if base.clipvalue:
-        return clipping.ClipByValue(base.clipvalue)
-    return clipping.NoClip()
 
 
 @keras_gradkit_export
@@ -150,12 +74,16 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     under `tf.distribute`), `stateless_apply` for JAX's trainer, both thin
     drivers of one pure step (the policy, the statistics, the skip decision).
 
-    Statistics are kept in optimizer variables, updated inside the train step
-    (so they work with `jit_compile=True` and `steps_per_execution > 1`, where
-    they describe the latest step). The running totals and the policy's state
-    (e.g. AutoClip's history) are saved with the model, so a resumed run
-    continues exactly; the latest step's statistics and gradient copies are
-    not (they are NaN after loading until the next update). Read them with
+    Statistics are recorded inside the train step (so they work with
+    `jit_compile=True` and `steps_per_execution > 1`, where they describe the
+    latest step). The running totals and the policy's state (e.g. AutoClip's
+    history) are optimizer variables, saved with the model, so a resumed run
+    continues exactly. The latest step's statistics and gradient copies are
+    not optimizer variables (they leave the step through a recorder: on JAX
+    with `jax.debug.callback`), so `variables`, and what Keras saves, are the
+    counters, the policy state and the inner optimizer's, also under a
+    `LossScaleOptimizer`; they are NaN after loading until the next update.
+    Read them with
     `gradient_statistics()`, a flat dict of Python floats:
 
     - `"global_norm"`: global L2 norm of the latest gradient before the policy;
@@ -187,7 +115,9 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
 
     Args:
         inner_optimizer: the `keras.optimizers.Optimizer` that updates the
-            weights (it may be a `LossScaleOptimizer`).
+            weights (it may be a `LossScaleOptimizer`), or what
+            `keras.optimizers.get` takes: a name such as `"adam"` or a
+            serialized optimizer dict.
         policy: a `keras_gradkit.clipping` policy (or its serialized dict).
         record_gradients: bool, keep a copy of the latest post-policy gradient
             of every variable for `last_gradients()`. Defaults to `False`.
@@ -238,15 +168,11 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
                     )
         if kwargs:
             raise ValueError(f"ClippedOptimizer does not support arguments: {sorted(kwargs)}.")
-        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-            raise TypeError(
-                "Argument `inner_optimizer` must be a `keras.optimizers.Optimizer` instance. "
-                f"Received: inner_optimizer={inner_optimizer!r}"
-            )
+        inner_optimizer = _get_optimizer(inner_optimizer)
         policy = clipping.get(policy)
         _validation.bool_arg("record_gradients", record_gradients)
         _validation.bool_arg("record_update_norms", record_update_norms)
-        base = _base_optimizer(inner_optimizer)
+        base = _recording.base_optimizer(inner_optimizer)
         keras_clipping = {a: getattr(base, a) for a in _KERAS_CLIP_ARGS if getattr(base, a)}
         if keras_clipping and not isinstance(policy, clipping.NoClip):
             settings = ", ".join(f"{k}={v}" for k, v in keras_clipping.items())
@@ -261,7 +187,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         self.record_gradients = record_gradients
         self.record_update_norms = record_update_norms
         self._monitor_only = isinstance(policy, clipping.NoClip)
-        self._report_policy = _equivalent_policy(inner_optimizer) if self._monitor_only else policy
+        self._report_policy = _recording.equivalent_policy(inner_optimizer) if self._monitor_only else policy
 
     # ------------------------------------------------------------------ build
     def _own_variable(self, name, shape, dtype, value=0.0):
@@ -278,31 +204,18 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         if not self.inner_optimizer.built:  # rebuilding would duplicate its slots
             self.inner_optimizer.build(var_list)
         super().build(var_list)
-        k = len(var_list)
         self._counters = self._own_variable("counters", (len(_COUNTERS),), "int32", 0)
         self._policy_state = [
             self._own_variable(f"policy_{name}", shape, dtype, value)
             for name, shape, dtype, value in self._report_policy.state_spec(var_list)
         ]
-        # Everything above is saved with the model; the statistics of the
-        # latest step below are not (they are recomputed at every update).
-        self._saved_count = len(self._variables)
-        # Initialized to 0, not NaN: JAX checks across processes that every
-        # variable starts equal, and NaN != NaN. Before the first update the
-        # norms read as NaN (see `gradient_statistics`).
-        self._latest = self._own_variable("latest", (len(_LATEST),), "float32", 0.0)
-        self._gradient_norms = self._own_variable("gradient_norms", (k,), "float32")
-        self._update_norms = self._own_variable("update_norms", (k,), "float32") if self.record_update_norms else None
-        self._weight_norms = self._own_variable("weight_norms", (k,), "float32") if self.record_update_norms else None
-        self._last_gradients = []
-        if self._recording:
-            self._build_gradient_copies()
-
-    def _build_gradient_copies(self):
-        self._last_gradients = [
-            self._own_variable(f"last_gradient_{v.path.replace('/', '_')}", v.shape, "float32")
-            for v in self._trainable_variables
-        ]
+        # The latest step's statistics are not optimizer variables: they leave
+        # the step through a recorder, so `variables` (what Keras saves, also
+        # through a LossScaleOptimizer) are the counters, the policy state and
+        # the inner optimizer's.
+        self._recorder = _recording.Recorder(
+            self._trainable_variables, update_norms=self.record_update_norms, gradients=self._recording
+        )
 
     def enable_gradient_recording(self):
         """Starts keeping the latest post-policy gradients for `last_gradients()`.
@@ -317,8 +230,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             return
         self._recording = True
         if self.built:
-            with keras.name_scope(self.name, caller=self):
-                self._build_gradient_copies()
+            self._recorder.enable_gradients()
 
     @property
     def _recording(self):
@@ -331,28 +243,6 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     @property
     def variables(self):
         return self._variables + self.inner_optimizer.variables
-
-    def _saved_variables(self):
-        own = self._variables[: self._saved_count] if self.built else self._variables
-        return own + self.inner_optimizer.variables
-
-    def save_own_variables(self, store):
-        # The latest step's statistics and gradient copies are left out, so the
-        # saved layout does not depend on what was being recorded.
-        for i, variable in enumerate(self._saved_variables()):
-            store[str(i)] = keras.ops.convert_to_numpy(variable)
-
-    def load_own_variables(self, store):
-        variables = self._saved_variables()
-        if len(store.keys()) != len(variables):
-            warnings.warn(
-                f"Skipping variable loading for optimizer '{self.name}', because it has {len(variables)} "
-                f"saved variables whereas the saved optimizer has {len(store.keys())} variables.",
-                stacklevel=2,
-            )
-            return
-        for i, variable in enumerate(variables):
-            variable.assign(store[str(i)])
 
     # ---------------------------------------------------------- forwarding
     @property
@@ -462,9 +352,9 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         """Pure part of a step: the policy on the gradient the update uses,
         the gradient handed to the inner optimizer, and the decisions."""
         grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
-        view = _UpdateView(self.inner_optimizer, grads, tvs)
+        view = _recording.UpdateView(self.inner_optimizer, grads, tvs)
         full = view.full if replica_sum is None else replica_sum(view.full)
-        norms = [None if g is None else ops.sqrt(ops.sum(ops.square(ops.cast(g, "float32")))) for g in full]
+        norms = [_recording.norm(g) for g in full]
         state = [ops.convert_to_tensor(v) for v in self._policy_state]
         clipped, new_state, info = self._report_policy.apply(full, tvs, state)
         if self._monitor_only:
@@ -473,17 +363,25 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             # The inner optimizer's own all-reduce sums the replicas' shares back.
             shares = [None if g is None else g / num_replicas for g in clipped] if num_replicas > 1 else clipped
             grads_for_inner = view.to_inner(shares)
-        norm = _global_norm_of(norms)
+        norm = _recording.global_norm_of(norms)
         decisions = self._decisions(view, norm, info)
         if view.is_update is not None:
             new_state = [ops.where(view.is_update, n, o) for n, o in zip(new_state, state)]
-        latest = [norm, clipping.global_norm(clipped), info["threshold"], decisions["changed"]]
+        scalars = {
+            "step": view.step,
+            "global_norm": norm,
+            "global_norm_clipped": clipping.global_norm(clipped),
+            "threshold": info["threshold"],
+            "clipped": decisions["changed"],
+            "skipped": decisions["skipped"],
+            "loss_scale": view.loss_scale_value(),
+        }
         return dict(
             decisions,
             grads_for_inner=grads_for_inner,
             clipped_grads=clipped,
-            norms=[ops.zeros((), "float32") if n is None else n for n in norms],
-            latest=ops.stack([ops.cast(x, "float32") for x in latest]),
+            norms=norms,
+            scalars=scalars,
             state=new_state,
         )
 
@@ -506,27 +404,25 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
 
     # ----------------------------------------------------- the stateful end
     def _finish(self, result, tvs, inner_apply):
-        """Stateful part of a step: record statistics, then update unless skipped."""
+        """Stateful part of a step: count, update unless skipped, record."""
         count = result["count"]
-        _assign_if(self._latest, count, result["latest"])
         self._counters.assign_add(ops.cast(ops.stack([count, result["changed"], result["skipped"]]), "int32"))
-        indices = [self._get_variable_index(v) for v in tvs]
-        _assign_if(self._gradient_norms, count, _scatter(indices, result["norms"], len(self._trainable_variables)))
         for v, new in zip(self._policy_state, result["state"]):
             v.assign(new)
-        if self._last_gradients:
-            for i, g in zip(indices, result["clipped_grads"]):
-                if g is not None:
-                    _assign_if(self._last_gradients[i], count, ops.cast(g, "float32"))
-        before = [_snapshot(v) for v in tvs] if self.record_update_norms else None
+        indices = [self._get_variable_index(v) for v in tvs]
+        size = len(self._trainable_variables)
+        snapshot = backend.get("recording").snapshot
+        before = [snapshot(v) for v in tvs] if self.record_update_norms else None
         self._apply_unless(result["skip"], inner_apply, tvs)
+        update = None
         if self.record_update_norms:
-            after = [_snapshot(v) for v in tvs]
-            deltas = [_norm(a - b) for a, b in zip(after, before)]
-            weights = [_norm(a) for a in after]
-            k = len(self._trainable_variables)
-            _assign_if(self._update_norms, count, _scatter(indices, deltas, k))
-            _assign_if(self._weight_norms, count, _scatter(indices, weights, k))
+            deltas, weights = _recording.update_norms(before, [snapshot(v) for v in tvs])
+            update = (_recording.scatter(indices, deltas, size), _recording.scatter(indices, weights, size))
+        gradients = [None] * size
+        for i, g in zip(indices, result["clipped_grads"]):
+            gradients[i] = g
+        norms = _recording.scatter(indices, result["norms"], size)
+        self._recorder.publish(count, result["scalars"], norms, update, gradients)
 
     def _apply_unless(self, skip, inner_apply, tvs):
         """Runs the inner update unless `skip`. No variable is assigned inside
@@ -555,47 +451,42 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
 
         Returns:
             A flat dict of Python floats, keys as described in the class
-            docstring. Before the first update the norms are NaN and the
-            counts 0; per-variable keys appear once the optimizer is built.
+            docstring. Before the first update (also after loading a saved
+            optimizer) the norms are NaN and the counts those saved;
+            per-variable keys appear once the optimizer is built.
         """
+        nan = math.nan
+        stats = {"global_norm": nan, "global_norm_clipped": nan, "threshold": self._static_threshold(), "clipped": 0.0}
         if not self.built:
-            stats = {k: float("nan") for k in _LATEST}
             stats.update({k: 0.0 for k in _COUNTERS})
-            stats["threshold"] = self._static_threshold()
-            stats["clipped"] = 0.0
             return stats
-        flat = self._read_statistics()
-        latest, counters = flat[: len(_LATEST)], flat[len(_LATEST) : len(_LATEST) + len(_COUNTERS)]
-        per_variable = flat[len(_LATEST) + len(_COUNTERS) :].reshape(-1, len(self._trainable_variables))
-        stats = {k: float(v) for k, v in zip(_LATEST, latest)}
-        if counters[0] == 0:
-            stats["global_norm"] = stats["global_norm_clipped"] = math.nan
-            stats["threshold"] = self._static_threshold()
-            stats["clipped"] = 0.0
+        counters = np.asarray(ops.convert_to_numpy(self._counters))
         stats.update({k: float(v) for k, v in zip(_COUNTERS, counters)})
-        for name, values in zip(("gradient_norm", "update_norm", "weight_norm"), per_variable):
+        latest = self._recorder.latest()
+        k = len(self._trainable_variables)
+        norms = {"gradient_norm": np.full(k, nan)}
+        if self.record_update_norms:
+            norms.update(update_norm=np.full(k, nan), weight_norm=np.full(k, nan))
+        if latest is not None:
+            stats.update(
+                global_norm=latest.global_norm,
+                global_norm_clipped=latest.global_norm_clipped,
+                threshold=latest.threshold,
+                clipped=float(latest.clipped),
+            )
+            norms["gradient_norm"] = latest.gradient_norms
+            if self.record_update_norms:
+                norms.update(update_norm=latest.update_norms, weight_norm=latest.weight_norms)
+        for name, values in norms.items():
             for v, n in zip(self._trainable_variables, values):
                 stats[f"{name}/{v.path}"] = float(n)
         return stats
 
-    def _read_statistics(self):
-        """All statistics variables as one float64 NumPy vector, read at once
-        (separate reads cost a device sync each; GradientBoard reads them
-        after every batch with `update_freq="batch"`)."""
-        parts = [self._latest, self._counters, self._gradient_norms]
-        if self.record_update_norms:
-            parts += [self._update_norms, self._weight_norms]
-
-        def read():
-            return ops.concatenate([ops.cast(p, "float64") for p in parts])
-
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            if getattr(self, "_statistics_reader", None) is None:
-                self._statistics_reader = tf.function(read)
-            read = self._statistics_reader
-        return ops.convert_to_numpy(read())
+    def latest_step(self):
+        """The latest update's statistics as a `StepStatistics` (named fields),
+        or None before the first update; what `gradient_statistics()` and
+        GradientBoard read."""
+        return self._recorder.latest() if self.built else None
 
     @property
     def watched_variables(self):
@@ -612,16 +503,18 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         """The latest post-policy gradient of each variable, `{variable.path: numpy array}`.
 
         Requires `record_gradients=True`. Under `MirroredStrategy` this is the
-        all-reduced gradient; under accumulation, the averaged one.
+        all-reduced gradient; under accumulation, the averaged one. Empty
+        before the first update.
         """
         if not self._recording:
             raise ValueError(
                 "`last_gradients()` needs `record_gradients=True` in the ClippedOptimizer constructor "
                 "(or `enable_gradient_recording()`)."
             )
-        if not self.built:
+        latest = self.latest_step()
+        if latest is None or latest.gradients is None:
             return {}
-        return {v.path: ops.convert_to_numpy(g) for v, g in zip(self._trainable_variables, self._last_gradients)}
+        return {v.path: g for v, g in zip(self._trainable_variables, latest.gradients)}
 
     # -------------------------------------------------------------- config
     def get_config(self):

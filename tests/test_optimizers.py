@@ -409,11 +409,15 @@ class TestSaving:
         opt = loaded.optimizer
         assert isinstance(opt, ClippedOptimizer)
         assert opt.policy.get_config() == policy().get_config()
-        # Saved: counters, policy state and the inner optimizer; not the latest step's statistics.
-        saved = first.optimizer._saved_variables()
-        assert len(saved) == len(opt._saved_variables()) < len(opt.variables)
-        for a, b in zip(saved, opt._saved_variables()):
+        # Saved and loaded: every optimizer variable (counters, policy state, the inner optimizer's);
+        # the latest step's statistics are not variables, and read NaN until the next update.
+        saved = first.optimizer.variables
+        assert len(saved) == len(opt.variables)
+        assert not [v.path for v in opt.variables if "norm" in v.path or "latest" in v.path or "gradient" in v.path]
+        for a, b in zip(saved, opt.variables):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+        assert np.isnan(opt.gradient_statistics()["global_norm"])
+        assert all(np.isnan(v) for k, v in opt.gradient_statistics().items() if k.startswith("gradient_norm/"))
         assert int(opt._policy_state[1].numpy()) == 6
         assert opt.gradient_statistics()["steps"] == 6.0
         loaded.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
@@ -442,7 +446,18 @@ class TestSaving:
 class TestArguments:
     def test_invalid_arguments(self):
         with pytest.raises(TypeError, match="inner_optimizer"):
-            ClippedOptimizer("adam", clipping.NoClip())
+            ClippedOptimizer(3, clipping.NoClip())
+        with pytest.raises(ValueError, match="inner_optimizer.*adamm"):
+            ClippedOptimizer("adamm", clipping.NoClip())
+
+    def test_inner_optimizer_as_keras_optimizers_get_takes_it(self):
+        by_name = ClippedOptimizer("adam", clipping.NoClip())
+        assert isinstance(by_name.inner_optimizer, keras.optimizers.Adam)
+        config = keras.optimizers.serialize(keras.optimizers.SGD(0.25, momentum=0.5))
+        by_config = ClippedOptimizer(config, clipping.ClipByGlobalNorm(1.0))
+        assert isinstance(by_config.inner_optimizer, keras.optimizers.SGD)
+        assert by_config.inner_optimizer.momentum == 0.5
+        assert float(keras.ops.convert_to_numpy(by_config.learning_rate)) == pytest.approx(0.25)
         with pytest.raises(TypeError, match="policy"):
             ClippedOptimizer(keras.optimizers.SGD(), 1.0)
         with pytest.raises(TypeError, match="record_gradients"):

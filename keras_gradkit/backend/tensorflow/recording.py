@@ -1,0 +1,74 @@
+"""Recording on TensorFlow: a sink of variables read with one compiled call,
+and the monitor's hook on the optimizer's `apply` (private)."""
+
+import tensorflow as tf
+from keras import ops
+
+from keras_gradkit import _recording
+
+
+class Sink(_recording.VariableSink):
+    """Variables assigned in the step; read with one `tf.function` (one device sync)."""
+
+    def add(self, name, shapes):
+        super().add(name, shapes)
+        self._reader = None
+
+    def _read_tensors(self):
+        if getattr(self, "_reader", None) is None:
+            variables = self._all()
+            self._reader = tf.function(lambda: [tf.identity(v.value) for v in variables])
+        return self._reader()
+
+
+def snapshot(variable):
+    """The variable's current value, read now (ordered before later updates)."""
+    value = getattr(variable, "value", variable)
+    # A resource variable is read now; in a StatelessScope it is a tensor.
+    return tf.identity(value.read_value() if hasattr(value, "read_value") else value)
+
+
+def _replica_sum():
+    """Sums gradients over the replicas, inside a replica context; None outside a strategy."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return None
+    context = tf.distribute.get_replica_context()
+
+    def replica_sum(values):
+        present = [g for g in values if g is not None]
+        reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else [])
+        return [None if g is None else next(reduced) for g in values]
+
+    return replica_sum
+
+
+def install(optimizer, monitor):
+    """Wraps `optimizer.apply` (instance level) so that `monitor` records each step while active.
+
+    Returns a function that removes the wrapper again."""
+    had_own = "apply" in optimizer.__dict__
+    original = optimizer.apply
+
+    def apply(grads, trainable_variables=None):
+        if not monitor.active:
+            return original(grads, trainable_variables)
+        grads = list(grads)
+        tvs = optimizer._trainable_variables if trainable_variables is None else list(trainable_variables)
+        pending = monitor.before_update(grads, tvs, _replica_sum())
+        before = [snapshot(v) for v in tvs]
+        with tf.control_dependencies(before):
+            result = original(grads, trainable_variables)
+        monitor.after_update(pending, before, [snapshot(v) for v in tvs])
+        return result
+
+    optimizer.apply = apply
+
+    def remove():
+        if had_own:
+            optimizer.apply = original
+        else:
+            optimizer.__dict__.pop("apply", None)
+
+    return remove
+
+
