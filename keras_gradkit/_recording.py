@@ -154,7 +154,8 @@ class Recorder:
             gradient_norms=values["gradient_norms"][0],
             update_norms=values["update_norms"][0] if self.update_norms else None,
             weight_norms=values["weight_norms"][0] if self.update_norms else None,
-            gradients=values["gradients"] if self.gradients else None,
+            # A step traced before gradients were switched on publishes none.
+            gradients=values.get("gradients") if self.gradients else None,
             steps=int(totals[0]),
             clipped_steps=int(totals[1]),
             skipped_steps=int(totals[2]),
@@ -248,7 +249,9 @@ class UpdateView:
 
     def __init__(self, optimizer, grads, tvs):
         base = base_optimizer(optimizer)
-        self.loss_scale = optimizer.dynamic_scale if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
+        # Read now: on JAX the variable maps to the step's value only inside its StatelessScope.
+        is_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self.loss_scale = ops.convert_to_tensor(optimizer.dynamic_scale) if is_scaled else None
         full = grads
         if self.loss_scale is not None:
             full = [None if g is None else g / ops.cast(self.loss_scale, g.dtype) for g in grads]

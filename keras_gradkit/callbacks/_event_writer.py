@@ -1,27 +1,49 @@
-"""TensorBoard event files written and read without TensorFlow (private).
+"""TensorBoard event files, written and read without TensorFlow (private).
 
-Uses TensorBoard's own pure-Python writer and loader and its plugins' protos,
-so that `GradientBoard` works on every Keras backend with only the
-`tensorboard` package installed.
+A local `log_dir` is written with plain Python files framed by TensorBoard's
+own `RecordWriter`, and read back by `_read_events` below, so `GradientBoard`
+works on every Keras backend with only the `tensorboard` package and never
+imports TensorFlow, even where it is installed. TensorBoard's
+`EventFileWriter` and `EventFileLoader` are not used: both go through
+`tensorboard.compat.tf`, which imports TensorFlow whenever it can.
+
+A remote `log_dir` (`gs://`, `s3://`, `hdfs://`) needs TensorFlow's file
+systems, `tf.io.gfile`; without TensorFlow it is rejected with a `ValueError`.
 """
 
+import functools
 import glob
+import itertools
 import os
+import socket
+import struct
 import time
+from typing import Callable
+from typing import NamedTuple
 
 import numpy as np
+from google.protobuf import message
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.compat.proto import tensor_pb2
 from tensorboard.compat.proto import tensor_shape_pb2
 from tensorboard.compat.proto import types_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.plugins.histogram import summary_v2 as histogram_summary
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.plugins.text import summary_v2 as text_summary
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 TIME_GRADIENT_PLUGIN = "keras_gradkit_time_gradient"
+FILE_VERSION = "brain.Event:2"
+EVENT_FILE_PREFIX = "events.out.tfevents"
+
+# Two writers in one process and one second still get different files.
+_file_ids = itertools.count()
 
 
+# ------------------------------------------------------------ summary values
 def _shape(dims):
     return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
 
@@ -66,12 +88,61 @@ def tensor_value(tag, values, plugin_name, description):
     return summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)
 
 
+def text_value(tag, markdown):
+    """A text `Summary.Value`; TensorBoard's Text dashboard renders it as Markdown."""
+    return text_summary.text_pb(tag, markdown).value[0]
+
+
+# -------------------------------------------------------------- file systems
+class _FileSystem(NamedTuple):
+    open: Callable  # open(path, mode) -> a binary file object
+    glob: Callable
+    makedirs: Callable
+    errors: tuple  # what a failed read raises
+
+
+_LOCAL = _FileSystem(open, glob.glob, functools.partial(os.makedirs, exist_ok=True), (OSError,))
+
+
+def is_remote(path):
+    """Whether `path` names a remote file system (`gs://bucket/logs`), which
+    only TensorFlow's `tf.io.gfile` can write."""
+    return "://" in os.fspath(path)
+
+
+def _file_system(path):
+    path = os.fspath(path)
+    if not is_remote(path):
+        return _LOCAL
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        scheme = path.split("://", 1)[0] + "://"
+        raise ValueError(
+            f"Argument `log_dir` is a remote path ({scheme}), which needs TensorFlow's file system "
+            f"(`tf.io.gfile`); install tensorflow or use a local directory. Received: log_dir={path!r}"
+        ) from e
+    gfile = tf.io.gfile
+    return _FileSystem(gfile.GFile, gfile.glob, gfile.makedirs, (tf.errors.OpError, OSError))
+
+
+def makedirs(path):
+    """Creates the directory `path` and its parents if missing, locally or
+    through `tf.io.gfile` for a remote path (a `ValueError` without TensorFlow)."""
+    _file_system(path).makedirs(os.fspath(path))
+
+
+# ----------------------------------------------------------------- writing
 class EventWriter:
-    """Writes `Summary` events to one run directory; the file is created on
-    the first write."""
+    """Writes `Summary` events to one run directory.
+
+    The file is created on the first write and starts with the `file_version`
+    event TensorBoard's readers expect. After `close()`, a later write starts
+    a new file.
+    """
 
     def __init__(self, run_dir):
-        self.run_dir = run_dir
+        self.run_dir = os.fspath(run_dir)
         self._writer = None
 
     def write(self, values, step):
@@ -79,11 +150,18 @@ class EventWriter:
         if not values:
             return
         if self._writer is None:
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-            self._writer = EventFileWriter(self.run_dir)
+            self._writer = self._open()
         summary = summary_pb2.Summary(value=list(values))
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+        event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+        self._writer.write(event.SerializeToString())
+
+    def _open(self):
+        files = _file_system(self.run_dir)
+        files.makedirs(self.run_dir)
+        name = f"{EVENT_FILE_PREFIX}.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_ids)}"
+        writer = RecordWriter(files.open(os.path.join(self.run_dir, name), "ab"))
+        writer.write(event_pb2.Event(wall_time=time.time(), file_version=FILE_VERSION).SerializeToString())
+        return writer
 
     def flush(self):
         if self._writer is not None:
@@ -95,16 +173,42 @@ class EventWriter:
             self._writer = None
 
 
+# ----------------------------------------------------------------- reading
+def _read_events(file):
+    """The `Event`s of one event file, up to the first truncated or damaged
+    record (a writer killed mid-record, or one still writing).
+
+    A record is `uint64 length, uint32 masked_crc32c(length), data, uint32
+    masked_crc32c(data)`, little-endian. The data checksum is not verified:
+    TensorBoard's CRC is pure Python, slow on large histogram files; the
+    length checksum, the length itself and the proto parse catch a cut or
+    zero-filled tail.
+    """
+    while True:
+        header = file.read(12)
+        if len(header) < 12 or struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
+            return
+        (length,) = struct.unpack("<Q", header[:8])
+        body = file.read(length + 4)
+        if len(body) < length + 4:
+            return
+        try:
+            yield event_pb2.Event.FromString(body[:length])
+        except message.DecodeError:
+            return
+
+
 def max_step_on_disk(run_dir):
     """The largest step of the summary events already in `run_dir` (-1 if none)."""
-    from tensorboard.backend.event_processing import event_file_loader
-
+    run_dir = os.fspath(run_dir)
+    files = _file_system(run_dir)
     largest = -1
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents*"))):
+    for path in sorted(files.glob(os.path.join(run_dir, f"{EVENT_FILE_PREFIX}*"))):
         try:
-            for event in event_file_loader.EventFileLoader(path).Load():
-                if event.HasField("summary"):
-                    largest = max(largest, int(event.step))
-        except Exception:  # a truncated file still gives the steps read so far
+            with files.open(path, "rb") as f:
+                for event in _read_events(f):
+                    if event.HasField("summary"):
+                        largest = max(largest, int(event.step))
+        except files.errors:  # unreadable: the other files still count
             continue
     return largest

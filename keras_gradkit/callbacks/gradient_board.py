@@ -6,12 +6,14 @@ import logging
 import math
 import os
 import re
+import weakref
 
 import keras
 import numpy as np
 
+from keras_gradkit import _recording
 from keras_gradkit import _validation
-from keras_gradkit import clipping
+from keras_gradkit import backend
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.callbacks import _depth
 from keras_gradkit.callbacks import _event_writer
@@ -45,30 +47,6 @@ def _compile_patterns(name, value):
         raise ValueError(f"Argument `{name}` contains an invalid regular expression ({e}). Received: {name}={value!r}")
 
 
-def _validate_time_probe(time_probe):
-    if time_probe is None:
-        return None
-    if not isinstance(time_probe, (tuple, list)) or len(time_probe) != 2:
-        raise ValueError(
-            "Argument `time_probe` must be None or a tuple `(x, y)` of a small batch of sequences "
-            f"and their targets. Received: time_probe={time_probe!r}"
-        )
-    x, y = time_probe
-    shape = getattr(x, "shape", None)
-    if shape is None or len(shape) < 3:
-        raise ValueError(
-            "Argument `time_probe` must hold sequences `x` of shape (batch, timesteps, features). "
-            f"Received: time_probe[0] with shape={shape}"
-        )
-    y_len = getattr(y, "shape", [None])[0] if not isinstance(y, (list, tuple, dict)) else None
-    if y_len is not None and y_len != shape[0]:
-        raise ValueError(
-            "Argument `time_probe` must have as many targets as sequences. "
-            f"Received: time_probe with x.shape={tuple(shape)} and y.shape={tuple(y.shape)}"
-        )
-    return (x, y)
-
-
 def _as_int(step):
     """A scalar integer tensor or variable (e.g. `optimizer.iterations`) as an int; anything else as it is."""
     if isinstance(step, (bool, int, np.integer)) or not hasattr(step, "shape"):
@@ -81,6 +59,100 @@ def _strategy_scope(model):
     """The model's `tf.distribute` strategy scope, or a null context."""
     strategy = getattr(model, "distribute_strategy", None)
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+class _Sources:
+    """Where the statistics of an optimizer's steps come from.
+
+    A `ClippedOptimizer` records its own steps. Any other optimizer (the
+    model's, or a `LossScaleOptimizer` around a `ClippedOptimizer`, whose
+    skipped steps the `ClippedOptimizer` never sees) is watched by a
+    `Monitor`; a `ClippedOptimizer` inside it still reports its clipping.
+    """
+
+    def __init__(self, optimizer, monitor=None):
+        self.clipped = _find_clipped_optimizer(optimizer)
+        self.monitor = monitor
+
+    @property
+    def variables(self):
+        if self.monitor is not None:
+            return self.monitor.recorder.variables
+        return self.clipped.watched_variables
+
+    @property
+    def records_gradients(self):
+        if self.clipped is not None and self.clipped._recording:
+            return True
+        return self.monitor is not None and self.monitor.recorder.gradients
+
+    def latest(self):
+        """The latest step's `StepStatistics` (clipping from the ClippedOptimizer), or None."""
+        own = self.clipped.latest_step() if self.clipped is not None else None
+        if self.monitor is None:
+            return own
+        latest = self.monitor.recorder.latest()
+        if latest is None or own is None:
+            return latest
+        gradients = own.gradients if own.gradients is not None else latest.gradients
+        return latest._replace(
+            global_norm_clipped=own.global_norm_clipped,
+            threshold=own.threshold,
+            clipped=own.clipped,
+            gradients=gradients,
+        )
+
+    def counts(self):
+        """`(steps, clipped_steps, skipped_steps)`: running totals."""
+        steps = clipped = skipped = 0
+        if self.clipped is not None:
+            stats = self.clipped.gradient_statistics()
+            steps, clipped, skipped = stats["steps"], stats["clipped_steps"], stats["skipped_steps"]
+        if self.monitor is not None:
+            latest = self.monitor.recorder.latest()
+            if latest is not None:
+                if self.clipped is None:
+                    steps, clipped = latest.steps, latest.clipped_steps
+                else:
+                    steps = max(steps, latest.steps)
+                skipped += latest.skipped_steps
+        return steps, clipped, skipped
+
+    def gradients(self):
+        """`{variable path: latest applied gradient}` (empty before the first step)."""
+        latest = self.latest()
+        if latest is None or latest.gradients is None:
+            return {}
+        return {v.path: g for v, g in zip(self.variables, latest.gradients)}
+
+
+class _TracedStep:
+    """A model's train function traced with the monitor's hook, kept across
+    `fit` calls (and GradientBoard instances) so that it is traced once."""
+
+    def __init__(self, model, function):
+        self.function = function
+        self.plain = None
+        self.token = _compile_token(model)
+
+
+def _compile_token(model):
+    """What `compile` replaces: a traced train function is valid while these are the same."""
+    return (
+        model.optimizer,
+        getattr(model, "_compile_loss", None),
+        getattr(model, "_compile_metrics", None),
+        model.steps_per_execution,
+        model.jit_compile,
+        model.run_eagerly,
+    )
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(x is y or (not hasattr(x, "__dict__") and x == y) for x, y in zip(a, b))
+
+
+_TRACED = weakref.WeakKeyDictionary()
 
 
 @keras_gradkit_export
@@ -207,14 +279,13 @@ class GradientBoard(keras.callbacks.Callback):
         self.update_freq = update_freq
         self.include = include
         self.exclude = exclude
-        self.time_probe = _validate_time_probe(time_probe)
+        self.time_probe = _time_probe.validate_time_probe(time_probe)
         self.write_plots = write_plots
         self._include = _compile_patterns("include", include)
         self._exclude = _compile_patterns("exclude", exclude)
         self._writer = None
-        self._optimizer = None
-        self._replaced = None
-        self._wrapping_logged = False
+        self._sources = None
+        self._remove_hook = None
         self._probe = None
         self._failures = set()
         self._counts_at_last_write = None
@@ -240,6 +311,9 @@ class GradientBoard(keras.callbacks.Callback):
         return os.path.join(self.log_dir, "train")
 
     def _check_log_dir(self):
+        if _event_writer.is_remote(self.log_dir):  # through tf.io.gfile, or a clear error without TensorFlow
+            _event_writer.makedirs(self._train_dir)
+            return
         test_file = os.path.join(self._train_dir, f".gradient_board_write_test_{os.getpid()}")
         try:
             os.makedirs(self._train_dir, exist_ok=True)
@@ -266,7 +340,7 @@ class GradientBoard(keras.callbacks.Callback):
         return True
 
     def _iterations(self):
-        return int(np.asarray(keras.ops.convert_to_numpy(self._optimizer.iterations)))
+        return int(np.asarray(keras.ops.convert_to_numpy(self.model.optimizer.iterations)))
 
     def _sync(self):
         """Makes the variables hold the live training state (the JAX trainer
@@ -284,62 +358,84 @@ class GradientBoard(keras.callbacks.Callback):
                 self._failures.add(what)
                 logger.exception("GradientBoard could not write %s; training continues without them.", what)
 
-    # --------------------------------------------------- optimizer set-up
-    def _attach_optimizer(self):
-        """The ClippedOptimizer that records the statistics during this `fit`.
+    # ------------------------------------------------------ recording set-up
+    def _start_recording(self):
+        """Where this `fit`'s statistics come from, and the train function that records them.
 
-        A model compiled with a `ClippedOptimizer` keeps it (gradient copies
-        are switched on when histograms need them; they are not saved). Any
-        other optimizer is wrapped in a monitor-only one for the duration of
-        `fit` and given back at its end, with its state: what the model saves
-        after training is what it would have saved without this callback.
+        The model's optimizer is left as it is: a `ClippedOptimizer` records
+        its own steps (its gradient copies are switched on when histograms
+        need them; they are not saved); any other optimizer gets a monitor's
+        hook on its own `apply` / `stateless_apply` for the duration of `fit`.
+        The train function traced with the hook is kept for the model, so it
+        is traced once, however many `fit` calls and GradientBoards follow.
         """
         model = self.model
-        if model.optimizer is None:
+        optimizer = model.optimizer
+        if optimizer is None:
             raise ValueError("GradientBoard needs a compiled model: call `model.compile(optimizer=...)` first.")
-        found = _find_clipped_optimizer(model.optimizer)
-        if found is not None:
-            if self.histogram_freq and not found._recording:
-                with _strategy_scope(model):
-                    found.enable_gradient_recording()
-                model.make_train_function(force=True)
-            return found
-        original = model.optimizer
-        with _strategy_scope(model):
-            wrapper = ClippedOptimizer(original, clipping.NoClip(), record_gradients=self.histogram_freq > 0)
-            wrapper.build(list(model.trainable_variables))
-        model.optimizer = wrapper
-        model.make_train_function(force=True)  # a traced step may hold the old optimizer
-        self._replaced = original
-        if self._wrapping_logged:
-            return wrapper
-        self._wrapping_logged = True
-        logger.info(
-            "GradientBoard: %s is wrapped in a monitor-only ClippedOptimizer during fit to record gradient "
-            "statistics; it is given back, with its state, when training ends.",
-            type(original).__name__,
-        )
-        return wrapper
-
-    def _give_back_optimizer(self):
-        if self._replaced is None:
+        if not optimizer.built:
+            with _strategy_scope(model):
+                optimizer.build(model.trainable_variables)
+        clipped = _find_clipped_optimizer(optimizer)
+        retrace = False
+        if clipped is not None and self.histogram_freq and not clipped._recording:
+            with _strategy_scope(model):
+                clipped.enable_gradient_recording()
+            retrace = True
+        if optimizer is clipped:
+            self._sources = _Sources(optimizer)
+            if retrace:
+                backend.get("recording").make_train_function(model)
             return
-        self.model.optimizer, self._replaced = self._replaced, None
-        self.model.make_train_function(force=True)
+        monitor = _recording.monitor_for(optimizer)
+        gradients = self.histogram_freq > 0 and clipped is None
+        with _strategy_scope(model):
+            retrace = monitor.prepare(optimizer._trainable_variables, True, gradients) or retrace
+        self._remove_hook = backend.get("recording").install(optimizer, monitor)
+        monitor.active = True
+        self._sources = _Sources(optimizer, monitor)
+        self._use_traced_step(retrace)
+
+    def _use_traced_step(self, retrace):
+        model = self.model
+        found = model.train_function
+        traced = _TRACED.get(model)
+        if traced is not None and not retrace and _same(traced.token, _compile_token(model)):
+            if found is not traced.function:
+                traced.plain = found
+                model.train_function = traced.function
+            return
+        # A train function already traced without the hook would not record.
+        backend.get("recording").make_train_function(model)
+        traced = _TRACED[model] = _TracedStep(model, model.train_function)
+        traced.plain = found
+
+    def _stop_recording(self):
+        if self._remove_hook is None:
+            return
+        self._sources.monitor.active = False
+        self._remove_hook()
+        self._remove_hook = None
+        traced = _TRACED.get(self.model)
+        if traced is not None and self.model.train_function is traced.function:
+            # The next fit without GradientBoard runs the plain train function.
+            self.model.train_function = traced.plain
 
     # ----------------------------------------------------------- callbacks
     def on_train_begin(self, logs=None):
         self._check_log_dir()
-        self._give_back_optimizer()  # after a fit that ended in an exception
-        self._optimizer = self._attach_optimizer()
+        self._stop_recording()  # after a fit that ended in an exception
+        self._start_recording()
         # Batch-level steps are the optimizer's update count, as Keras's own
         # `batch_*` curves; a re-compiled optimizer that counts from 0 again
         # continues after this callback's last step.
         iterations = self._iterations()
         self._batch_offset = self._last_batch_step if iterations == 0 and self._last_batch_step > 0 else 0
-        if self.time_probe is not None and (self._probe is None or self._probe.model is not self.model):
-            self._probe = _time_probe.TimeProbe(self.model, *self.time_probe)
-        self._counts_at_last_write = self._counts()
+        if self.time_probe is not None:
+            if self._probe is None or self._probe.model is not self.model:
+                self._probe = _time_probe.TimeProbe(self.model, *self.time_probe)
+            self._probe.check()
+        self._counts_at_last_write = self._sources.counts()[:2]
 
     def on_train_batch_end(self, batch, logs=None):
         if self.update_freq == "epoch":
@@ -365,9 +461,10 @@ class GradientBoard(keras.callbacks.Callback):
             self._writer.flush()
 
     def on_train_end(self, logs=None):
+        self._stop_recording()
         if self._writer is not None:
-            self._writer.flush()
-        self._give_back_optimizer()
+            self._writer.close()
+            self._writer = None
 
     # ---------------------------------------------------- custom loops
     def write_statistics(self, optimizer, step, histograms=False):
@@ -414,9 +511,10 @@ class GradientBoard(keras.callbacks.Callback):
         step = self._loop_step(int(_as_int(step)))
         if step is None:
             return
-        self._write_scalars(step, found)
+        sources = _Sources(found)
+        self._write_scalars(step, sources)
         if histograms:
-            self._write_histograms(step, found)
+            self._write_histograms(step, sources)
         self._get_writer().flush()
 
     def _check_loop_arguments(self, optimizer, step, histograms):
@@ -464,56 +562,54 @@ class GradientBoard(keras.callbacks.Callback):
         return step
 
     # ------------------------------------------------------------ writing
-    def _counts(self):
-        stats = self._optimizer.gradient_statistics()
-        return stats["steps"], stats["clipped_steps"]
-
-    def _scalar_values(self, stats, optimizer):
+    def _scalar_values(self, latest, sources):
         values = {
-            "gradient_norm/global": stats["global_norm"],
-            "gradient_norm/global_clipped": stats["global_norm_clipped"],
-            "clipping/threshold": stats["threshold"],
-            "clipping/skipped_steps": stats["skipped_steps"],
+            "gradient_norm/global": latest.global_norm,
+            "gradient_norm/global_clipped": latest.global_norm_clipped,
         }
-        if not math.isfinite(values["clipping/threshold"]):
-            del values["clipping/threshold"]  # the policy has none
-        steps, clipped = self._counts_at_last_write or (0.0, 0.0)
-        if stats["steps"] > steps:
-            values["clipping/clipped_fraction"] = (stats["clipped_steps"] - clipped) / (stats["steps"] - steps)
-        self._counts_at_last_write = (stats["steps"], stats["clipped_steps"])
-        paths = [v.path for v in optimizer.watched_variables if self._logged(v.path)]
-        for path in paths:
-            values[f"gradient_norm/{path}"] = stats[f"gradient_norm/{path}"]
-        for path in paths if optimizer.record_update_norms else ():
-            update, weight = stats[f"update_norm/{path}"], stats[f"weight_norm/{path}"]
-            # 0 / 0 (no update of a zero weight) is written as 0.
-            values[f"update_ratio/{path}"] = update / weight if weight else (0.0 if update == 0 else math.inf)
+        if math.isfinite(latest.threshold):  # NaN: the policy has none
+            values["clipping/threshold"] = latest.threshold
+        steps, clipped, skipped = sources.counts()
+        values["clipping/skipped_steps"] = float(skipped)
+        last_steps, last_clipped = self._counts_at_last_write or (0, 0)
+        if steps > last_steps:
+            values["clipping/clipped_fraction"] = (clipped - last_clipped) / (steps - last_steps)
+        self._counts_at_last_write = (steps, clipped)
+        if not math.isnan(latest.loss_scale):
+            values["mixed_precision/loss_scale"] = latest.loss_scale
+        logged = [(i, v.path) for i, v in enumerate(sources.variables) if self._logged(v.path)]
+        for i, path in logged:
+            values[f"gradient_norm/{path}"] = float(latest.gradient_norms[i])
+        if latest.update_norms is not None:
+            for i, path in logged:
+                update, weight = float(latest.update_norms[i]), float(latest.weight_norms[i])
+                # 0 / 0 (no update of a zero weight) is written as 0.
+                values[f"update_ratio/{path}"] = update / weight if weight else (0.0 if update == 0 else math.inf)
         # Non-finite norms and ratios are written: they are what to look for.
         return values
 
-    def _write_scalars(self, step, optimizer=None):
-        optimizer = optimizer or self._optimizer
-        stats = optimizer.gradient_statistics()
-        if stats["steps"] == 0:
+    def _write_scalars(self, step, sources=None):
+        sources = sources or self._sources
+        latest = sources.latest()
+        if latest is None:
             return
         # All scalars of a step go in one event.
-        self._get_writer().write(_event_writer.scalar_values(self._scalar_values(stats, optimizer)), step)
+        self._get_writer().write(_event_writer.scalar_values(self._scalar_values(latest, sources)), step)
 
-    def _write_histograms(self, step, optimizer=None):
-        optimizer = optimizer or self._optimizer
-        if optimizer.gradient_statistics()["steps"] == 0:
-            return
+    def _write_histograms(self, step, sources=None):
+        sources = sources or self._sources
         values = []
-        for path, gradient in optimizer.last_gradients().items():
+        for path, gradient in sources.gradients().items():
             if self._logged(path):
                 finite = gradient[np.isfinite(gradient)]  # non-finite steps show in gradient_norm/*
                 values.append(_event_writer.histogram_value(f"gradients/{path}", finite))
         self._get_writer().write(values, step)
 
     def _write_depth(self, step):
-        if self._optimizer.gradient_statistics()["steps"] == 0:
+        gradients = self._sources.gradients()
+        if not gradients:
             return
-        names, norms = _depth.layer_gradient_norms(self.model, self._optimizer.last_gradients())
+        names, norms = _depth.layer_gradient_norms(self.model, gradients)
         if not norms:
             return
         values = [
@@ -527,7 +623,7 @@ class GradientBoard(keras.callbacks.Callback):
 
     def _write_time_probe(self, step):
         values = []
-        for name, norms in self._probe.compute().items():
+        for name, norms, reach in self._probe.compute():
             tag = f"time_gradient/{name}"
             reach_tag = "time_gradient/reach" if name == "input" else f"{tag}/reach"
             values.append(
@@ -536,7 +632,7 @@ class GradientBoard(keras.callbacks.Callback):
                     "Mean over the probe batch of |d loss_i / d x_{i,t}| for each time step t.",
                 )
             )
-            values += _event_writer.scalar_values({reach_tag: float(_time_probe.reach(norms))})
+            values += _event_writer.scalar_values({reach_tag: float(reach)})
             if self.write_plots:
                 png, width, height = _time_probe.plot_png(norms, f"{self.model.name}: {name}")
                 values.append(_event_writer.image_value(tag, png, width, height))

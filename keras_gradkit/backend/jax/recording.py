@@ -69,3 +69,21 @@ def install(optimizer, monitor):
             optimizer.__dict__.pop("stateless_apply", None)
 
     return remove
+
+
+def make_train_function(model):
+    """Makes the model's train function anew, traced anew.
+
+    JAX caches traces by function, and Keras jits the bound `model.train_step`
+    each time, so `make_train_function(force=True)` alone would reuse the
+    trace made without the hook: the new train function jits a function of
+    its own instead (the model keeps no attribute of it)."""
+
+    def train_step(state, data):
+        return type(model).train_step(model, state, data)
+
+    model.train_step = train_step
+    try:
+        model.make_train_function(force=True)
+    finally:
+        del model.train_step

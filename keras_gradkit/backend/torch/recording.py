@@ -41,3 +41,8 @@ def install(optimizer, monitor):
             optimizer.__dict__.pop("apply", None)
 
     return remove
+
+
+def make_train_function(model):
+    """Makes the model's train function anew (traced anew at its first call)."""
+    model.make_train_function(force=True)
