@@ -166,17 +166,23 @@ class GradientBoard(keras.callbacks.Callback):
     under `MirroredStrategy`, unscaled under mixed precision, averaged under
     gradient accumulation, after clipping), which a GradientTape in a
     callback cannot see. The statistics are recorded inside the train step
-    by `keras_gradkit.optimizers.ClippedOptimizer` (so `jit_compile=True`
-    works) and written here. If the model's optimizer is not a
-    `ClippedOptimizer`, it is wrapped for the duration of `fit` in a
-    monitor-only one (`keras_gradkit.clipping.NoClip()`) that keeps Keras's
-    own `clipnorm`, `global_clipnorm` or `clipvalue` and reports them, and
-    given back, with its state, when training ends: what the model saves
-    afterwards does not depend on this callback. A `ClippedOptimizer` of
-    yours is kept; when histograms are written its gradient copies are
-    switched on (`enable_gradient_recording()`; not saved, config
-    unchanged). Works on TensorFlow, JAX and PyTorch, and writes with
-    TensorBoard's own writer (TensorFlow need not be installed).
+    (so `jit_compile=True` and `steps_per_execution > 1` work) and written
+    here. The model's optimizer stays the object you compiled with, of its
+    own class, with the same variables: a `ClippedOptimizer` records its own
+    steps (when histograms are written its gradient copies are switched on;
+    they are not saved and its config does not change); any other optimizer
+    gets, for the duration of `fit`, a hook on its own `apply` (TensorFlow,
+    PyTorch) or `stateless_apply` (JAX) that reports Keras's own
+    `clipnorm`, `global_clipnorm` or `clipvalue` and, under mixed precision,
+    the loss scale and the steps the `LossScaleOptimizer` skips. What Keras
+    saves (`model.save`, `ModelCheckpoint`, `BackupAndRestore`) is what it
+    saves without this callback. The train function traced with the hook is
+    kept for the model: adding the callback to a model's `fit` calls, or
+    removing it, costs at most one retrace, and a `fit` without it runs the
+    plain train function. Works on TensorFlow, JAX and PyTorch, and writes
+    with TensorBoard's own record format (TensorFlow need not be installed,
+    and is not imported on JAX or PyTorch; a remote `log_dir` such as
+    `gs://...` needs it, for `tf.io.gfile`).
 
     Everything goes to the `train` run under `log_dir`, with the standard
     TensorBoard plugins. With `g_v` the applied gradient of variable `v`,
@@ -189,7 +195,11 @@ class GradientBoard(keras.callbacks.Callback):
       (`|g'|`), every `update_freq`;
     - scalars `clipping/threshold`, `clipping/clipped_fraction` (the fraction
       of optimizer updates the policy changed since the previous write) and
-      `clipping/skipped_steps` (running total);
+      `clipping/skipped_steps` (running total, including the steps a
+      `LossScaleOptimizer` skips; a step whose gradient is not finite is
+      still written, with its non-finite norms);
+    - under mixed precision, scalar `mixed_precision/loss_scale`: the loss
+      scale of the latest step;
     - scalar `update_ratio/<variable path>`: `|w_new - w_old| / |w_new|`
       (0 when both are 0);
     - with `time_probe=(x, y)`, every histogram epoch: `n_t = mean_i
@@ -230,7 +240,12 @@ class GradientBoard(keras.callbacks.Callback):
         exclude: None, a regular expression or a list of them: variables
             whose path matches one are not logged. Defaults to None.
         time_probe: None or a tuple `(x, y)`: a small batch of sequences
-            `(batch, timesteps, features)` and their targets. Defaults to None.
+            and their targets: float `(batch, timesteps, features)`, or
+            integer tokens `(batch, timesteps)` for a model whose first layer
+            embeds them (the gradient is then taken with respect to that
+            layer's output, and with `mask_zero` the reach counts unmasked
+            steps only). Checked against the model when training starts.
+            Defaults to None.
         write_plots: bool, write the time-gradient and depth images. The
             tensors and scalars are written either way. Defaults to True.
 
