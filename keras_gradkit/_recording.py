@@ -56,10 +56,33 @@ class StepStatistics(NamedTuple):
 
 
 def norm(x):
-    """The L2 norm of a tensor, in float32 (None for a None gradient)."""
+    """The L2 norm of a tensor or of deduplicated slices, in float32 (None for a None gradient)."""
     if x is None:
         return None
+    x = backend.get("sparse").values_of(x)
     return ops.sqrt(ops.sum(ops.square(ops.cast(x, "float32"))))
+
+
+def as_gradients(grads):
+    """Gradients as tensors; sparse ones (TensorFlow's `IndexedSlices`) stay
+    sparse, with duplicate rows summed, so that their norms are the dense
+    gradient's."""
+    sparse = backend.get("sparse")
+    grads = sparse.deduplicate(list(grads))
+    return [g if g is None or sparse.is_sparse(g) else ops.convert_to_tensor(g) for g in grads]
+
+
+def _map_values(g, fn):
+    """`fn` applied to the entries of a tensor or of slices (None stays None)."""
+    if g is None:
+        return None
+    sparse = backend.get("sparse")
+    return sparse.with_values(g, fn(sparse.values_of(g)))
+
+
+def dense(g):
+    """A gradient as a dense tensor (slices scattered; None stays None)."""
+    return backend.get("sparse").to_dense(g) if g is not None else None
 
 
 def global_norm_of(norms):
@@ -131,7 +154,7 @@ class Recorder:
             values["update_norms"], values["weight_norms"] = [update[0]], [update[1]]
         if self.gradients:
             values["gradients"] = [
-                ops.zeros(v.shape, "float32") if g is None else ops.cast(g, "float32")
+                ops.zeros(v.shape, "float32") if g is None else ops.cast(dense(g), "float32")
                 for g, v in zip(gradients, self.variables)
             ]
         counts = ops.cast(ops.stack([True, ops.cast(scalars["clipped"], "bool"), ops.cast(scalars["skipped"], "bool")]), "float32")
@@ -254,7 +277,7 @@ class UpdateView:
         self.loss_scale = ops.convert_to_tensor(optimizer.dynamic_scale) if is_scaled else None
         full = grads
         if self.loss_scale is not None:
-            full = [None if g is None else g / ops.cast(self.loss_scale, g.dtype) for g in grads]
+            full = [_map_values(g, lambda v: v / ops.cast(self.loss_scale, v.dtype)) for g in grads]
         self.steps = base.gradient_accumulation_steps
         self.is_update = None
         self.micro, self.acc = full, None
@@ -286,7 +309,7 @@ class UpdateView:
                 for g, a, m in zip(grads, self.acc, self.micro)
             ]
         if self.loss_scale is not None:  # the inner LossScaleOptimizer unscales again
-            grads = [None if g is None else g * ops.cast(self.loss_scale, g.dtype) for g in grads]
+            grads = [_map_values(g, lambda v: v * ops.cast(self.loss_scale, v.dtype)) for g in grads]
         return grads
 
 
@@ -333,9 +356,9 @@ class Monitor:
         """The measures known before the update (inside the step)."""
         self.traces += 1
         optimizer = self._optimizer()
-        grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
+        grads = as_gradients(grads)
         view = UpdateView(optimizer, grads, tvs)
-        full = view.full if replica_sum is None else replica_sum(view.full)
+        full = view.full if replica_sum is None else as_gradients(replica_sum(view.full))
         norms = [norm(g) for g in full]
         total = global_norm_of(norms)
         clipped, _, info = self.policy.apply(full, tvs, [])

@@ -351,9 +351,10 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     def _compute(self, grads, tvs, replica_sum, num_replicas):
         """Pure part of a step: the policy on the gradient the update uses,
         the gradient handed to the inner optimizer, and the decisions."""
-        grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
+        grads = _recording.as_gradients(grads)
         view = _recording.UpdateView(self.inner_optimizer, grads, tvs)
-        full = view.full if replica_sum is None else replica_sum(view.full)
+        # The all-reduced slices hold each replica's rows: summed again.
+        full = view.full if replica_sum is None else _recording.as_gradients(replica_sum(view.full))
         norms = [_recording.norm(g) for g in full]
         state = [ops.convert_to_tensor(v) for v in self._policy_state]
         clipped, new_state, info = self._report_policy.apply(full, tvs, state)
@@ -361,7 +362,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             grads_for_inner = grads
         else:
             # The inner optimizer's own all-reduce sums the replicas' shares back.
-            shares = [None if g is None else g / num_replicas for g in clipped] if num_replicas > 1 else clipped
+            shares = [None if g is None else ops.divide(g, num_replicas) for g in clipped] if num_replicas > 1 else clipped
             grads_for_inner = view.to_inner(shares)
         norm = _recording.global_norm_of(norms)
         decisions = self._decisions(view, norm, info)

@@ -13,6 +13,11 @@ state in optimizer variables (`state_spec` describes them), so the policy
 itself writes no variables and works under `jit_compile=True`. Calling a
 policy directly, `policy(grads, variables)`, applies it once from its initial
 state and returns only the gradients.
+
+Sparse gradients (`tf.IndexedSlices`, from `Embedding` on TensorFlow) reach
+`apply` deduplicated (duplicate rows summed; `ClippedOptimizer` and a direct
+call do it), so the policies work on their values: the norms, thresholds and
+clipped entries equal those of the dense gradient, and the result stays sparse.
 """
 
 import re
@@ -21,7 +26,10 @@ import keras
 from keras import ops
 
 from keras_gradkit import _validation
+from keras_gradkit import backend
 from keras_gradkit.api_export import keras_gradkit_export
+
+_sparse = backend.get("sparse")
 
 
 def _float32(x):
@@ -29,11 +37,28 @@ def _float32(x):
 
 
 def _squared_norm(g):
-    return ops.sum(ops.square(_float32(g)))
+    # Over a deduplicated `IndexedSlices`'s values: the dense gradient's.
+    return ops.sum(ops.square(_float32(_sparse.values_of(g))))
+
+
+def _map_values(fn, g):
+    """`fn` applied to the entries of `g` (the values of slices, which stay slices)."""
+    return _sparse.with_values(g, fn(_sparse.values_of(g)))
+
+
+def _global_norm(grads):
+    squares = [_squared_norm(g) for g in grads if g is not None]
+    if not squares:
+        return ops.convert_to_tensor(0.0, "float32")
+    return ops.sqrt(ops.sum(ops.stack(squares)))
 
 
 def global_norm(grads):
     """The L2 norm of all non-`None` tensors in `grads` taken together (float32).
+
+    Sparse gradients (`tf.IndexedSlices`) count as their dense tensor:
+    duplicate rows are summed before squaring, unlike `tf.linalg.global_norm`
+    and Keras's `global_clipnorm`.
 
     Example:
 
@@ -44,10 +69,7 @@ def global_norm(grads):
     5.0
     ```
     """
-    squares = [_squared_norm(g) for g in grads if g is not None]
-    if not squares:
-        return ops.convert_to_tensor(0.0, "float32")
-    return ops.sqrt(ops.sum(ops.stack(squares)))
+    return _global_norm(_sparse.deduplicate(grads))
 
 
 def _tensors(values):
@@ -55,8 +77,14 @@ def _tensors(values):
     return [None if v is None else ops.convert_to_tensor(v) for v in values]
 
 
+def _scale_one(g, scale):
+    """`g * scale` in `g`'s dtype (slices stay slices; `ops.multiply` would
+    too, but the `*` operator of `tf.IndexedSlices` does not exist)."""
+    return _map_values(lambda x: x * ops.cast(scale, x.dtype), g)
+
+
 def _scale(grads, scale):
-    return [None if g is None else g * ops.cast(scale, g.dtype) for g in grads]
+    return [None if g is None else _scale_one(g, scale) for g in grads]
 
 
 def _info(threshold=float("nan"), clipped=False, skip=False):
@@ -80,6 +108,12 @@ class ClippingPolicy:
     Subclasses implement `apply`; stateful ones also `state_spec`. Policies
     skip `None` gradients and keep the dtype of each gradient.
 
+    On TensorFlow an `Embedding` gradient arrives as a `tf.IndexedSlices`
+    with unique indices. `keras.ops.multiply`, `clip`, `abs`, `square`,
+    `sqrt` and `divide` keep it sparse and `sum` reduces its values, all as on
+    the dense gradient; `where`, `maximum`, `greater` and `isfinite` return
+    the dense result; `g * 0.5` and `g > 0.5` raise `TypeError`.
+
     Example:
 
     ```python
@@ -89,7 +123,7 @@ class ClippingPolicy:
     ...         info = {"threshold": keras.ops.convert_to_tensor(float("nan"), "float32"),
     ...                 "clipped": keras.ops.convert_to_tensor(True),
     ...                 "skip": keras.ops.convert_to_tensor(False)}
-    ...         return [None if g is None else g * 0.5 for g in grads], [], info
+    ...         return [None if g is None else keras.ops.multiply(g, 0.5) for g in grads], [], info
     >>> [keras.ops.convert_to_numpy(g).tolist() for g in Halve()([np.array([2.0, -4.0])])]
     [[1.0, -2.0]]
     ```
@@ -110,7 +144,8 @@ class ClippingPolicy:
         """Transforms `grads`.
 
         Args:
-            grads: list of gradient tensors (or `None`).
+            grads: list of gradient tensors (or `None`); `tf.IndexedSlices`
+                must have unique indices (see `__call__`).
             variables: the matching list of variables (needed by policies that
                 look at the weights or at the variable paths), or `None`.
             state: the list of state tensors described by `state_spec`.
@@ -126,7 +161,7 @@ class ClippingPolicy:
         return ops.convert_to_tensor(False)
 
     def __call__(self, grads, variables=None):
-        grads = list(grads)
+        grads = _sparse.deduplicate(list(grads))
         new_grads, _, _ = self.apply(grads, variables, self.initial_state(variables))
         return new_grads
 
@@ -202,8 +237,8 @@ class ClipByValue(ClippingPolicy):
     def apply(self, grads, variables, state):
         grads = _tensors(grads)
         v = self.max_value
-        clipped = _any([ops.any(ops.abs(g) > v) for g in grads if g is not None])
-        new = [None if g is None else ops.clip(g, -v, v) for g in grads]
+        clipped = _any([ops.any(ops.abs(_sparse.values_of(g)) > v) for g in grads if g is not None])
+        new = [None if g is None else _map_values(lambda x: ops.clip(x, -v, v), g) for g in grads]
         return new, [], _info(v, clipped)
 
     def get_config(self):
@@ -251,7 +286,7 @@ class ClipByNorm(ClippingPolicy):
                 continue
             norm = ops.sqrt(_squared_norm(g))
             flags.append(norm > t)
-            new.append(g * ops.cast(t / ops.maximum(norm, t), g.dtype))
+            new.append(_scale_one(g, t / ops.maximum(norm, t)))
         return new, [], _info(t, _any(flags))
 
     def get_config(self):
@@ -295,7 +330,7 @@ class ClipByGlobalNorm(ClippingPolicy):
     def apply(self, grads, variables, state):
         grads = _tensors(grads)
         t = self.max_norm
-        norm = global_norm(grads)
+        norm = _global_norm(grads)
         # Same form as Keras's `clip_by_global_norm`: 1 when norm <= t, NaN for a non-finite norm.
         scale = t * ops.minimum(1.0 / norm, 1.0 / t) + (norm - norm)
         return _scale(grads, scale), [], _info(t, norm > t)
@@ -352,7 +387,7 @@ class AutoClip(ClippingPolicy):
         grads = _tensors(grads)
         history, count = _tensors(state)
         size = self.history_size
-        norm = global_norm(grads)
+        norm = _global_norm(grads)
         finite = ops.isfinite(norm)
         slot = ops.mod(count, size)
         positions = ops.arange(size, dtype="int32")
@@ -448,11 +483,14 @@ class AdaptiveClip(ClippingPolicy):
                 new.append(g)
                 continue
             max_norm = self.clipping * ops.maximum(_unit_norm(w), self.epsilon)
-            g_norm = _unit_norm(g)
+            if len(w.shape) <= 1:  # one unit per entry: those the slices hold
+                max_norm = _sparse.gather_rows(g, max_norm)
+            # Zero rows add nothing to a unit's norm: the unique rows give the dense norms.
+            g_norm = _unit_norm(_sparse.values_of(g))
             trigger = g_norm > max_norm
             flags.append(ops.any(trigger))
             factor = ops.where(trigger, max_norm / ops.maximum(g_norm, 1e-6), 1.0)
-            new.append(g * ops.cast(factor, g.dtype))
+            new.append(_scale_one(g, factor))
         return new, [], _info(clipped=_any(flags))
 
     def get_config(self):
@@ -484,7 +522,7 @@ class SkipNonFinite(ClippingPolicy):
     """
 
     def should_skip(self, grads):
-        finite = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+        finite = [ops.all(ops.isfinite(_sparse.values_of(g))) for g in grads if g is not None]
         return ops.logical_not(ops.all(ops.stack(finite))) if finite else ops.convert_to_tensor(False)
 
     def apply(self, grads, variables, state):
