@@ -322,6 +322,13 @@ class GradientBoard(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ helpers
     @property
+    def async_safe(self):
+        # With epoch-level scalars the batch hook does nothing: Keras may keep
+        # dispatching batch callbacks asynchronously (it stops when any callback
+        # overrides `on_train_batch_end` without saying it is safe).
+        return self.update_freq == "epoch"
+
+    @property
     def _train_dir(self):
         return os.path.join(self.log_dir, "train")
 
