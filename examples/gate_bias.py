@@ -61,14 +61,14 @@ def train_variant(variant, args, data):
     callbacks = [keras.callbacks.TensorBoard(os.path.join(args.logdir, variant))]
     stats = {}
     if args.gradboard:
-        # GradientBoard gives Adam back at the end of fit: read the statistics
-        # of its monitor-only wrapper just before (callbacks end in list order).
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_train_end=lambda logs: stats.update(model.optimizer.gradient_statistics())))
         # Gradient through time on 16 validation sequences: how far back each
         # initialization lets the loss reach.
-        callbacks.append(keras_gradkit.callbacks.GradientBoard(
-            os.path.join(args.logdir, variant), time_probe=(x_val[:16], y_val[:16])))
+        board = keras_gradkit.callbacks.GradientBoard(
+            os.path.join(args.logdir, variant), time_probe=(x_val[:16], y_val[:16]))
+        callbacks.append(board)
+        # Read once fit has ended: the latest step's statistics of the plain Adam.
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_train_end=lambda logs: stats.update(board.gradient_statistics())))
     start = time.perf_counter()
     history = model.fit(
         x_train,

@@ -120,11 +120,12 @@ def run_variant(variant, args, data):
         os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1))]
     stats = {}
     if args.gradboard:
-        callbacks.append(keras_gradkit.callbacks.GradientBoard(
-            os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1)))
-        # GradientBoard gives Adam back at the end of fit: read the statistics before.
-        callbacks.insert(-1, keras.callbacks.LambdaCallback(
-            on_train_end=lambda logs: stats.update(model.optimizer.gradient_statistics())))
+        board = keras_gradkit.callbacks.GradientBoard(
+            os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1))
+        callbacks.append(board)
+        # The latest step's statistics of the plain Adam, read when fit ends.
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_train_end=lambda logs: stats.update(board.gradient_statistics())))
     start = time.perf_counter()
     model.fit(
         x_train, y_train,

@@ -185,6 +185,39 @@ class Recorder:
         )
 
 
+def flat_statistics(latest, counts, variables, update_norms, threshold=math.nan):
+    """The documented flat dict of `gradient_statistics()`.
+
+    Args:
+        latest: the latest `StepStatistics`, or None (norms then read NaN).
+        counts: `(steps, clipped_steps, skipped_steps)`.
+        variables: the variables of the per-variable keys, in order.
+        update_norms: bool, include `update_norm/*` and `weight_norm/*`.
+        threshold: the threshold to report before the first step.
+    """
+    nan = math.nan
+    stats = {"global_norm": nan, "global_norm_clipped": nan, "threshold": threshold, "clipped": 0.0}
+    stats.update({k: float(v) for k, v in zip(("steps", "clipped_steps", "skipped_steps"), counts)})
+    k = len(variables)
+    norms = {"gradient_norm": np.full(k, nan)}
+    if update_norms:
+        norms.update(update_norm=np.full(k, nan), weight_norm=np.full(k, nan))
+    if latest is not None:
+        stats.update(
+            global_norm=latest.global_norm,
+            global_norm_clipped=latest.global_norm_clipped,
+            threshold=latest.threshold,
+            clipped=float(latest.clipped),
+        )
+        norms["gradient_norm"] = latest.gradient_norms
+        if update_norms and latest.update_norms is not None:
+            norms.update(update_norm=latest.update_norms, weight_norm=latest.weight_norms)
+    for name, values in norms.items():
+        for v, n in zip(variables, values):
+            stats[f"{name}/{v.path}"] = float(n)
+    return stats
+
+
 class VariableSink:
     """A sink made of `keras.Variable`s that no optimizer or layer owns,
     assigned inside the step (TensorFlow, PyTorch). Created outside any

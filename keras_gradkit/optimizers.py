@@ -456,32 +456,13 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             optimizer) the norms are NaN and the counts those saved;
             per-variable keys appear once the optimizer is built.
         """
-        nan = math.nan
-        stats = {"global_norm": nan, "global_norm_clipped": nan, "threshold": self._static_threshold(), "clipped": 0.0}
         if not self.built:
-            stats.update({k: 0.0 for k in _COUNTERS})
-            return stats
+            return _recording.flat_statistics(None, (0, 0, 0), [], False, self._static_threshold())
         counters = np.asarray(ops.convert_to_numpy(self._counters))
-        stats.update({k: float(v) for k, v in zip(_COUNTERS, counters)})
-        latest = self._recorder.latest()
-        k = len(self._trainable_variables)
-        norms = {"gradient_norm": np.full(k, nan)}
-        if self.record_update_norms:
-            norms.update(update_norm=np.full(k, nan), weight_norm=np.full(k, nan))
-        if latest is not None:
-            stats.update(
-                global_norm=latest.global_norm,
-                global_norm_clipped=latest.global_norm_clipped,
-                threshold=latest.threshold,
-                clipped=float(latest.clipped),
-            )
-            norms["gradient_norm"] = latest.gradient_norms
-            if self.record_update_norms:
-                norms.update(update_norm=latest.update_norms, weight_norm=latest.weight_norms)
-        for name, values in norms.items():
-            for v, n in zip(self._trainable_variables, values):
-                stats[f"{name}/{v.path}"] = float(n)
-        return stats
+        return _recording.flat_statistics(
+            self._recorder.latest(), counters, self._trainable_variables, self.record_update_norms,
+            self._static_threshold(),
+        )
 
     def latest_step(self):
         """The latest update's statistics as a `StepStatistics` (named fields),

@@ -121,7 +121,15 @@ class TestGradientBoard:
         np.testing.assert_allclose(depth, [norm(grads[:2]), norm(grads[2:])], rtol=1e-5)
         ratio = norm(grads[:2]) / norm(grads[2:])
         assert scalar(events, "gradient_depth/first_to_last") == pytest.approx(ratio, rel=1e-5)
-        assert model.optimizer is sgd  # given back after training
+        assert model.optimizer is sgd  # the user's optimizer throughout
+        stats = board.gradient_statistics()  # the same numbers, with ClippedOptimizer's keys
+        reference = ClippedOptimizer(keras.optimizers.SGD(lr), clipping.NoClip())
+        reference.build(model.trainable_variables)
+        assert set(stats) == set(reference.gradient_statistics())
+        assert stats["global_norm"] == pytest.approx(norm(grads), rel=1e-5)
+        assert stats["steps"] == 1.0 and stats["skipped_steps"] == 0.0
+        for path, g in zip(VARIABLES, grads):
+            assert stats[f"gradient_norm/{path}"] == pytest.approx(np.linalg.norm(g), rel=1e-5)
 
     @pytest.mark.parametrize(
         "jit,steps_per_execution,accumulation",

@@ -488,6 +488,24 @@ class GradientBoard(keras.callbacks.Callback):
             self._writer.close()
             self._writer = None
 
+    def gradient_statistics(self):
+        """The latest training step's statistics, as the flat dict of
+        `ClippedOptimizer.gradient_statistics()` (same keys), whatever the
+        model's optimizer is.
+
+        Before the first recorded step of this callback the norms are NaN.
+        The running totals count the steps recorded since the model's
+        optimizer was first watched (for a `ClippedOptimizer`, its saved
+        totals). Call it from a callback placed after this one, or after
+        `fit`.
+        """
+        if self._sources is None:
+            return _recording.flat_statistics(None, (0, 0, 0), [], False)
+        self._sync()
+        return _recording.flat_statistics(
+            self._sources.latest(), self._sources.counts(), self._sources.variables, True
+        )
+
     # ---------------------------------------------------- custom loops
     def write_statistics(self, optimizer, step, histograms=False):
         """Writes an optimizer's gradient statistics at `step`, for custom training loops.

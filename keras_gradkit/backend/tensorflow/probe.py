@@ -1,0 +1,47 @@
+"""The time probe's traced gradient on TensorFlow (private).
+
+`Function` traces once into a `tf.function`, which reads the model's
+variables when it runs, so each call sees the current weights.
+"""
+
+import keras
+import tensorflow as tf
+
+
+class Function:
+    """`fn(*args)` in a `keras.StatelessScope`, traced once per argument shape.
+
+    Args:
+        fn: callable taking tensors and returning a structure of tensors.
+        variables: the `keras.Variable`s that `fn` reads. A `tf.function`
+            reads them when it runs, so they need not be passed.
+    """
+
+    def __init__(self, fn, variables):
+        del variables
+        self.trace_count = 0
+
+        def traced(*args):
+            self.trace_count += 1  # Python runs this only while tracing
+            with keras.StatelessScope():
+                return fn(*args)
+
+        self._function = tf.function(traced)
+
+    def __call__(self, *args):
+        return self._function(*args)
+
+    def trace(self, *args):
+        """Traces for these arguments without running; True (a call with
+        arguments of the same shapes reuses the trace)."""
+        self._function.get_concrete_function(*args)
+        return True
+
+
+def gradient(fn, x):
+    """d fn(x) / d x for a scalar `fn`; zeros where `fn` does not depend on `x`."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = fn(x)
+    grad = tape.gradient(value, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return tf.convert_to_tensor(grad)  # an IndexedSlices after a gather
