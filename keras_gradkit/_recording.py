@@ -305,9 +305,10 @@ class UpdateView:
 
     def __init__(self, optimizer, grads, tvs):
         base = base_optimizer(optimizer)
-        # Read now: on JAX the variable maps to the step's value only inside its StatelessScope.
+        # Read now: the step updates the scale, and on JAX the variable maps to
+        # the step's value only inside its StatelessScope.
         is_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        self.loss_scale = ops.convert_to_tensor(optimizer.dynamic_scale) if is_scaled else None
+        self.loss_scale = backend.get("recording").snapshot(optimizer.dynamic_scale) if is_scaled else None
         full = grads
         if self.loss_scale is not None:
             full = [_map_values(g, lambda v: v / ops.cast(self.loss_scale, v.dtype)) for g in grads]
@@ -419,6 +420,52 @@ class Monitor:
         for i, g in zip(pending.indices, pending.gradients):
             gradients[i] = g
         self.recorder.publish(pending.counted, pending.scalars, pending.gradient_norms, update, gradients)
+
+
+def wrap_method(optimizer, name, make_wrapper):
+    """Sets `optimizer.<name>` (instance level) to `make_wrapper(original)`.
+
+    Returns a function that puts the object back as it was (a plain object
+    attribute is not saved by Keras, and goes away again)."""
+    had_own = name in optimizer.__dict__
+    original = getattr(optimizer, name)
+    setattr(optimizer, name, make_wrapper(original))
+
+    def remove():
+        if had_own:
+            setattr(optimizer, name, original)
+        else:
+            optimizer.__dict__.pop(name, None)
+
+    return remove
+
+
+def hook_apply(optimizer, monitor, snapshot, replica_sum=lambda: None):
+    """Wraps `optimizer.apply` so that `monitor` records each step while
+    active (the trainers of TensorFlow and PyTorch call `apply`).
+
+    Args:
+        snapshot: the backend's read of a variable's current value.
+        replica_sum: returns the cross-replica sum to use now, or None.
+    Returns:
+        A function that removes the wrapper.
+    """
+
+    def make_wrapper(original):
+        def apply(grads, trainable_variables=None):
+            if not monitor.active:
+                return original(grads, trainable_variables)
+            grads = list(grads)
+            tvs = optimizer._trainable_variables if trainable_variables is None else list(trainable_variables)
+            pending = monitor.before_update(grads, tvs, replica_sum())
+            before = [snapshot(v) for v in tvs]  # reads, ordered before the update
+            result = original(grads, trainable_variables)
+            monitor.after_update(pending, before, [snapshot(v) for v in tvs])
+            return result
+
+        return apply
+
+    return wrap_method(optimizer, "apply", make_wrapper)
 
 
 _MONITORS = weakref.WeakKeyDictionary()

@@ -158,7 +158,10 @@ class EventWriter:
     def _open(self):
         files = _file_system(self.run_dir)
         files.makedirs(self.run_dir)
-        name = f"{EVENT_FILE_PREFIX}.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_ids)}"
+        # TensorBoard reads a run's files in name order and drops events whose
+        # step goes back: the counter is zero-padded so that name order is
+        # creation order within a second too.
+        name = f"{EVENT_FILE_PREFIX}.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_ids):06d}"
         writer = RecordWriter(files.open(os.path.join(self.run_dir, name), "ab"))
         writer.write(event_pb2.Event(wall_time=time.time(), file_version=FILE_VERSION).SerializeToString())
         return writer

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import re
-import weakref
 
 import keras
 import numpy as np
@@ -152,7 +151,9 @@ def _same(a, b):
     return len(a) == len(b) and all(x is y or (not hasattr(x, "__dict__") and x == y) for x, y in zip(a, b))
 
 
-_TRACED = weakref.WeakKeyDictionary()
+# Kept on the model (not in a module-level mapping, whose values would keep
+# every model alive through its train function); Keras does not save it.
+_TRACED_ATTRIBUTE = "_keras_gradkit_traced_step"
 
 
 @keras_gradkit_export
@@ -395,8 +396,8 @@ class GradientBoard(keras.callbacks.Callback):
         optimizer = model.optimizer
         if optimizer is None:
             raise ValueError("GradientBoard needs a compiled model: call `model.compile(optimizer=...)` first.")
-        if not optimizer.built:
-            with _strategy_scope(model):
+        if not optimizer.built:  # as Keras builds it in `apply`: same variable paths
+            with _strategy_scope(model), keras.name_scope(optimizer.name, caller=optimizer):
                 optimizer.build(model.trainable_variables)
         clipped = _find_clipped_optimizer(optimizer)
         retrace = False
@@ -421,7 +422,7 @@ class GradientBoard(keras.callbacks.Callback):
     def _use_traced_step(self, retrace):
         model = self.model
         found = model.train_function
-        traced = _TRACED.get(model)
+        traced = getattr(model, _TRACED_ATTRIBUTE, None)
         if traced is not None and not retrace and _same(traced.token, _compile_token(model)):
             if found is not traced.function:
                 traced.plain = found
@@ -429,8 +430,9 @@ class GradientBoard(keras.callbacks.Callback):
             return
         # A train function already traced without the hook would not record.
         backend.get("recording").make_train_function(model)
-        traced = _TRACED[model] = _TracedStep(model, model.train_function)
+        traced = _TracedStep(model, model.train_function)
         traced.plain = found
+        setattr(model, _TRACED_ATTRIBUTE, traced)
 
     def _stop_recording(self):
         if self._remove_hook is None:
@@ -438,7 +440,7 @@ class GradientBoard(keras.callbacks.Callback):
         self._sources.monitor.active = False
         self._remove_hook()
         self._remove_hook = None
-        traced = _TRACED.get(self.model)
+        traced = getattr(self.model, _TRACED_ATTRIBUTE, None)
         if traced is not None and self.model.train_function is traced.function:
             # The next fit without GradientBoard runs the plain train function.
             self.model.train_function = traced.plain

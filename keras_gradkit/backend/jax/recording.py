@@ -7,6 +7,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gradkit import _recording
+
 
 class Sink:
     """Keeps, on the host, the latest values a step sent with `jax.debug.callback`.
@@ -44,31 +46,25 @@ def snapshot(variable):
 
 
 def install(optimizer, monitor):
-    """Wraps `optimizer.stateless_apply` (instance level) so that `monitor`
-    records each step while active. Returns a function that removes it."""
-    had_own = "stateless_apply" in optimizer.__dict__
-    original = optimizer.stateless_apply
+    """Wraps `optimizer.stateless_apply` (instance level), which Keras's JAX
+    trainer calls, so that `monitor` records each step while active.
+    Returns a function that removes it."""
 
-    def stateless_apply(optimizer_variables, grads, trainable_variables):
-        if not monitor.active:
-            return original(optimizer_variables, grads, trainable_variables)
-        tvs = optimizer._trainable_variables
-        mapping = list(zip(tvs, trainable_variables)) + list(zip(optimizer.variables, optimizer_variables))
-        with keras.StatelessScope(state_mapping=mapping):
-            pending = monitor.before_update(list(grads), tvs)
-        new_tvs, new_values = original(optimizer_variables, grads, trainable_variables)
-        monitor.after_update(pending, list(trainable_variables), list(new_tvs))
-        return new_tvs, new_values
+    def make_wrapper(original):
+        def stateless_apply(optimizer_variables, grads, trainable_variables):
+            if not monitor.active:
+                return original(optimizer_variables, grads, trainable_variables)
+            tvs = optimizer._trainable_variables
+            mapping = list(zip(tvs, trainable_variables)) + list(zip(optimizer.variables, optimizer_variables))
+            with keras.StatelessScope(state_mapping=mapping):
+                pending = monitor.before_update(list(grads), tvs)
+            new_tvs, new_values = original(optimizer_variables, grads, trainable_variables)
+            monitor.after_update(pending, list(trainable_variables), list(new_tvs))
+            return new_tvs, new_values
 
-    optimizer.stateless_apply = stateless_apply
+        return stateless_apply
 
-    def remove():
-        if had_own:
-            optimizer.stateless_apply = original
-        else:
-            optimizer.__dict__.pop("stateless_apply", None)
-
-    return remove
+    return _recording.wrap_method(optimizer, "stateless_apply", make_wrapper)
 
 
 def make_train_function(model):

@@ -1,26 +1,10 @@
-"""Sparse gradients on JAX (private): the Keras jax backend gives dense
-gradients only, so these are identities. See `backend/tensorflow/sparse.py`."""
+"""Sparse gradients on JAX (private): its gradients are dense."""
 
+from keras_gradkit.backend.dense_sparse import deduplicate
+from keras_gradkit.backend.dense_sparse import gather_rows
+from keras_gradkit.backend.dense_sparse import is_sparse
+from keras_gradkit.backend.dense_sparse import to_dense
+from keras_gradkit.backend.dense_sparse import values_of
+from keras_gradkit.backend.dense_sparse import with_values
 
-def is_sparse(g):
-    return False
-
-
-def deduplicate(grads):
-    return list(grads)
-
-
-def values_of(g):
-    return g
-
-
-def with_values(g, values):
-    return values
-
-
-def gather_rows(g, x):
-    return x
-
-
-def to_dense(g):
-    return g
+__all__ = ["deduplicate", "gather_rows", "is_sparse", "to_dense", "values_of", "with_values"]

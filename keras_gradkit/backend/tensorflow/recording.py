@@ -43,35 +43,9 @@ def _replica_sum():
 
 
 def install(optimizer, monitor):
-    """Wraps `optimizer.apply` (instance level) so that `monitor` records each step while active.
-
-    Returns a function that removes the wrapper again."""
-    had_own = "apply" in optimizer.__dict__
-    original = optimizer.apply
-
-    def apply(grads, trainable_variables=None):
-        if not monitor.active:
-            return original(grads, trainable_variables)
-        grads = list(grads)
-        tvs = optimizer._trainable_variables if trainable_variables is None else list(trainable_variables)
-        pending = monitor.before_update(grads, tvs, _replica_sum())
-        before = [snapshot(v) for v in tvs]
-        with tf.control_dependencies(before):
-            result = original(grads, trainable_variables)
-        monitor.after_update(pending, before, [snapshot(v) for v in tvs])
-        return result
-
-    optimizer.apply = apply
-
-    def remove():
-        if had_own:
-            optimizer.apply = original
-        else:
-            optimizer.__dict__.pop("apply", None)
-
-    return remove
-
-
+    """Hooks `monitor` on `optimizer.apply` (see `_recording.hook_apply`),
+    summing the gradients over replicas under a strategy; returns its removal."""
+    return _recording.hook_apply(optimizer, monitor, snapshot, replica_sum=_replica_sum)
 
 
 def make_train_function(model):

@@ -15,32 +15,8 @@ def snapshot(variable):
 
 
 def install(optimizer, monitor):
-    """Wraps `optimizer.apply` (instance level) so that `monitor` records each step while active.
-
-    Returns a function that removes the wrapper again."""
-    had_own = "apply" in optimizer.__dict__
-    original = optimizer.apply
-
-    def apply(grads, trainable_variables=None):
-        if not monitor.active:
-            return original(grads, trainable_variables)
-        grads = list(grads)
-        tvs = optimizer._trainable_variables if trainable_variables is None else list(trainable_variables)
-        pending = monitor.before_update(grads, tvs)
-        before = [snapshot(v) for v in tvs]
-        result = original(grads, trainable_variables)
-        monitor.after_update(pending, before, [snapshot(v) for v in tvs])
-        return result
-
-    optimizer.apply = apply
-
-    def remove():
-        if had_own:
-            optimizer.apply = original
-        else:
-            optimizer.__dict__.pop("apply", None)
-
-    return remove
+    """Hooks `monitor` on `optimizer.apply` (see `_recording.hook_apply`); returns its removal."""
+    return _recording.hook_apply(optimizer, monitor, snapshot)
 
 
 def make_train_function(model):
