@@ -245,7 +245,8 @@ class GradientBoard(keras.callbacks.Callback):
             integer tokens `(batch, timesteps)` for a model whose first layer
             embeds them (the gradient is then taken with respect to that
             layer's output, and with `mask_zero` the reach counts unmasked
-            steps only). Checked against the model when training starts.
+            steps only; a step masked in every probe sequence reads NaN).
+            Checked against the model when training starts.
             Defaults to None.
         write_plots: bool, write the time-gradient and depth images. The
             tensors and scalars are written either way. Defaults to True.
