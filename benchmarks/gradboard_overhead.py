@@ -1,107 +1,361 @@
-"""Training time with `GradientBoard` against plain `fit`, in one run.
+"""Training time with `GradientBoard(histogram_freq=1)` against plain `fit`, in one run.
 
-The same model trains on the same data with: plain `fit` (Adam, no callback);
-`GradientBoard(update_freq="epoch", histogram_freq=1)`; and
-`GradientBoard(update_freq="batch", histogram_freq=1)`. The callback wraps
-Adam in a monitor-only `ClippedOptimizer` with `record_gradients=True`, so the
-timing includes the statistics recorded in the step and the writing of the
-event files. Each timed run is one epoch (one `fit` call) of `--steps` steps,
-the runs are interleaved (A, B, C, A, B, C, ...) and repeated, and the table
-gives the median and minimum time per step and the ratio to plain `fit`.
-Targets: at most 1.10 with `update_freq="epoch"`, 1.25 with `"batch"`.
+Five configurations, each its own model (2 x LSTM(64) -> Dense(1), T = 50,
+batch 32, MSE, seed 0), built and compiled once; `fit` is called on the same
+model again and again, so a train function that is traced again on each call
+shows in the times:
 
-    python benchmarks/gradboard_overhead.py            # ~2-4 min on 2 CPU cores
-    python benchmarks/gradboard_overhead.py --model lstm --timesteps 100 --repeats 9
+- `Adam, plain fit`: Adam, no callback (the baseline of the next two);
+- `Adam + keras TensorBoard`: Keras's own `TensorBoard(log_dir, histogram_freq=1)`;
+- `Adam + GradientBoard`: `GradientBoard(log_dir, histogram_freq=1, write_plots=False)`;
+- `ClippedOptimizer, plain fit`: `ClippedOptimizer(Adam, ClipByGlobalNorm(1.0))`
+  compiled by the user, no callback (the baseline of the next one);
+- `ClippedOptimizer + GradientBoard`: the same with GradientBoard as above.
+
+Each is timed in two ways: one long `fit` (`--epochs` epochs in one call) and
+repeated one-epoch `fit` calls (`--calls` calls), each epoch `--steps` steps.
+After one untimed warm-up `fit` per model, the timed runs go round-robin over
+the configurations (the order rotated each round), `--rounds` rounds. The
+table gives, per step, the minimum over the rounds and the ratio of minima to
+the configuration's plain `fit` (the headline number), the extra time per
+epoch this makes (a callback's cost is mostly per epoch: the ratio grows as
+epochs get shorter), the median of the per-round ratios (each round's time over the baseline's in the same round)
+and the ratio of median CPU times (process CPU time, less sensitive to other
+load on the machine). Target: GradientBoard's ratio no more than Keras
+`TensorBoard(histogram_freq=1)`'s in the same run.
+
+Then, apart (they are not in the table above): the time probe
+(`time_probe=(x[:8], y[:8])`) and the pictures (`write_plots=True`), timed
+inside `fit` on an Adam model: the probe's gradient (`compute`), one probe
+write (gradient, tensors and scalars, no picture) and the pictures of one
+histogram epoch (depth and time-gradient images: writes with pictures minus
+writes without). Medians over `--rounds` x `--epochs` epochs.
+
+    python benchmarks/gradboard_overhead.py                     # current KERAS_BACKEND (default tensorflow)
+    python benchmarks/gradboard_overhead.py --backend all       # one process per backend, in turn
+    python benchmarks/gradboard_overhead.py --backend jax --rounds 5
+    python benchmarks/gradboard_overhead.py --backend all --smoke   # tiny sizes: a quick check that it runs
 """
 
 import argparse
+import collections
+import contextlib
 import os
+import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import traceback
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import keras_gradkit as gk  # noqa: E402
-
-BASE = "plain fit"
-
-
-def build_model(args):
-    keras.utils.set_random_seed(0)
-    rnn = {"simple_rnn": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM}[args.model]
-    return keras.Sequential(
-        [keras.Input((args.timesteps, 2)), rnn(args.units, return_sequences=True), rnn(args.units), keras.layers.Dense(1)]
-    )
+BACKENDS = ("tensorflow", "jax", "torch")
+ADAM = "Adam, plain fit"
+CLIPPED = "ClippedOptimizer, plain fit"
+TENSORBOARD = "Adam + keras TensorBoard"
+BOARD = "Adam + GradientBoard"
+CLIPPED_BOARD = "ClippedOptimizer + GradientBoard"
+BASELINE = {ADAM: ADAM, TENSORBOARD: ADAM, BOARD: ADAM, CLIPPED: CLIPPED, CLIPPED_BOARD: CLIPPED}
+MODES = {"long": "one long fit", "repeated": "repeated 1-epoch fits"}
 
 
-def make_configs(log_root):
-    return {
-        BASE: lambda: [],
-        'GradientBoard update_freq="epoch"': lambda: [
-            gk.callbacks.GradientBoard(os.path.join(log_root, "epoch"), histogram_freq=1, update_freq="epoch")
-        ],
-        'GradientBoard update_freq="batch"': lambda: [
-            gk.callbacks.GradientBoard(os.path.join(log_root, "batch"), histogram_freq=1, update_freq="batch")
-        ],
-    }
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["simple_rnn", "lstm"], default="simple_rnn")
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=BACKENDS + ("all",), default=None,
+                        help="default: KERAS_BACKEND, else tensorflow; all: one subprocess per backend")
     parser.add_argument("--timesteps", type=int, default=50)
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=50, help="training steps per timed epoch")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--jit", action="store_true", help="compile with jit_compile=True")
-    parser.add_argument("--logdir", default=None, help="where GradientBoard writes (default: a temporary folder)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per epoch")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of the long fit")
+    parser.add_argument("--calls", type=int, default=5, help="one-epoch fit calls of the repeated fit")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the configurations")
+    parser.add_argument("--probe-batch", type=int, default=8, help="examples in the time probe")
+    parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
+                        help='compile(jit_compile=...); "auto" (Keras\'s default): XLA on JAX, not on CPU TensorFlow nor PyTorch')
+    parser.add_argument("--logdir", default=None, help="where the callbacks write (default: a temporary folder)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes (T=6, 4 units, 2 steps, 2 epochs/calls, 1 round): checks that it runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.timesteps, args.units, args.batch_size, args.steps = 6, 4, 4, 2
+        args.epochs, args.calls, args.rounds, args.probe_batch = 2, 2, 1, 2
+    return args
 
-    rng = np.random.default_rng(0)
-    n = args.batch_size * args.steps
-    x = rng.uniform(size=(n, args.timesteps, 2)).astype("float32")
-    y = rng.uniform(size=(n, 1)).astype("float32")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        configs = make_configs(args.logdir or tmp)
+def run_all(argv):
+    """Runs this script once per backend, one process each, in turn."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, skip = [], False
+    for a in argv:  # drop --backend and its value
+        if skip:
+            skip = False
+        elif a == "--backend":
+            skip = True
+        elif not a.startswith("--backend="):
+            rest.append(a)
+    failed = []
+    for name in BACKENDS:
+        print(f"\n===== {name} =====", flush=True)
+        env = dict(os.environ, KERAS_BACKEND=name)
+        code = subprocess.run([sys.executable, os.path.abspath(__file__), "--backend", name, *rest], env=env).returncode
+        if code:
+            failed.append(f"{name} (exit {code})")
+    if failed:
+        print("\nfailed: " + ", ".join(failed))
+        sys.exit(1)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.backend == "all":
+        run_all(argv)
+        return
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with contextlib.ExitStack() as stack:
+        log_root = args.logdir or stack.enter_context(tempfile.TemporaryDirectory())
+        ok = Benchmark(args, log_root).run()
+    if not ok:
+        sys.exit(1)
+
+
+class Benchmark:
+    def __init__(self, args, log_root):
+        global keras, np, gk
+        import keras
+        import numpy as np
+
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import keras_gradkit as gk
+
+        self.args = args
+        self.log_root = log_root
+        rng = np.random.default_rng(0)
+        n = args.batch_size * args.steps
+        self.x = rng.uniform(size=(n, args.timesteps, 2)).astype("float32")
+        self.y = rng.uniform(size=(n, 1)).astype("float32")
+        # Counts the Python runs of `train_step` per model: on TensorFlow and JAX one per trace of the train
+        # function (PyTorch runs it eagerly, once per step).
+        self.traces = collections.Counter()
+        original = keras.Sequential.train_step
+
+        def train_step(model, *args, **kwargs):
+            self.traces[id(model)] += 1
+            return original(model, *args, **kwargs)
+
+        keras.Sequential.train_step = train_step
+
+    # ------------------------------------------------------------ models
+    def build(self, optimizer):
+        a = self.args
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((a.timesteps, 2)),
+            keras.layers.LSTM(a.units, return_sequences=True),
+            keras.layers.LSTM(a.units),
+            keras.layers.Dense(1),
+        ])
+        jit = {"auto": "auto", "true": True, "false": False}[a.jit_compile]
+        model.compile(optimizer=optimizer, loss="mse", jit_compile=jit)
+        return model
+
+    @staticmethod
+    def adam():
+        return keras.optimizers.Adam(1e-3)
+
+    @staticmethod
+    def clipped():
+        return gk.optimizers.ClippedOptimizer(keras.optimizers.Adam(1e-3), gk.clipping.ClipByGlobalNorm(1.0))
+
+    def configs(self):
+        d = lambda name: os.path.join(self.log_root, name)  # noqa: E731
+        board = lambda name: gk.callbacks.GradientBoard(d(name), histogram_freq=1, write_plots=False)  # noqa: E731
+        return {
+            ADAM: (self.adam, lambda: []),
+            TENSORBOARD: (self.adam, lambda: [keras.callbacks.TensorBoard(d("tensorboard"), histogram_freq=1)]),
+            BOARD: (self.adam, lambda: [board("gradientboard")]),
+            CLIPPED: (self.clipped, lambda: []),
+            CLIPPED_BOARD: (self.clipped, lambda: [board("gradientboard_clipped")]),
+        }
+
+    def fit(self, model, callbacks, epochs):
+        model.fit(self.x, self.y, batch_size=self.args.batch_size, epochs=epochs, verbose=0, callbacks=callbacks)
+
+    def timed(self, fn):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - start, time.process_time() - start_cpu
+
+    # ------------------------------------------------------------ run
+    def run(self):
+        a = self.args
+        self.header()
         runs = {}
-        for name, make_callbacks in configs.items():
-            model = build_model(args)
-            model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=args.jit)
+        for name, (make_optimizer, make_callbacks) in self.configs().items():
+            model = self.build(make_optimizer())
             callbacks = make_callbacks()
-            model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, callbacks=callbacks)  # trace, warm up
-            runs[name] = (model, callbacks)
-        wall = {name: [] for name in configs}
-        cpu = {name: [] for name in configs}
-        for _ in range(args.repeats):
-            for name, (model, callbacks) in runs.items():
-                start, start_cpu = time.perf_counter(), time.process_time()
-                model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, callbacks=callbacks)
-                wall[name].append((time.perf_counter() - start) / args.steps * 1e3)
-                cpu[name].append((time.process_time() - start_cpu) / args.steps * 1e3)
+            first, _ = self.timed(lambda: self.fit(model, callbacks, 1))  # trace, compile, warm up
+            runs[name] = (model, callbacks, first)
+        names = list(runs)
+        wall = {(m, n): [] for m in MODES for n in names}
+        cpu = {(m, n): [] for m in MODES for n in names}
+        traces_before = {name: self.traces[id(model)] for name, (model, _, _) in runs.items()}
+        started = time.perf_counter()
+        for r in range(a.rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            modes = list(MODES) if r % 2 == 0 else list(MODES)[::-1]
+            for mode in modes:
+                for name in order:
+                    model, callbacks, _ = runs[name]
+                    if mode == "long":
+                        w, c = self.timed(lambda: self.fit(model, callbacks, a.epochs))
+                        steps = a.epochs * a.steps
+                    else:
+                        w, c = self.timed(lambda: [self.fit(model, callbacks, 1) for _ in range(a.calls)])
+                        steps = a.calls * a.steps
+                    wall[mode, name].append(w / steps * 1e3)
+                    cpu[mode, name].append(c / steps * 1e3)
+        elapsed = time.perf_counter() - started
+        traces = {name: self.traces[id(model)] - traces_before[name] for name, (model, _, _) in runs.items()}
+        self.report(runs, wall, cpu, elapsed, traces)
+        ok = True
+        try:
+            self.probe_and_pictures()
+        except Exception:  # keep the table above; say what failed
+            ok = False
+            print("\nthe time-probe and pictures part FAILED:", flush=True)
+            traceback.print_exc(file=sys.stdout)
+        load = os.getloadavg()
+        print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        return ok
 
-    print(
-        f"{args.model} 2 layers x {args.units} units, T={args.timesteps}, batch {args.batch_size}, Adam, "
-        f"jit_compile={args.jit}, {args.repeats} interleaved repeats x 1 epoch of {args.steps} steps, "
-        "histograms every epoch"
-    )
-    print("wall = elapsed time per step; cpu = process CPU time per step (less sensitive to other load)")
-    header = ["configuration", "wall median ms", "wall min ms", "cpu median ms", "ratio wall median",
-              "ratio wall min", "ratio cpu median", "target"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("-" * (len(h) + 2) if i == 0 else "-" * (len(h) + 1) + ":" for i, h in enumerate(header)) + "|")
-    bw, bm, bc = statistics.median(wall[BASE]), min(wall[BASE]), statistics.median(cpu[BASE])
-    targets = {BASE: "", 'GradientBoard update_freq="epoch"': "<= 1.10", 'GradientBoard update_freq="batch"': "<= 1.25"}
-    for name in wall:
-        w, m, c = statistics.median(wall[name]), min(wall[name]), statistics.median(cpu[name])
-        cells = [f"{w:.2f}", f"{m:.2f}", f"{c:.2f}", f"{w / bw:.3f}", f"{m / bm:.3f}", f"{c / bc:.3f}", targets[name]]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    def header(self):
+        a = self.args
+        backend = keras.backend.backend()
+        module = __import__(backend)
+        load = os.getloadavg()
+        print(
+            f"{time.strftime('%Y-%m-%d %H:%M %Z')}; backend {backend} {module.__version__}, keras {keras.__version__}, "
+            f"numpy {np.__version__}, python {platform.python_version()}, {platform.machine()}, "
+            f"{os.cpu_count()} CPU cores; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        )
+        print(
+            f"2 x LSTM({a.units}) -> Dense(1), T={a.timesteps}, batch {a.batch_size}, {a.steps} steps per epoch, "
+            f"jit_compile={a.jit_compile}; long fit = {a.epochs} epochs in one call, repeated fit = {a.calls} one-epoch "
+            f"calls; {a.rounds} interleaved rounds" + ("; SMOKE sizes" if a.smoke else ""),
+            flush=True,
+        )
+
+    def report(self, runs, wall, cpu, elapsed, traces):
+        a = self.args
+        model = next(iter(runs.values()))[0]
+        print(f"\njit_compile resolved to {model.jit_compile}; timed rounds took {elapsed:.0f} s; first (warm-up) fit: "
+              + ", ".join(f"{n} {first:.1f} s" for n, (_, _, first) in runs.items()))
+        if keras.backend.backend() == "torch":
+            print("train_step traces during the timed fits: none (PyTorch runs the step eagerly)")
+        else:
+            print("train_step traces during the timed fits (0 = the train function of the warm-up fit was reused): "
+                  + ", ".join(f"{n} {t}" for n, t in traces.items()))
+        print("ms/step = wall time per training step, minimum over the rounds; ratio = ratio of the minima to the "
+              "configuration's plain fit;\nms/epoch extra = (minimum - baseline's minimum) x steps per epoch (one fit "
+              "call of the repeated fit);\npaired = median over the rounds of (time / baseline's time in the same "
+              "round); cpu = ratio of the median process CPU times")
+        cols = []
+        for mode in MODES:
+            cols += [f"{mode} ms/step", f"{mode} ratio", f"{mode} ms/epoch extra", f"{mode} paired", f"{mode} cpu"]
+        print("| configuration | " + " | ".join(cols) + " |")
+        print("|---|" + "---:|" * len(cols))
+        ratio = {}
+        for name in runs:
+            base = BASELINE[name]
+            cells = []
+            for mode in MODES:
+                t, b = wall[mode, name], wall[mode, base]
+                ratio[mode, name] = min(t) / min(b)
+                paired = statistics.median(x / y for x, y in zip(t, b))
+                c = statistics.median(cpu[mode, name]) / statistics.median(cpu[mode, base])
+                extra = (min(t) - min(b)) * a.steps
+                cells += [f"{min(t):.2f}", f"{ratio[mode, name]:.3f}", f"{extra:+.0f}", f"{paired:.3f}", f"{c:.3f}"]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print("\ntarget (this run, ratio of minima): GradientBoard / its plain fit <= keras TensorBoard / plain fit")
+        for mode, label in MODES.items():
+            limit = ratio[mode, TENSORBOARD]
+            checks = [
+                f"{n} {ratio[mode, n]:.3f} ({'met' if ratio[mode, n] <= limit else 'NOT met'})"
+                for n in (BOARD, CLIPPED_BOARD)
+            ]
+            print(f"  {label}: keras TensorBoard {limit:.3f}; " + "; ".join(checks))
+        sys.stdout.flush()
+
+    # ------------------------------------------------------------ probe and pictures
+    def probe_and_pictures(self):
+        """Times, inside `fit`, the probe's gradient, one probe write and the pictures of a histogram epoch."""
+        a = self.args
+        model = self.build(self.adam())
+        k = a.probe_batch
+        board = gk.callbacks.GradientBoard(
+            os.path.join(self.log_root, "probe"), histogram_freq=1, time_probe=(self.x[:k], self.y[:k]),
+            write_plots=True,
+        )
+        times = collections.defaultdict(list)  # key -> [(wall ms, cpu ms)]
+        inner = [(0.0, 0.0)]  # the probe's gradient inside the current probe write
+        recording = [False]
+
+        def timing(key, fn):
+            def wrapper(*args, **kwargs):
+                if key == "probe":
+                    inner[0] = (0.0, 0.0)
+                start, start_cpu = time.perf_counter(), time.process_time()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    took = ((time.perf_counter() - start) * 1e3, (time.process_time() - start_cpu) * 1e3)
+                    if key == "compute":
+                        inner[0] = took
+                    if recording[0]:
+                        times[key].append(took)
+                        if key == "probe":  # the write without the gradient it computes
+                            times["probe rest"].append((took[0] - inner[0][0], took[1] - inner[0][1]))
+            return wrapper
+
+        # The board calls these on itself at each histogram epoch (private names: update them if they change).
+        board._write_time_probe = timing("probe", board._write_time_probe)
+        board._write_depth = timing("depth", board._write_depth)
+        x, y = self.x[: 2 * a.batch_size], self.y[: 2 * a.batch_size]  # 2 steps an epoch: the probe does not depend on it
+        fit = lambda: model.fit(x, y, batch_size=a.batch_size, epochs=a.epochs, verbose=0, callbacks=[board])  # noqa: E731
+        fit()  # traces the train function and the probe; not timed
+        board._probe.compute = timing("compute", board._probe.compute)
+        recording[0] = True
+        for r in range(a.rounds):
+            for plots in ((True, False) if r % 2 == 0 else (False, True)):
+                board.write_plots = plots
+                fit()
+                for key in ("probe", "probe rest", "depth"):
+                    times[key, plots] += times.pop(key)
+        recording[0] = False
+        targets = [name for name, _, _ in board._probe.compute()]
+
+        def med(key, column):
+            return statistics.median(t[column] for t in times[key])
+
+        def both(key):
+            return f"{med(key, 0):.1f} ms (cpu {med(key, 1):.1f} ms)"
+
+        print(f"\ntime probe ({k} sequences of T={a.timesteps}; targets {', '.join(targets)}; traced "
+              f"{board._probe.trace_count} time(s); 0 on PyTorch, eager) and pictures, timed inside fit, "
+              f"median over {len(times['compute'])} histogram epochs; not part of the table above:")
+        print(f"  probe gradient (TimeProbe.compute): {both('compute')}")
+        print(f"  one probe write, no picture (gradient + tensors + scalars): {both(('probe', False))}; "
+              f"without the gradient: {both(('probe rest', False))}")
+        print(f"  one probe write with its {len(targets)} picture(s): {both(('probe', True))}; "
+              f"without the gradient: {both(('probe rest', True))}")
+        print(f"  gradient-depth write: {both(('depth', False))} without its picture, {both(('depth', True))} with it")
+        extra = [sum(med((key, True), c) - med((key, False), c) for key in ("probe rest", "depth")) for c in (0, 1)]
+        print(f"  pictures of one histogram epoch ({len(targets) + 1} images; write_plots=True minus False, the "
+              f"probe's gradient left out): {extra[0]:.1f} ms (cpu {extra[1]:.1f} ms)")
 
 
 if __name__ == "__main__":
