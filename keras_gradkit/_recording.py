@@ -4,7 +4,9 @@ One path serves a `ClippedOptimizer` and a plain optimizer watched by
 `GradientBoard`: the measures of a step (gradient norms, the clipping
 decision, update norms, optionally the gradients) leave the step, compiled or
 not, through a backend `Sink` (variables that no optimizer or layer owns on
-TensorFlow and PyTorch, `jax.debug.callback` on JAX), never through the
+TensorFlow and PyTorch; on JAX, state carried by the train function of
+`backend.jax.recording.make_train_function`, or `jax.debug.callback`
+anywhere else), never through the
 optimizer's own variables. So what Keras saves for an optimizer is the same
 whether or not anything is recorded.
 
@@ -128,6 +130,11 @@ class Recorder:
         self.gradients = False
         if gradients:
             self.enable_gradients()
+
+    @property
+    def sink(self):
+        """Where the steps publish (`backend/<name>/recording.Sink`)."""
+        return self._sink
 
     def enable_gradients(self):
         """Starts publishing the gradients (a traced step must be traced again)."""

@@ -14,6 +14,7 @@ can use it. NumPy scalars pass because they register as `numbers` types.
 
 import math
 import numbers
+import re
 
 
 def _message(name, expected, value, hint=""):
@@ -140,3 +141,25 @@ def int_tuple(name, value, rank):
     if len(values) != rank or not all(v >= 1 for v in values):
         raise ValueError(_message(name, expected, value))
     return tuple(int(v) for v in values)
+
+
+def patterns(name, value, allow_none=False):
+    """Returns regular expressions as a tuple of strings (None when allowed).
+
+    A single string is one pattern; otherwise a list or tuple of strings.
+    Each must compile (`re.compile`); they are matched with `re.search`.
+    """
+    if value is None and allow_none:
+        return None
+    found = (value,) if isinstance(value, str) else value
+    if not isinstance(found, (list, tuple)) or not all(isinstance(p, str) for p in found):
+        expected = "a regular expression string or a list of them" + (", or None" if allow_none else "")
+        raise TypeError(_message(name, expected, value))
+    for pattern in found:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(
+                _message(name, "valid regular expressions", value, f"({pattern!r}: {e})")
+            ) from None
+    return tuple(found)

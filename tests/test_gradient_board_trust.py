@@ -584,3 +584,46 @@ class TestGradientBoardTrust:
         events = read_events(tmp_path)
         assert values(events, "clipping/threshold") == pytest.approx([1.0, 1.0])
         assert steps(events, "gradient_norm/global") == [0, 1]
+
+    # 10. How the statistics leave the step.
+    def test_statistics_stay_on_the_device_during_a_boards_fit_and_totals_carry_over(self, tmp_path, monkeypatch):
+        """With GradientBoard, a JAX step sends nothing to the host (no
+        `jax.debug.callback`); without it, a `ClippedOptimizer` still records
+        (by callback on JAX). The totals add up across both ways, and across
+        the gradient copies switched on between two fits."""
+        sent = []
+        if BACKEND == "jax":
+            from keras_gradkit.backend.jax import recording
+
+            store = recording.Sink._store
+            monkeypatch.setattr(recording.Sink, "_store", lambda self, *a: (sent.append(1), store(self, *a))[1])
+        x, y = data(n=8)
+        # histogram_freq 0, then 1 (gradient copies switched on), a fit without the board, a board again.
+        plan = [0, 1, None, 1]
+        history, _ = numpy_sgd(dense_model().get_weights(), x, y, 0.1, len(plan))
+        for name in ("sgd", "clipped"):
+            sent.clear()
+            model = dense_model()
+            opt = keras.optimizers.SGD(0.1)
+            if name == "clipped":
+                opt = ClippedOptimizer(opt, clipping.ClipByGlobalNorm(1e6))
+            model.compile(optimizer=opt, loss="mse")
+            for epoch, histogram_freq in enumerate(plan):  # one step per epoch
+                callbacks = [] if histogram_freq is None else [
+                    gk.callbacks.GradientBoard(tmp_path / f"{name}{epoch}", histogram_freq=histogram_freq)]
+                model.fit(x, y, batch_size=8, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False,
+                          callbacks=callbacks)
+            stats = callbacks[0].gradient_statistics()
+            # The monitor counts the steps it watched; a ClippedOptimizer counts all of its own.
+            assert stats["steps"] == (4.0 if name == "clipped" else 3.0), (name, stats["steps"])
+            assert stats["global_norm"] == pytest.approx(norm(history[3][1]), rel=1e-5)
+            if name == "clipped":
+                assert opt.gradient_statistics()["steps"] == 4.0
+            for epoch in (0, 1, 3):
+                events = read_events(tmp_path / f"{name}{epoch}")
+                assert steps(events, "gradient_norm/global") == [epoch], (name, epoch)
+                assert scalar(events, "gradient_norm/global", 0) == pytest.approx(norm(history[epoch][1]), rel=1e-5)
+                assert ("gradients/net/out/kernel" in events) == (epoch > 0), (name, epoch)
+            if BACKEND == "jax":
+                # Only the ClippedOptimizer's fit without the board (one step) used a callback.
+                assert len(sent) == (1 if name == "clipped" else 0), (name, len(sent))

@@ -32,18 +32,8 @@ def _find_clipped_optimizer(optimizer):
 
 
 def _compile_patterns(name, value):
-    if value is None:
-        return None
-    patterns = [value] if isinstance(value, str) else value
-    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
-        raise TypeError(
-            f"Argument `{name}` must be None, a regular expression string or a list of them "
-            f"(matched against variable paths). Received: {name}={value!r}"
-        )
-    try:
-        return [re.compile(p) for p in patterns]
-    except re.error as e:
-        raise ValueError(f"Argument `{name}` contains an invalid regular expression ({e}). Received: {name}={value!r}")
+    found = _validation.patterns(name, value, allow_none=True)
+    return None if found is None else [re.compile(p) for p in found]
 
 
 def _as_int(step):
@@ -100,6 +90,13 @@ class _Sources:
             clipped=own.clipped,
             gradients=gradients,
         )
+
+    def sinks(self):
+        """Where the watched steps publish their statistics."""
+        recorders = [] if self.clipped is None else [self.clipped._recorder]
+        if self.monitor is not None:
+            recorders.append(self.monitor.recorder)
+        return [r.sink for r in recorders]
 
     def counts(self):
         """`(steps, clipped_steps, skipped_steps)`: running totals."""
@@ -280,16 +277,17 @@ class GradientBoard(keras.callbacks.Callback):
         write_plots=True,
     ):
         super().__init__()
-        if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
+        if not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"Argument `log_dir` must be a path (str or os.PathLike). Received: log_dir={log_dir!r}")
+        if not os.fspath(log_dir):
             raise ValueError(f"Argument `log_dir` must be a non-empty path. Received: log_dir={log_dir!r}")
         _validation.non_negative_int("histogram_freq", histogram_freq)
-        if update_freq not in ("epoch", "batch") and (
-            isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1
-        ):
-            raise ValueError(
-                'Argument `update_freq` must be "epoch", "batch" or a positive integer. '
-                f"Received: update_freq={update_freq!r}"
-            )
+        expected = 'Argument `update_freq` must be "epoch", "batch" or a positive integer. '
+        if isinstance(update_freq, str):
+            if update_freq not in ("epoch", "batch"):
+                raise ValueError(f"{expected}Received: update_freq={update_freq!r}")
+        else:
+            _validation.positive_int("update_freq", update_freq)
         _validation.bool_arg("write_plots", write_plots)
         self.log_dir = os.fspath(log_dir)
         self.histogram_freq = histogram_freq
@@ -408,8 +406,8 @@ class GradientBoard(keras.callbacks.Callback):
             retrace = True
         if optimizer is clipped:
             self._sources = _Sources(optimizer)
-            if retrace:
-                backend.get("recording").make_train_function(model)
+            if retrace or backend.get("recording").collects_on_device():
+                self._use_traced_step(retrace)
             return
         monitor = _recording.monitor_for(optimizer)
         gradients = self.histogram_freq > 0 and clipped is None
@@ -430,17 +428,16 @@ class GradientBoard(keras.callbacks.Callback):
                 model.train_function = traced.function
             return
         # A train function already traced without the hook would not record.
-        backend.get("recording").make_train_function(model)
+        backend.get("recording").make_train_function(model, self._sources.sinks())
         traced = _TracedStep(model, model.train_function)
         traced.plain = found
         setattr(model, _TRACED_ATTRIBUTE, traced)
 
     def _stop_recording(self):
-        if self._remove_hook is None:
-            return
-        self._sources.monitor.active = False
-        self._remove_hook()
-        self._remove_hook = None
+        if self._remove_hook is not None:
+            self._sources.monitor.active = False
+            self._remove_hook()
+            self._remove_hook = None
         traced = getattr(self.model, _TRACED_ATTRIBUTE, None)
         if traced is not None and self.model.train_function is traced.function:
             # The next fit without GradientBoard runs the plain train function.
@@ -567,11 +564,8 @@ class GradientBoard(keras.callbacks.Callback):
                 "Argument `optimizer` must be a keras_gradkit.optimizers.ClippedOptimizer (or wrap one). "
                 f"Received: optimizer={optimizer!r}"
             )
-        step = _as_int(step)
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"Argument `step` must be a non-negative integer. Received: step={step!r}")
-        if not isinstance(histograms, bool):
-            raise TypeError(f"Argument `histograms` must be a bool. Received: histograms={histograms!r}")
+        _validation.non_negative_int("step", _as_int(step))
+        _validation.bool_arg("histograms", histograms)
         if histograms and not found._recording:
             raise ValueError(
                 "`histograms=True` needs the ClippedOptimizer to keep the gradients: create it with "

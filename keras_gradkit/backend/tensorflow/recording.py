@@ -48,6 +48,13 @@ def install(optimizer, monitor):
     return _recording.hook_apply(optimizer, monitor, snapshot, replica_sum=_replica_sum)
 
 
-def make_train_function(model):
-    """Makes the model's train function anew (traced anew at its first call)."""
+def collects_on_device():
+    """Whether the train function must be made anew to collect the sinks:
+    no, the step assigns their variables wherever it runs."""
+    return False
+
+
+def make_train_function(model, sinks=()):
+    """Makes the model's train function anew (traced anew at its first call);
+    the sinks are variables the step assigns."""
     model.make_train_function(force=True)
