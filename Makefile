@@ -3,13 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make demo` needs the package and TensorFlow only; `make test` installs the rest.
+DEMO_STAMP := $(VENV)/.installed-demo
 # PyTorch's CPU build (the default Linux wheel pulls several GB of CUDA).
 TORCH ?= torch==2.13.0
 BACKENDS ?= tensorflow jax torch
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test install bench docs dist clean
+.PHONY: demo test install lint bench docs dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,18 +21,25 @@ $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[test,examples,docs,tensorflow,jax]" "$(TORCH)"
 	touch $(STAMP)
 
+$(DEMO_STAMP): $(PY) pyproject.toml Makefile
+	$(PY) -m pip install --quiet -e ".[tensorflow]"
+	touch $(DEMO_STAMP)
+
 install: $(STAMP)
 
 # IndRNN and LSTM on the adding problem, both with GradientBoard, in runs/demo;
 # ends with the TensorBoard command and what to look at.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	@$(PY) examples/demo.py --logdir runs/demo
 
 # The suite once per backend (every backend runs even if one fails); tests
 # about TensorFlow itself run only on it. Two pytest workers, one per core.
 PYTEST_ARGS ?= -n 2 --durations=15
 test: $(STAMP)
-	@failed=""; for b in $(BACKENDS); do \
+	@failed=""; \
+	echo "=== make lint"; \
+	$(MAKE) --no-print-directory lint || failed="$$failed lint"; \
+	for b in $(BACKENDS); do \
 		echo "=== KERAS_BACKEND=$$b"; \
 		KERAS_BACKEND=$$b $(PY) -m pytest -q $(PYTEST_ARGS) tests || failed="$$failed $$b"; \
 	done; \
@@ -39,6 +48,11 @@ test: $(STAMP)
 	echo "=== make dist"; \
 	$(MAKE) --no-print-directory dist || failed="$$failed dist"; \
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
+
+# ruff (configured in pyproject.toml): lint, and the formatting the tree keeps.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # A wheel and an sdist that `twine check` accepts; the wheel holds only the package.
 dist: $(STAMP)

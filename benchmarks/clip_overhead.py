@@ -17,11 +17,11 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras_gradkit as gk  # noqa: E402
+import keras_gradkit as gk
 
 C = gk.optimizers.ClippedOptimizer
 CONFIGS = {
@@ -30,8 +30,12 @@ CONFIGS = {
     "ClipByGlobalNorm, no update norms": lambda: C(
         keras.optimizers.Adam(1e-3), gk.clipping.ClipByGlobalNorm(1.0), record_update_norms=False
     ),
-    "AutoClip(10, 10000)": lambda: C(keras.optimizers.Adam(1e-3), gk.clipping.AutoClip(10.0, 10000)),
-    "NoClip + keras global_clipnorm": lambda: C(keras.optimizers.Adam(1e-3, global_clipnorm=1.0), gk.clipping.NoClip()),
+    "AutoClip(10, 10000)": lambda: C(
+        keras.optimizers.Adam(1e-3), gk.clipping.AutoClip(10.0, 10000)
+    ),
+    "NoClip + keras global_clipnorm": lambda: C(
+        keras.optimizers.Adam(1e-3, global_clipnorm=1.0), gk.clipping.NoClip()
+    ),
 }
 
 
@@ -39,7 +43,12 @@ def build_model(args):
     keras.utils.set_random_seed(0)
     rnn = {"simple_rnn": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM}[args.model]
     return keras.Sequential(
-        [keras.Input((args.timesteps, 2)), rnn(args.units, return_sequences=True), rnn(args.units), keras.layers.Dense(1)]
+        [
+            keras.Input((args.timesteps, 2)),
+            rnn(args.units, return_sequences=True),
+            rnn(args.units),
+            keras.layers.Dense(1),
+        ]
     )
 
 
@@ -79,7 +88,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--apply-steps", type=int, default=20, help="optimizer steps per timed apply-only run")
+    parser.add_argument(
+        "--apply-steps", type=int, default=20, help="optimizer steps per timed apply-only run"
+    )
     parser.add_argument("--jit", action="store_true", help="compile with jit_compile=True")
     args = parser.parse_args(argv)
 
@@ -108,20 +119,47 @@ def main(argv=None):
         f"{args.model} 2 layers x {args.units} units, T={args.timesteps}, batch {args.batch_size}, "
         f"Adam, jit_compile={args.jit}, {args.repeats} interleaved repeats x {args.steps} steps"
     )
-    print("wall = elapsed time per step; cpu = process CPU time per step (less sensitive to other load)")
-    header = ["configuration", "wall median ms", "wall min ms", "cpu median ms", "ratio wall median", "ratio wall min", "ratio cpu median"]
+    print(
+        "wall = elapsed time per step; cpu = process CPU time per step (less sensitive to other load)"
+    )
+    header = [
+        "configuration",
+        "wall median ms",
+        "wall min ms",
+        "cpu median ms",
+        "ratio wall median",
+        "ratio wall min",
+        "ratio cpu median",
+    ]
     print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("-" * (len(h) + 2) if i == 0 else "-" * (len(h) + 1) + ":" for i, h in enumerate(header)) + "|")
+    print(
+        "|"
+        + "|".join(
+            "-" * (len(h) + 2) if i == 0 else "-" * (len(h) + 1) + ":" for i, h in enumerate(header)
+        )
+        + "|"
+    )
     bw, bm, bc = statistics.median(wall[base]), min(wall[base]), statistics.median(cpu[base])
     for name in CONFIGS:
         w, m, c = statistics.median(wall[name]), min(wall[name]), statistics.median(cpu[name])
-        cells = [f"{w:.2f}", f"{m:.2f}", f"{c:.2f}", f"{w / bw:.3f}", f"{m / bm:.3f}", f"{c / bc:.3f}"]
+        cells = [
+            f"{w:.2f}",
+            f"{m:.2f}",
+            f"{c:.2f}",
+            f"{w / bw:.3f}",
+            f"{m / bm:.3f}",
+            f"{c / bc:.3f}",
+        ]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
     apply_us = time_apply_only(args, models, x, y)
     print()
-    print("optimizer.apply alone (same weights, fixed gradients, one tf.function), median of the repeats;")
-    print("estimated step ratio = (keras step + extra apply time) / keras step, with the keras wall median step")
+    print(
+        "optimizer.apply alone (same weights, fixed gradients, one tf.function), median of the repeats;"
+    )
+    print(
+        "estimated step ratio = (keras step + extra apply time) / keras step, with the keras wall median step"
+    )
     print("| configuration | apply median us | extra vs keras us | estimated step ratio |")
     print("|---------------|----------------:|------------------:|---------------------:|")
     for name, us in apply_us.items():

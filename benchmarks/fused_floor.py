@@ -86,7 +86,9 @@ def make_floor():
     except ImportError:
         return _numpy_loop, "NumPy loop, numba not installed"
     numba.set_num_threads(1)
-    return numba.njit(cache=False, fastmath=False)(_step_loops), f"numba {numba.__version__}, 1 thread"
+    return numba.njit(cache=False, fastmath=False)(
+        _step_loops
+    ), f"numba {numba.__version__}, 1 thread"
 
 
 def time_floor(timesteps, batch, units, features, repeats=9):
@@ -119,7 +121,10 @@ def main():
     parser.add_argument("--features", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
-    result = {t: time_floor(t, args.batch, args.units, args.features, args.repeats) for t in args.timesteps}
+    result = {
+        t: time_floor(t, args.batch, args.units, args.features, args.repeats)
+        for t in args.timesteps
+    }
     print(json.dumps(result))
 
 

@@ -25,22 +25,38 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import keras_gradkit  # noqa: E402
+import keras_gradkit
 
 # (name, baseline name, factory(units, timesteps))
 CANDIDATES = [
     ("keras.layers.LSTM", None, lambda u, t: keras.layers.LSTM(u)),
     # A second, identical Keras model: its ratio shows the noise of the machine.
     ("keras.layers.LSTM (again)", "keras.layers.LSTM", lambda u, t: keras.layers.LSTM(u)),
-    ("gk.layers.LSTM", "keras.layers.LSTM", lambda u, t: keras_gradkit.layers.LSTM(u, forget_bias=1.0)),
-    ("gk.layers.LSTM(chrono)", "keras.layers.LSTM", lambda u, t: keras_gradkit.layers.LSTM(u, chrono_timesteps=t)),
+    (
+        "gk.layers.LSTM",
+        "keras.layers.LSTM",
+        lambda u, t: keras_gradkit.layers.LSTM(u, forget_bias=1.0),
+    ),
+    (
+        "gk.layers.LSTM(chrono)",
+        "keras.layers.LSTM",
+        lambda u, t: keras_gradkit.layers.LSTM(u, chrono_timesteps=t),
+    ),
     ("keras.layers.GRU", None, lambda u, t: keras.layers.GRU(u)),
     ("keras.layers.GRU (again)", "keras.layers.GRU", lambda u, t: keras.layers.GRU(u)),
-    ("gk.layers.GRU", "keras.layers.GRU", lambda u, t: keras_gradkit.layers.GRU(u, update_bias=1.0)),
-    ("keras.layers.GRU(reset_after=False)", None, lambda u, t: keras.layers.GRU(u, reset_after=False)),
+    (
+        "gk.layers.GRU",
+        "keras.layers.GRU",
+        lambda u, t: keras_gradkit.layers.GRU(u, update_bias=1.0),
+    ),
+    (
+        "keras.layers.GRU(reset_after=False)",
+        None,
+        lambda u, t: keras.layers.GRU(u, reset_after=False),
+    ),
     (
         "gk.layers.GRU(reset_after=False)",
         "keras.layers.GRU(reset_after=False)",
@@ -57,7 +73,11 @@ CANDIDATES = [
 def build_model(factory, args):
     keras.utils.set_random_seed(args.seed)
     model = keras.Sequential(
-        [keras.Input((args.timesteps, args.features)), factory(args.units, args.timesteps), keras.layers.Dense(1)]
+        [
+            keras.Input((args.timesteps, args.features)),
+            factory(args.units, args.timesteps),
+            keras.layers.Dense(1),
+        ]
     )
     model.compile(optimizer="adam", loss="mse")
     return model
@@ -96,7 +116,9 @@ def main(argv=None):
         f"training step (train_on_batch), batch {args.batch_size}, T={args.timesteps}, units {args.units}, "
         f"{args.rounds} interleaved rounds of {args.steps_per_round} steps, backend {keras.backend.backend()}"
     )
-    print("| layer | wall median ms | wall min ms | CPU median ms | baseline | ratio wall median | ratio wall min | ratio CPU median |")
+    print(
+        "| layer | wall median ms | wall min ms | CPU median ms | baseline | ratio wall median | ratio wall min | ratio CPU median |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, baseline, _ in CANDIDATES:
         row = [statistics.median(times[name]), min(times[name]), statistics.median(cpu_times[name])]
@@ -104,7 +126,11 @@ def main(argv=None):
         if baseline is None:
             print(f"| {name} | {cells} | | | | |")
             continue
-        base = [statistics.median(times[baseline]), min(times[baseline]), statistics.median(cpu_times[baseline])]
+        base = [
+            statistics.median(times[baseline]),
+            min(times[baseline]),
+            statistics.median(cpu_times[baseline]),
+        ]
         ratios = " | ".join(f"{a / b:.3f}" for a, b in zip(row, base))
         print(f"| {name} | {cells} | {baseline} | {ratios} |")
 

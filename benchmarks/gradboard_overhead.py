@@ -60,22 +60,41 @@ MODES = {"long": "one long fit", "repeated": "repeated 1-epoch fits"}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=BACKENDS + ("all",), default=None,
-                        help="default: KERAS_BACKEND, else tensorflow; all: one subprocess per backend")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS + ("all",),
+        default=None,
+        help="default: KERAS_BACKEND, else tensorflow; all: one subprocess per backend",
+    )
     parser.add_argument("--timesteps", type=int, default=50)
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="training steps per epoch")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of the long fit")
-    parser.add_argument("--calls", type=int, default=5, help="one-epoch fit calls of the repeated fit")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the configurations")
+    parser.add_argument(
+        "--calls", type=int, default=5, help="one-epoch fit calls of the repeated fit"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds over the configurations"
+    )
     parser.add_argument("--probe-batch", type=int, default=8, help="examples in the time probe")
-    parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
-                        help='compile(jit_compile=...); "auto" (Keras\'s default): XLA on JAX, not on CPU TensorFlow nor PyTorch')
-    parser.add_argument("--logdir", default=None, help="where the callbacks write (default: a temporary folder)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes (T=6, 4 units, 2 steps, 2 epochs/calls, 1 round): checks that it runs")
+    parser.add_argument(
+        "--jit-compile",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help='compile(jit_compile=...); "auto" (Keras\'s default): XLA on JAX, not on CPU TensorFlow nor PyTorch',
+    )
+    parser.add_argument(
+        "--logdir", default=None, help="where the callbacks write (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes (T=6, 4 units, 2 steps, 2 epochs/calls, 1 round): checks that it runs",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.timesteps, args.units, args.batch_size, args.steps = 6, 4, 4, 2
@@ -98,7 +117,9 @@ def run_all(argv):
     for name in BACKENDS:
         print(f"\n===== {name} =====", flush=True)
         env = dict(os.environ, KERAS_BACKEND=name)
-        code = subprocess.run([sys.executable, os.path.abspath(__file__), "--backend", name, *rest], env=env).returncode
+        code = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--backend", name, *rest], env=env
+        ).returncode
         if code:
             failed.append(f"{name} (exit {code})")
     if failed:
@@ -152,12 +173,14 @@ class Benchmark:
     def build(self, optimizer):
         a = self.args
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([
-            keras.Input((a.timesteps, 2)),
-            keras.layers.LSTM(a.units, return_sequences=True),
-            keras.layers.LSTM(a.units),
-            keras.layers.Dense(1),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((a.timesteps, 2)),
+                keras.layers.LSTM(a.units, return_sequences=True),
+                keras.layers.LSTM(a.units),
+                keras.layers.Dense(1),
+            ]
+        )
         jit = {"auto": "auto", "true": True, "false": False}[a.jit_compile]
         model.compile(optimizer=optimizer, loss="mse", jit_compile=jit)
         return model
@@ -168,21 +191,35 @@ class Benchmark:
 
     @staticmethod
     def clipped():
-        return gk.optimizers.ClippedOptimizer(keras.optimizers.Adam(1e-3), gk.clipping.ClipByGlobalNorm(1.0))
+        return gk.optimizers.ClippedOptimizer(
+            keras.optimizers.Adam(1e-3), gk.clipping.ClipByGlobalNorm(1.0)
+        )
 
     def configs(self):
-        d = lambda name: os.path.join(self.log_root, name)  # noqa: E731
-        board = lambda name: gk.callbacks.GradientBoard(d(name), histogram_freq=1, write_plots=False)  # noqa: E731
+        d = lambda name: os.path.join(self.log_root, name)
+        board = lambda name: gk.callbacks.GradientBoard(
+            d(name), histogram_freq=1, write_plots=False
+        )
         return {
             ADAM: (self.adam, lambda: []),
-            TENSORBOARD: (self.adam, lambda: [keras.callbacks.TensorBoard(d("tensorboard"), histogram_freq=1)]),
+            TENSORBOARD: (
+                self.adam,
+                lambda: [keras.callbacks.TensorBoard(d("tensorboard"), histogram_freq=1)],
+            ),
             BOARD: (self.adam, lambda: [board("gradientboard")]),
             CLIPPED: (self.clipped, lambda: []),
             CLIPPED_BOARD: (self.clipped, lambda: [board("gradientboard_clipped")]),
         }
 
     def fit(self, model, callbacks, epochs):
-        model.fit(self.x, self.y, batch_size=self.args.batch_size, epochs=epochs, verbose=0, callbacks=callbacks)
+        model.fit(
+            self.x,
+            self.y,
+            batch_size=self.args.batch_size,
+            epochs=epochs,
+            verbose=0,
+            callbacks=callbacks,
+        )
 
     def timed(self, fn):
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -197,7 +234,7 @@ class Benchmark:
         for name, (make_optimizer, make_callbacks) in self.configs().items():
             model = self.build(make_optimizer())
             callbacks = make_callbacks()
-            first, _ = self.timed(lambda: self.fit(model, callbacks, 1))  # trace, compile, warm up
+            first, _ = self.timed(lambda: self.fit(model, callbacks, 1))  # trace, compile, warm up  # noqa: B023  (called at once, in this iteration)
             runs[name] = (model, callbacks, first)
         names = list(runs)
         wall = {(m, n): [] for m in MODES for n in names}
@@ -205,21 +242,28 @@ class Benchmark:
         traces_before = {name: self.traces[id(model)] for name, (model, _, _) in runs.items()}
         started = time.perf_counter()
         for r in range(a.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             modes = list(MODES) if r % 2 == 0 else list(MODES)[::-1]
             for mode in modes:
                 for name in order:
                     model, callbacks, _ = runs[name]
                     if mode == "long":
-                        w, c = self.timed(lambda: self.fit(model, callbacks, a.epochs))
+                        w, c = self.timed(lambda: self.fit(model, callbacks, a.epochs))  # noqa: B023  (called at once, in this iteration)
                         steps = a.epochs * a.steps
                     else:
-                        w, c = self.timed(lambda: [self.fit(model, callbacks, 1) for _ in range(a.calls)])
+
+                        def repeated(model=model, callbacks=callbacks):
+                            return [self.fit(model, callbacks, 1) for _ in range(a.calls)]
+
+                        w, c = self.timed(repeated)
                         steps = a.calls * a.steps
                     wall[mode, name].append(w / steps * 1e3)
                     cpu[mode, name].append(c / steps * 1e3)
         elapsed = time.perf_counter() - started
-        traces = {name: self.traces[id(model)] - traces_before[name] for name, (model, _, _) in runs.items()}
+        traces = {
+            name: self.traces[id(model)] - traces_before[name]
+            for name, (model, _, _) in runs.items()
+        }
         self.report(runs, wall, cpu, elapsed, traces)
         ok = True
         try:
@@ -252,20 +296,32 @@ class Benchmark:
     def report(self, runs, wall, cpu, elapsed, traces):
         a = self.args
         model = next(iter(runs.values()))[0]
-        print(f"\njit_compile resolved to {model.jit_compile}; timed rounds took {elapsed:.0f} s; first (warm-up) fit: "
-              + ", ".join(f"{n} {first:.1f} s" for n, (_, _, first) in runs.items()))
+        print(
+            f"\njit_compile resolved to {model.jit_compile}; timed rounds took {elapsed:.0f} s; first (warm-up) fit: "
+            + ", ".join(f"{n} {first:.1f} s" for n, (_, _, first) in runs.items())
+        )
         if keras.backend.backend() == "torch":
             print("train_step traces during the timed fits: none (PyTorch runs the step eagerly)")
         else:
-            print("train_step traces during the timed fits (0 = the train function of the warm-up fit was reused): "
-                  + ", ".join(f"{n} {t}" for n, t in traces.items()))
-        print("ms/step = wall time per training step, minimum over the rounds; ratio = ratio of the minima to the "
-              "configuration's plain fit;\nms/epoch extra = (minimum - baseline's minimum) x steps per epoch (one fit "
-              "call of the repeated fit);\npaired = median over the rounds of (time / baseline's time in the same "
-              "round); cpu = ratio of the median process CPU times")
+            print(
+                "train_step traces during the timed fits (0 = the train function of the warm-up fit was reused): "
+                + ", ".join(f"{n} {t}" for n, t in traces.items())
+            )
+        print(
+            "ms/step = wall time per training step, minimum over the rounds; ratio = ratio of the minima to the "
+            "configuration's plain fit;\nms/epoch extra = (minimum - baseline's minimum) x steps per epoch (one fit "
+            "call of the repeated fit);\npaired = median over the rounds of (time / baseline's time in the same "
+            "round); cpu = ratio of the median process CPU times"
+        )
         cols = []
         for mode in MODES:
-            cols += [f"{mode} ms/step", f"{mode} ratio", f"{mode} ms/epoch extra", f"{mode} paired", f"{mode} cpu"]
+            cols += [
+                f"{mode} ms/step",
+                f"{mode} ratio",
+                f"{mode} ms/epoch extra",
+                f"{mode} paired",
+                f"{mode} cpu",
+            ]
         print("| configuration | " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * len(cols))
         ratio = {}
@@ -278,9 +334,17 @@ class Benchmark:
                 paired = statistics.median(x / y for x, y in zip(t, b))
                 c = statistics.median(cpu[mode, name]) / statistics.median(cpu[mode, base])
                 extra = (min(t) - min(b)) * a.steps
-                cells += [f"{min(t):.2f}", f"{ratio[mode, name]:.3f}", f"{extra:+.0f}", f"{paired:.3f}", f"{c:.3f}"]
+                cells += [
+                    f"{min(t):.2f}",
+                    f"{ratio[mode, name]:.3f}",
+                    f"{extra:+.0f}",
+                    f"{paired:.3f}",
+                    f"{c:.3f}",
+                ]
             print(f"| {name} | " + " | ".join(cells) + " |")
-        print("\ntarget (this run, ratio of minima): GradientBoard / its plain fit <= keras TensorBoard / plain fit")
+        print(
+            "\ntarget (this run, ratio of minima): GradientBoard / its plain fit <= keras TensorBoard / plain fit"
+        )
         for mode, label in MODES.items():
             limit = ratio[mode, TENSORBOARD]
             checks = [
@@ -297,7 +361,9 @@ class Benchmark:
         model = self.build(self.adam())
         k = a.probe_batch
         board = gk.callbacks.GradientBoard(
-            os.path.join(self.log_root, "probe"), histogram_freq=1, time_probe=(self.x[:k], self.y[:k]),
+            os.path.join(self.log_root, "probe"),
+            histogram_freq=1,
+            time_probe=(self.x[:k], self.y[:k]),
             write_plots=True,
         )
         times = collections.defaultdict(list)  # key -> [(wall ms, cpu ms)]
@@ -312,25 +378,36 @@ class Benchmark:
                 try:
                     return fn(*args, **kwargs)
                 finally:
-                    took = ((time.perf_counter() - start) * 1e3, (time.process_time() - start_cpu) * 1e3)
+                    took = (
+                        (time.perf_counter() - start) * 1e3,
+                        (time.process_time() - start_cpu) * 1e3,
+                    )
                     if key == "compute":
                         inner[0] = took
                     if recording[0]:
                         times[key].append(took)
                         if key == "probe":  # the write without the gradient it computes
-                            times["probe rest"].append((took[0] - inner[0][0], took[1] - inner[0][1]))
+                            times["probe rest"].append(
+                                (took[0] - inner[0][0], took[1] - inner[0][1])
+                            )
+
             return wrapper
 
         # The board calls these on itself at each histogram epoch (private names: update them if they change).
         board._write_time_probe = timing("probe", board._write_time_probe)
         board._write_depth = timing("depth", board._write_depth)
-        x, y = self.x[: 2 * a.batch_size], self.y[: 2 * a.batch_size]  # 2 steps an epoch: the probe does not depend on it
-        fit = lambda: model.fit(x, y, batch_size=a.batch_size, epochs=a.epochs, verbose=0, callbacks=[board])  # noqa: E731
+        x, y = (
+            self.x[: 2 * a.batch_size],
+            self.y[: 2 * a.batch_size],
+        )  # 2 steps an epoch: the probe does not depend on it
+        fit = lambda: model.fit(
+            x, y, batch_size=a.batch_size, epochs=a.epochs, verbose=0, callbacks=[board]
+        )
         fit()  # traces the train function and the probe; not timed
         board._probe.compute = timing("compute", board._probe.compute)
         recording[0] = True
         for r in range(a.rounds):
-            for plots in ((True, False) if r % 2 == 0 else (False, True)):
+            for plots in (True, False) if r % 2 == 0 else (False, True):
                 board.write_plots = plots
                 fit()
                 for key in ("probe", "probe rest", "depth"):
@@ -344,18 +421,31 @@ class Benchmark:
         def both(key):
             return f"{med(key, 0):.1f} ms (cpu {med(key, 1):.1f} ms)"
 
-        print(f"\ntime probe ({k} sequences of T={a.timesteps}; targets {', '.join(targets)}; traced "
-              f"{board._probe.trace_count} time(s); 0 on PyTorch, eager) and pictures, timed inside fit, "
-              f"median over {len(times['compute'])} histogram epochs; not part of the table above:")
+        print(
+            f"\ntime probe ({k} sequences of T={a.timesteps}; targets {', '.join(targets)}; traced "
+            f"{board._probe.trace_count} time(s); 0 on PyTorch, eager) and pictures, timed inside fit, "
+            f"median over {len(times['compute'])} histogram epochs; not part of the table above:"
+        )
         print(f"  probe gradient (TimeProbe.compute): {both('compute')}")
-        print(f"  one probe write, no picture (gradient + tensors + scalars): {both(('probe', False))}; "
-              f"without the gradient: {both(('probe rest', False))}")
-        print(f"  one probe write with its {len(targets)} picture(s): {both(('probe', True))}; "
-              f"without the gradient: {both(('probe rest', True))}")
-        print(f"  gradient-depth write: {both(('depth', False))} without its picture, {both(('depth', True))} with it")
-        extra = [sum(med((key, True), c) - med((key, False), c) for key in ("probe rest", "depth")) for c in (0, 1)]
-        print(f"  pictures of one histogram epoch ({len(targets) + 1} images; write_plots=True minus False, the "
-              f"probe's gradient left out): {extra[0]:.1f} ms (cpu {extra[1]:.1f} ms)")
+        print(
+            f"  one probe write, no picture (gradient + tensors + scalars): {both(('probe', False))}; "
+            f"without the gradient: {both(('probe rest', False))}"
+        )
+        print(
+            f"  one probe write with its {len(targets)} picture(s): {both(('probe', True))}; "
+            f"without the gradient: {both(('probe rest', True))}"
+        )
+        print(
+            f"  gradient-depth write: {both(('depth', False))} without its picture, {both(('depth', True))} with it"
+        )
+        extra = [
+            sum(med((key, True), c) - med((key, False), c) for key in ("probe rest", "depth"))
+            for c in (0, 1)
+        ]
+        print(
+            f"  pictures of one histogram epoch ({len(targets) + 1} images; write_plots=True minus False, the "
+            f"probe's gradient left out): {extra[0]:.1f} ms (cpu {extra[1]:.1f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -29,11 +29,11 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras_gradkit as gk  # noqa: E402
+import keras_gradkit as gk
 
 
 def make_step(layer, inputs, mask=None):
@@ -70,24 +70,46 @@ def cases(batch):
     small_in = tf.constant(rng.normal(size=(batch, 8, 8, 16)).astype("float32"))
     dense_in = tf.constant(rng.normal(size=(batch, 512)).astype("float32"))
     return [
-        ("GroupNorm, seq (B,200,128), G=8", 1.15,
-         lambda: make_step(gk.layers.GroupNorm(8), seq),
-         lambda: make_step(keras.layers.GroupNormalization(8), seq)),
-        ("GroupNorm masked vs Keras unmasked, seq (B,200,128)", None,
-         lambda: make_step(gk.layers.GroupNorm(8), seq, mask),
-         lambda: make_step(keras.layers.GroupNormalization(8), seq)),
-        ("GroupNorm, image (B,32,32,64), G=32", 1.15,
-         lambda: make_step(gk.layers.GroupNorm(32), image),
-         lambda: make_step(keras.layers.GroupNormalization(32), image)),
-        ("CosineConv2D vs Conv2D, (B,32,32,32) -> 64, 3x3 same", 2.5,
-         lambda: make_step(gk.layers.CosineConv2D(64, 3, padding="same", use_bias=True), conv_in),
-         lambda: make_step(keras.layers.Conv2D(64, 3, padding="same"), conv_in)),
-        ("CosineConv2D vs Conv2D, (B,8,8,16) -> 32, 3x3 same", 2.5,
-         lambda: make_step(gk.layers.CosineConv2D(32, 3, padding="same", use_bias=True), small_in),
-         lambda: make_step(keras.layers.Conv2D(32, 3, padding="same"), small_in)),
-        ("CosineDense vs Dense, (B,512) -> 512", None,
-         lambda: make_step(gk.layers.CosineDense(512, use_bias=True), dense_in),
-         lambda: make_step(keras.layers.Dense(512), dense_in)),
+        (
+            "GroupNorm, seq (B,200,128), G=8",
+            1.15,
+            lambda: make_step(gk.layers.GroupNorm(8), seq),
+            lambda: make_step(keras.layers.GroupNormalization(8), seq),
+        ),
+        (
+            "GroupNorm masked vs Keras unmasked, seq (B,200,128)",
+            None,
+            lambda: make_step(gk.layers.GroupNorm(8), seq, mask),
+            lambda: make_step(keras.layers.GroupNormalization(8), seq),
+        ),
+        (
+            "GroupNorm, image (B,32,32,64), G=32",
+            1.15,
+            lambda: make_step(gk.layers.GroupNorm(32), image),
+            lambda: make_step(keras.layers.GroupNormalization(32), image),
+        ),
+        (
+            "CosineConv2D vs Conv2D, (B,32,32,32) -> 64, 3x3 same",
+            2.5,
+            lambda: make_step(
+                gk.layers.CosineConv2D(64, 3, padding="same", use_bias=True), conv_in
+            ),
+            lambda: make_step(keras.layers.Conv2D(64, 3, padding="same"), conv_in),
+        ),
+        (
+            "CosineConv2D vs Conv2D, (B,8,8,16) -> 32, 3x3 same",
+            2.5,
+            lambda: make_step(
+                gk.layers.CosineConv2D(32, 3, padding="same", use_bias=True), small_in
+            ),
+            lambda: make_step(keras.layers.Conv2D(32, 3, padding="same"), small_in),
+        ),
+        (
+            "CosineDense vs Dense, (B,512) -> 512",
+            None,
+            lambda: make_step(gk.layers.CosineDense(512, use_bias=True), dense_in),
+            lambda: make_step(keras.layers.Dense(512), dense_in),
+        ),
     ]
 
 
@@ -107,10 +129,20 @@ def fit_cases(batch, steps):
     conv_x = rng.normal(size=(batch * steps, 16, 16, 32)).astype("float32")
     y = rng.normal(size=(batch * steps, 1)).astype("float32")
     return [
-        ("WeightNormalization(Dense) vs Dense, (B,512) -> 512", (512,),
-         lambda: keras.layers.Dense(512, activation="relu"), dense_x, y),
-        ("WeightNormalization(Conv2D) vs Conv2D, (B,16,16,32) -> 64, 3x3 same", (16, 16, 32),
-         lambda: keras.layers.Conv2D(64, 3, padding="same", activation="relu"), conv_x, y),
+        (
+            "WeightNormalization(Dense) vs Dense, (B,512) -> 512",
+            (512,),
+            lambda: keras.layers.Dense(512, activation="relu"),
+            dense_x,
+            y,
+        ),
+        (
+            "WeightNormalization(Conv2D) vs Conv2D, (B,16,16,32) -> 64, 3x3 same",
+            (16, 16, 32),
+            lambda: keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            conv_x,
+            y,
+        ),
     ]
 
 
@@ -133,8 +165,12 @@ def run_fit_table(args):
         for name, ours, plain, x, y in built:
             times[name][0].append(time_fit(ours, x, y, args.batch))
             times[name][1].append(time_fit(plain, x, y, args.batch))
-    print(f"\nfit: {args.fit_rounds} interleaved rounds of one {args.fit_steps}-step epoch, batch {args.batch}")
-    print("| case | WeightNormalization ms/step (median / min) | plain ms/step (median / min) | ratio median | ratio min |")
+    print(
+        f"\nfit: {args.fit_rounds} interleaved rounds of one {args.fit_steps}-step epoch, batch {args.batch}"
+    )
+    print(
+        "| case | WeightNormalization ms/step (median / min) | plain ms/step (median / min) | ratio median | ratio min |"
+    )
     print("|---|---|---|---|---|")
     for name, *_ in built:
         ours, plain = times[name]
@@ -147,17 +183,23 @@ def run_fit_table(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds")
     parser.add_argument("--inner", type=int, default=3, help="steps averaged per timing")
     parser.add_argument("--fit-rounds", type=int, default=10, help="interleaved fit rounds")
     parser.add_argument("--fit-steps", type=int, default=20, help="fit steps per timed epoch")
-    parser.add_argument("--only-fit", action="store_true", help="only the WeightNormalization fit table")
+    parser.add_argument(
+        "--only-fit", action="store_true", help="only the WeightNormalization fit table"
+    )
     args = parser.parse_args()
     tf.get_logger().setLevel("ERROR")  # one tf.function per case is intended
-    print(f"keras {keras.__version__}, tensorflow {tf.__version__}, {os.cpu_count()} CPU cores, "
-          f"batch {args.batch}, {args.repeats} interleaved rounds of {args.inner} steps")
+    print(
+        f"keras {keras.__version__}, tensorflow {tf.__version__}, {os.cpu_count()} CPU cores, "
+        f"batch {args.batch}, {args.repeats} interleaved rounds of {args.inner} steps"
+    )
     if args.only_fit:
         run_fit_table(args)
         return
@@ -171,7 +213,9 @@ def main():
         for name, _, ours, theirs in built:
             times[name][0].append(time_once(ours, args.inner))
             times[name][1].append(time_once(theirs, args.inner))
-    print("| case | ours ms (median / min) | Keras ms (median / min) | ratio median | ratio min | target |")
+    print(
+        "| case | ours ms (median / min) | Keras ms (median / min) | ratio median | ratio min | target |"
+    )
     print("|---|---|---|---|---|---|")
     for name, target, *_ in built:
         ours, theirs = times[name]

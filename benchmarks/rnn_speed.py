@@ -38,7 +38,9 @@ import time
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--units", type=int, default=128)
@@ -46,14 +48,21 @@ def parse_args():
     parser.add_argument("--timesteps", type=int, nargs="+", default=[100, 1000, 3000])
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per model")
     parser.add_argument(
-        "--step-budget", type=float, default=2.0, help="about this many seconds of steps per timed epoch"
+        "--step-budget",
+        type=float,
+        default=2.0,
+        help="about this many seconds of steps per timed epoch",
     )
     parser.add_argument("--layers", nargs="+", default=None, help="subset of the layer names")
     parser.add_argument(
-        "--slow-step", type=float, default=20.0,
+        "--slow-step",
+        type=float,
+        default=20.0,
         help="a layer whose first epoch (one step) takes longer is timed on one more step only",
     )
-    parser.add_argument("--lstm-max-timesteps", type=int, default=None, help="skip LSTM above this length")
+    parser.add_argument(
+        "--lstm-max-timesteps", type=int, default=None, help="skip LSTM above this length"
+    )
     return parser.parse_args()
 
 
@@ -62,11 +71,11 @@ if ARGS.backend:
     os.environ["KERAS_BACKEND"] = ARGS.backend
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import keras_gradkit as gk  # noqa: E402
+import keras_gradkit as gk
 
 FLOOR_REPEATS = 9
 # The same loop measured either about 23 or about 32 ms at T = 1000 depending
@@ -118,7 +127,16 @@ def fit_epoch(model, x, y, batch, steps):
     """Runs one epoch of `steps` steps; returns the epoch's seconds and the
     steady-state seconds per step (the epoch's, for a one-step epoch)."""
     timer = StepTimer()
-    model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[timer])
+    model.fit(
+        x,
+        y,
+        batch_size=batch,
+        epochs=1,
+        steps_per_epoch=steps,
+        shuffle=False,
+        verbose=0,
+        callbacks=[timer],
+    )
     return timer.seconds, timer.step_seconds
 
 
@@ -131,7 +149,9 @@ def time_layers(names, timesteps, args):
     for name in names:
         models[name] = make_model(name, timesteps, args.features, args.units)
         first[name] = fit_epoch(models[name], x, y, args.batch, 1)[0]
-        one = fit_epoch(models[name], x, y, args.batch, 1)[0]  # a first estimate, to size the epochs
+        one = fit_epoch(models[name], x, y, args.batch, 1)[
+            0
+        ]  # a first estimate, to size the epochs
         # At least two steps (the steady state is timed between steps' ends).
         steps[name] = int(min(data_batches, max(2, 1 + args.step_budget // one)))
         # A slow layer is timed on one more one-step epoch only.
@@ -154,8 +174,20 @@ def floor_ms(timesteps, args):
     its own (no deep learning framework imported, nothing else running): the
     fastest of `FLOOR_PROCESSES` processes' medians."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_floor.py")
-    command = [sys.executable, script, "--timesteps", *map(str, timesteps), "--batch", str(args.batch),
-               "--units", str(args.units), "--features", str(args.features), "--repeats", str(FLOOR_REPEATS)]
+    command = [
+        sys.executable,
+        script,
+        "--timesteps",
+        *map(str, timesteps),
+        "--batch",
+        str(args.batch),
+        "--units",
+        str(args.units),
+        "--features",
+        str(args.features),
+        "--repeats",
+        str(FLOOR_REPEATS),
+    ]
     best = {}
     for _ in range(FLOOR_PROCESSES):
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -188,12 +220,18 @@ def print_targets(rows):
         checks = []
         if "RNN(IndRNNCell)" in result:
             ratio = result["RNN(IndRNNCell)"][0] / fast
-            checks.append(f"cell / gk.IndRNN {ratio:.2f}x ({'met' if ratio >= 1.0 else 'NOT met'}, >= 1.00x)")
+            checks.append(
+                f"cell / gk.IndRNN {ratio:.2f}x ({'met' if ratio >= 1.0 else 'NOT met'}, >= 1.00x)"
+            )
         if "LSTM" in result and timesteps == 1000:
             ratio = result["LSTM"][0] / fast
-            checks.append(f"LSTM / gk.IndRNN {ratio:.1f}x ({'met' if ratio >= 5.0 else 'NOT met'}, >= 5x)")
+            checks.append(
+                f"LSTM / gk.IndRNN {ratio:.1f}x ({'met' if ratio >= 5.0 else 'NOT met'}, >= 5x)"
+            )
         ratio = fast / floor
-        checks.append(f"gk.IndRNN / floor {ratio:.2f}x ({'met' if ratio <= 1.5 else 'NOT met'}, <= 1.50x)")
+        checks.append(
+            f"gk.IndRNN / floor {ratio:.2f}x ({'met' if ratio <= 1.5 else 'NOT met'}, <= 1.50x)"
+        )
         if "fit overhead" in result:
             net = (fast - result["fit overhead"][0]) / floor
             checks.append(f"(gk.IndRNN - fit overhead) / floor {net:.2f}x")
@@ -206,7 +244,9 @@ def main(args):
     rows = []
     floors = floor_ms(args.timesteps, args)
     print()
-    print("| T | layer | ms / step (fit) | first epoch, s | steps timed | vs gk.IndRNN | vs floor |")
+    print(
+        "| T | layer | ms / step (fit) | first epoch, s | steps timed | vs gk.IndRNN | vs floor |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|")
     for timesteps in args.timesteps:
         skip_lstm = args.lstm_max_timesteps is not None and timesteps > args.lstm_max_timesteps
@@ -221,8 +261,13 @@ def main(args):
                 flush=True,
             )
         if skip_lstm:
-            print(f"| {timesteps} | LSTM | not timed (--lstm-max-timesteps {args.lstm_max_timesteps}) | | | | |")
-        print(f"| {timesteps} | floor ({kind}) | {floor:.1f} | - | {FLOOR_PROCESSES}x{FLOOR_REPEATS} | - | 1.00x |", flush=True)
+            print(
+                f"| {timesteps} | LSTM | not timed (--lstm-max-timesteps {args.lstm_max_timesteps}) | | | | |"
+            )
+        print(
+            f"| {timesteps} | floor ({kind}) | {floor:.1f} | - | {FLOOR_PROCESSES}x{FLOOR_REPEATS} | - | 1.00x |",
+            flush=True,
+        )
     print_targets(rows)
     load = os.getloadavg()
     print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -31,10 +31,10 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import keras_gradkit as gk  # noqa: E402
+import keras_gradkit as gk
 
 BASELINE_MSE = 1.0 / 6.0
 DEFAULT_LR = {"indrnn": 2e-4, "lstm": 2e-3, "simplernn": 2e-3}
@@ -137,7 +137,9 @@ class PrintValidation(keras.callbacks.Callback):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=["indrnn", "lstm", "simplernn"], default="indrnn")
     parser.add_argument("--seq-len", type=int, default=100)
     parser.add_argument("--steps", type=int, default=2000)
@@ -150,13 +152,27 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", default="runs/adding_problem")
     parser.add_argument("--demo", action="store_true", help="short run: IndRNN, T=100, 1000 steps")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop at the first evaluation after this much training time")
-    parser.add_argument("--target-mse", type=float, default=None,
-                        help="stop at the first evaluation whose validation MSE is below this")
-    parser.add_argument("--gradboard", action="store_true", help="also log gradients with GradientBoard")
-    parser.add_argument("--probe-size", type=int, default=16, help="probe batch of the time gradient")
-    parser.add_argument("--time-gradient-png", default=None, help="with --gradboard: save the last plot here")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop at the first evaluation after this much training time",
+    )
+    parser.add_argument(
+        "--target-mse",
+        type=float,
+        default=None,
+        help="stop at the first evaluation whose validation MSE is below this",
+    )
+    parser.add_argument(
+        "--gradboard", action="store_true", help="also log gradients with GradientBoard"
+    )
+    parser.add_argument(
+        "--probe-size", type=int, default=16, help="probe batch of the time gradient"
+    )
+    parser.add_argument(
+        "--time-gradient-png", default=None, help="with --gradboard: save the last plot here"
+    )
     args = parser.parse_args(argv)
     if args.demo:
         args.model, args.seq_len, args.steps = "indrnn", 100, 1000
@@ -174,9 +190,13 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     model = build_model(args.model, args.seq_len, args.units, args.layers)
     schedule = keras.optimizers.schedules.ExponentialDecay(args.lr, 20000, 0.1, staircase=True)
-    optimizer = gk.optimizers.ClippedOptimizer(keras.optimizers.Adam(schedule), gk.clipping.ClipByGlobalNorm(10.0))
+    optimizer = gk.optimizers.ClippedOptimizer(
+        keras.optimizers.Adam(schedule), gk.clipping.ClipByGlobalNorm(10.0)
+    )
     model.compile(optimizer=optimizer, loss="mse")
-    val_x, val_y = adding_batch(np.random.default_rng([args.seed, 10**9]), args.val_size, args.seq_len)
+    val_x, val_y = adding_batch(
+        np.random.default_rng([args.seed, 10**9]), args.val_size, args.seq_len
+    )
     epochs = args.steps // args.eval_every
     data = AddingProblem(args.batch_size, args.seq_len, args.eval_every * epochs, args.seed)
     logdir = os.path.join(args.logdir, f"{args.model}_T{args.seq_len}")
@@ -224,10 +244,15 @@ def report_time_gradient(logdir, seq_len, png_path=None):
     tags = acc.Tags()["tensors"]
     for tag in sorted(t for t in tags if t.endswith("reach")):
         values = [(e.step, int(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-        print(f"GRADBOARD | {tag} (steps back, of T={seq_len}) | " + ", ".join(f"step {s}: {v}" for s, v in values))
+        print(
+            f"GRADBOARD | {tag} (steps back, of T={seq_len}) | "
+            + ", ".join(f"step {s}: {v}" for s, v in values)
+        )
     norms = tensor_util.make_ndarray(acc.Tensors("time_gradient/input/norms")[-1].tensor_proto)
-    print(f"GRADBOARD | time gradient at t=0 / t=T-1: {norms[0]:.3e} / {norms[-1]:.3e} "
-          f"(ratio {norms[0] / norms[-1]:.3e})")
+    print(
+        f"GRADBOARD | time gradient at t=0 / t=T-1: {norms[0]:.3e} / {norms[-1]:.3e} "
+        f"(ratio {norms[0] / norms[-1]:.3e})"
+    )
     if png_path and "time_gradient/input" in tags:
         image = tensor_util.make_ndarray(acc.Tensors("time_gradient/input")[-1].tensor_proto)
         os.makedirs(os.path.dirname(png_path) or ".", exist_ok=True)

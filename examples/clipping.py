@@ -23,11 +23,11 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from adding_problem import adding_batch
 
-import keras_gradkit as gk  # noqa: E402
-from adding_problem import adding_batch  # noqa: E402  (examples/ is on sys.path)
+import keras_gradkit as gk
 
 
 def pixel_digits(seed):
@@ -91,10 +91,18 @@ def train(name, args, data):
     (x, y), (x_val, y_val) = data
     digits = args.task == "digits"
     model = build_model(
-        x.shape[1], x.shape[2], 10 if digits else 1, args.units, args.recurrent_gain, args.input_stddev, args.seed
+        x.shape[1],
+        x.shape[2],
+        10 if digits else 1,
+        args.units,
+        args.recurrent_gain,
+        args.input_stddev,
+        args.seed,
     )
     optimizer = gk.optimizers.ClippedOptimizer(
-        keras.optimizers.SGD(args.learning_rate), POLICIES[name](args), record_gradients=args.gradboard
+        keras.optimizers.SGD(args.learning_rate),
+        POLICIES[name](args),
+        record_gradients=args.gradboard,
     )
     if digits:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -102,10 +110,16 @@ def train(name, args, data):
     else:
         model.compile(optimizer=optimizer, loss="mse")
     log = GradientLog(optimizer)
-    callbacks = [keras.callbacks.TensorBoard(os.path.join(args.logdir, name)), log, keras.callbacks.TerminateOnNaN()]
+    callbacks = [
+        keras.callbacks.TensorBoard(os.path.join(args.logdir, name)),
+        log,
+        keras.callbacks.TerminateOnNaN(),
+    ]
     if args.gradboard:
         # Per-batch scalars: the clipping statistics of every step.
-        callbacks.insert(1, gk.callbacks.GradientBoard(os.path.join(args.logdir, name), update_freq="batch"))
+        callbacks.insert(
+            1, gk.callbacks.GradientBoard(os.path.join(args.logdir, name), update_freq="batch")
+        )
     start = time.perf_counter()
     history = model.fit(
         x,
@@ -143,8 +157,12 @@ def train(name, args, data):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=["digits", "adding"], default="digits",
-                        help="digits: load_digits read pixel by pixel (T=64); adding: the adding problem")
+    parser.add_argument(
+        "--task",
+        choices=["digits", "adding"],
+        default="digits",
+        help="digits: load_digits read pixel by pixel (T=64); adding: the adding problem",
+    )
     parser.add_argument("--timesteps", type=int, default=50, help="adding problem length")
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--samples", type=int, default=2000)
@@ -152,35 +170,64 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--recurrent-gain", type=float, default=1.0)
-    parser.add_argument("--input-stddev", type=float, default=0.1, help="stddev of the input kernel init")
+    parser.add_argument(
+        "--input-stddev", type=float, default=0.1, help="stddev of the input kernel init"
+    )
     parser.add_argument("--max-norm", type=float, default=1.0, help="ClipByGlobalNorm threshold")
     parser.add_argument("--percentile", type=float, default=10.0, help="AutoClip percentile")
-    parser.add_argument("--autoclip-cap", type=float, default=10.0, help="global-norm cap before AutoClip in autoclip+cap")
+    parser.add_argument(
+        "--autoclip-cap",
+        type=float,
+        default=10.0,
+        help="global-norm cap before AutoClip in autoclip+cap",
+    )
     parser.add_argument("--agc-clipping", type=float, default=0.05, help="AdaptiveClip clipping")
-    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES))
+    parser.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help="comma-separated subset of " + ",".join(POLICIES),
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", default=os.path.join("runs", "clipping"))
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--gradboard", action="store_true",
-                        help="also log gradients and clipping statistics with keras_gradkit's GradientBoard")
+    parser.add_argument(
+        "--gradboard",
+        action="store_true",
+        help="also log gradients and clipping statistics with keras_gradkit's GradientBoard",
+    )
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
     if args.task == "digits":
         data = pixel_digits(args.seed)
     else:
-        data = (adding_batch(rng, args.samples, args.timesteps), adding_batch(rng, args.samples // 4, args.timesteps))
+        data = (
+            adding_batch(rng, args.samples, args.timesteps),
+            adding_batch(rng, args.samples // 4, args.timesteps),
+        )
     results = [train(name, args, data) for name in args.policies.split(",")]
 
-    task = "pixel-by-pixel digits (T=64)" if args.task == "digits" else f"adding problem T={args.timesteps} (baseline MSE 0.167)"
-    print(f"{task}, SimpleRNN(relu, {args.units}), recurrent init identity x {args.recurrent_gain}, "
-          f"SGD lr {args.learning_rate}, batch {args.batch_size}, {args.epochs} epochs")
-    print(f"| {'policy':<12} | {'outcome':<11} | {'train loss':>10} | {'val loss':>10} | {'val acc':>7} | {'max norm':>9} | {'clipped/steps':>13} | {'time s':>6} |")
-    print(f"|{'-' * 14}|{'-' * 13}|{'-' * 11}:|{'-' * 11}:|{'-' * 8}:|{'-' * 10}:|{'-' * 14}:|{'-' * 7}:|")
+    task = (
+        "pixel-by-pixel digits (T=64)"
+        if args.task == "digits"
+        else f"adding problem T={args.timesteps} (baseline MSE 0.167)"
+    )
+    print(
+        f"{task}, SimpleRNN(relu, {args.units}), recurrent init identity x {args.recurrent_gain}, "
+        f"SGD lr {args.learning_rate}, batch {args.batch_size}, {args.epochs} epochs"
+    )
+    print(
+        f"| {'policy':<12} | {'outcome':<11} | {'train loss':>10} | {'val loss':>10} | {'val acc':>7} | {'max norm':>9} | {'clipped/steps':>13} | {'time s':>6} |"
+    )
+    print(
+        f"|{'-' * 14}|{'-' * 13}|{'-' * 11}:|{'-' * 11}:|{'-' * 8}:|{'-' * 10}:|{'-' * 14}:|{'-' * 7}:|"
+    )
     for r in results:
-        print(f"| {r['policy']:<12} | {r['outcome']:<11} | {r['final_loss']:>10.4g} | {r['final_val_loss']:>10.4g} | "
-              f"{r['final_val_accuracy']:>7.3f} | {r['max_global_norm']:>9.3g} | "
-              f"{int(r['clipped_steps']):>6}/{int(r['steps']):<6} | {r['seconds']:>6.1f} |")
+        print(
+            f"| {r['policy']:<12} | {r['outcome']:<11} | {r['final_loss']:>10.4g} | {r['final_val_loss']:>10.4g} | "
+            f"{r['final_val_accuracy']:>7.3f} | {r['max_global_norm']:>9.3g} | "
+            f"{int(r['clipped_steps']):>6}/{int(r['steps']):<6} | {r['seconds']:>6.1f} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)

@@ -61,14 +61,12 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from adding_problem import BASELINE_MSE, AddingProblem, adding_batch
 
-import keras_gradkit  # noqa: E402
-from adding_problem import BASELINE_MSE  # noqa: E402  (examples/ is on sys.path)
-from adding_problem import AddingProblem  # noqa: E402
-from adding_problem import adding_batch  # noqa: E402
-from keras_gradkit._gradients import value_and_gradients  # noqa: E402
+import keras_gradkit
+from keras_gradkit._gradients import value_and_gradients
 
 MODELS = ("plain", "residual", "lstm")
 TASKS = ("digits", "adding")
@@ -84,7 +82,9 @@ DEPTH_TAGS = ("gradient_depth", "gradient_depth/norms", "gradient_depth/first_to
 class Task:
     """What differs between the tasks: data, input, head, loss and metric."""
 
-    def __init__(self, name, timesteps, features, head, loss, metric, train, test, steps_per_epoch=None):
+    def __init__(
+        self, name, timesteps, features, head, loss, metric, train, test, steps_per_epoch=None
+    ):
         self.name, self.timesteps, self.features = name, timesteps, features
         self.head, self.loss, self.metric = head, loss, metric
         self.train, self.test, self.steps_per_epoch = train, test, steps_per_epoch
@@ -99,16 +99,35 @@ def digits_task(seed, limit=None):
     y = digits.target.astype("int32")
     if limit:
         x, y = x[:limit], y[:limit]
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    return Task("digits", DIGITS_TIMESTEPS, 1, lambda: keras.layers.Dense(10, activation="softmax", name="head"),
-                "sparse_categorical_crossentropy", "accuracy", (x_train, y_train), (x_test, y_test))
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.2, random_state=seed, stratify=y
+    )
+    return Task(
+        "digits",
+        DIGITS_TIMESTEPS,
+        1,
+        lambda: keras.layers.Dense(10, activation="softmax", name="head"),
+        "sparse_categorical_crossentropy",
+        "accuracy",
+        (x_train, y_train),
+        (x_test, y_test),
+    )
 
 
 def adding_task(seed, seq_len, batch_size, steps_per_epoch, epochs, test_size):
     train = AddingProblem(batch_size, seq_len, steps_per_epoch * max(epochs, 1), seed)
     test = adding_batch(np.random.default_rng([seed, 10**9]), test_size, seq_len)
-    return Task("adding", seq_len, 2, lambda: keras.layers.Dense(1, name="head"), "mse", "mse",
-                train, test, steps_per_epoch)
+    return Task(
+        "adding",
+        seq_len,
+        2,
+        lambda: keras.layers.Dense(1, name="head"),
+        "mse",
+        "mse",
+        train,
+        test,
+        steps_per_epoch,
+    )
 
 
 def _last_recurrent_initializer(timesteps):
@@ -122,22 +141,36 @@ def recurrent_stack(kind, depth, units, timesteps):
     if kind == "plain":
         return [
             keras_gradkit.layers.IndRNN(
-                units, timesteps=timesteps, return_sequences=i < depth - 1,
-                recurrent_initializer=_last_recurrent_initializer(timesteps) if i == depth - 1 else None)
+                units,
+                timesteps=timesteps,
+                return_sequences=i < depth - 1,
+                recurrent_initializer=_last_recurrent_initializer(timesteps)
+                if i == depth - 1
+                else None,
+            )
             for i in range(depth)
         ]
     if depth % 2:
-        raise ValueError(f"A residual stack has two recurrences per block: `depth` must be even. Received: {depth}")
+        raise ValueError(
+            f"A residual stack has two recurrences per block: `depth` must be even. Received: {depth}"
+        )
     blocks = [keras.layers.Dense(units, name="input_weight")]
     for i in range(depth // 2):
         last = i == depth // 2 - 1
-        blocks.append(keras_gradkit.layers.ResidualIndRNN(
-            units, timesteps=timesteps, momentum=BATCH_NORM_MOMENTUM,
-            recurrent_initializer=_last_recurrent_initializer(timesteps) if last else None))
+        blocks.append(
+            keras_gradkit.layers.ResidualIndRNN(
+                units,
+                timesteps=timesteps,
+                momentum=BATCH_NORM_MOMENTUM,
+                recurrent_initializer=_last_recurrent_initializer(timesteps) if last else None,
+            )
+        )
     # Pre-activation blocks leave the residual stream unnormalized: normalize
     # the step that is read out, as pre-activation ResNets end with BN.
-    return blocks + [keras.layers.Lambda(lambda h: h[:, -1], name="last_step"),
-                     keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name="output_batch_norm")]
+    return blocks + [
+        keras.layers.Lambda(lambda h: h[:, -1], name="last_step"),
+        keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name="output_batch_norm"),
+    ]
 
 
 def build_model(kind, depth, units, task):
@@ -159,11 +192,22 @@ def layer_gradient_norms(model, loss, x, y):
     if keras.backend.backend() == "jax":
         grads = _jax_gradients(model, loss_fn, x, y, variables)
     else:
-        _, _, grads = value_and_gradients(lambda: keras.ops.mean(loss_fn(y, model(x, training=True))), (), variables)
+        _, _, grads = value_and_gradients(
+            lambda: keras.ops.mean(loss_fn(y, model(x, training=True))), (), variables
+        )
     norms, start = [], 0
     for layer in layers:
         count = len(layer.trainable_weights)
-        norms.append(float(np.sqrt(sum(np.sum(np.square(np.asarray(g, "float64"))) for g in grads[start : start + count]))))
+        norms.append(
+            float(
+                np.sqrt(
+                    sum(
+                        np.sum(np.square(np.asarray(g, "float64")))
+                        for g in grads[start : start + count]
+                    )
+                )
+            )
+        )
         start += count
     return norms
 
@@ -175,13 +219,18 @@ def _jax_gradients(model, loss_fn, x, y, variables):
     import jax
 
     if getattr(model, "_depth_probe", None) is None:
+
         def loss(trainable, non_trainable, x, y):
             y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=True)
             return keras.ops.mean(loss_fn(y, y_pred))
 
         model._depth_probe = jax.jit(jax.grad(loss))
-    grads = model._depth_probe([v.value for v in model.trainable_variables],
-                               [v.value for v in model.non_trainable_variables], x, y)
+    grads = model._depth_probe(
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        x,
+        y,
+    )
     by_path = {v.path: g for v, g in zip(model.trainable_variables, grads)}
     return [by_path[v.path] for v in variables]
 
@@ -214,22 +263,35 @@ def read_depth_logs(run_dir):
     acc = pea.EventAccumulator(os.path.join(run_dir, "train"), size_guidance={pea.TENSORS: 0})
     acc.Reload()
     return {
-        tag: [(event.step, tensor_util.make_ndarray(event.tensor_proto)) for event in acc.Tensors(tag)]
-        for tag in acc.Tags()["tensors"] if tag in DEPTH_TAGS
+        tag: [
+            (event.step, tensor_util.make_ndarray(event.tensor_proto)) for event in acc.Tensors(tag)
+        ]
+        for tag in acc.Tags()["tensors"]
+        if tag in DEPTH_TAGS
     }
 
 
 def run_model(kind, depth, args, task):
     keras.utils.set_random_seed(args.seed)
     model = build_model(kind, depth, args.units, task)
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=10.0),
-                  loss=task.loss, metrics=[task.metric], run_eagerly=args.run_eagerly)
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=10.0),
+        loss=task.loss,
+        metrics=[task.metric],
+        run_eagerly=args.run_eagerly,
+    )
     if task.steps_per_epoch:  # adding: a fixed probe batch drawn apart from training and test
-        probe_x, probe_y = adding_batch(np.random.default_rng([args.seed, 10**9 + 1]), args.batch_size, task.timesteps)
-        fit_args = dict(x=task.train, steps_per_epoch=task.steps_per_epoch, epochs=args.adding_epochs)
+        probe_x, probe_y = adding_batch(
+            np.random.default_rng([args.seed, 10**9 + 1]), args.batch_size, task.timesteps
+        )
+        fit_args = dict(
+            x=task.train, steps_per_epoch=task.steps_per_epoch, epochs=args.adding_epochs
+        )
     else:
         probe_x, probe_y = task.train[0][: args.batch_size], task.train[1][: args.batch_size]
-        fit_args = dict(x=task.train[0], y=task.train[1], batch_size=args.batch_size, epochs=args.epochs)
+        fit_args = dict(
+            x=task.train[0], y=task.train[1], batch_size=args.batch_size, epochs=args.epochs
+        )
     norms_init = layer_gradient_norms(model, task.loss, probe_x, probe_y)
     timer = EpochTimer()
     callbacks = [timer]
@@ -275,13 +337,23 @@ def plot_depth_figure(logdir, tasks, depth, path, models=MODELS):
             events = read_depth_logs(run_dir).get("gradient_depth/norms")
             if not events:
                 continue
-            for (step, norms), style, alpha, when in ((events[0], "--", 0.55, "first epoch"),
-                                                      (events[-1], "-", 1.0, f"epoch {events[-1][0] + 1}")):
+            for (_, norms), style, alpha, when in (
+                (events[0], "--", 0.55, "first epoch"),
+                (events[-1], "-", 1.0, f"epoch {events[-1][0] + 1}"),
+            ):
                 norms = np.asarray(norms, "float64")
                 layer = np.arange(1, norms.size + 1)
-                ax.semilogy(layer, np.where(norms > 0, norms, np.nan), style, marker="o", ms=3, lw=1.3,
-                            color=colors[kind], alpha=alpha,
-                            label=f"{MODEL_NAMES[kind]}, {when} (first/last {first_to_last(norms):.2g})")
+                ax.semilogy(
+                    layer,
+                    np.where(norms > 0, norms, np.nan),
+                    style,
+                    marker="o",
+                    ms=3,
+                    lw=1.3,
+                    color=colors[kind],
+                    alpha=alpha,
+                    label=f"{MODEL_NAMES[kind]}, {when} (first/last {first_to_last(norms):.2g})",
+                )
                 if len(events) == 1:
                     break
         ax.set_title(f"{task}: N = {depth} recurrent layers")
@@ -300,38 +372,75 @@ def plot_depth_figure(logdir, tasks, depth, path, models=MODELS):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--depths", type=int, nargs="+", default=[2, 6, 12, 24],
-                        help="numbers of recurrent layers N (even, for the residual model)")
+    parser.add_argument(
+        "--depths",
+        type=int,
+        nargs="+",
+        default=[2, 6, 12, 24],
+        help="numbers of recurrent layers N (even, for the residual model)",
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--units", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=10, help="digits epochs; 0: only the ratio at initialization")
-    parser.add_argument("--samples", type=int, default=None, help="digits: use only the first SAMPLES images")
+    parser.add_argument(
+        "--epochs", type=int, default=10, help="digits epochs; 0: only the ratio at initialization"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="digits: use only the first SAMPLES images"
+    )
     parser.add_argument("--seq-len", type=int, default=200, help="adding: sequence length T")
-    parser.add_argument("--adding-epochs", type=int, default=5, help="adding: epochs of fresh batches; 0: none")
+    parser.add_argument(
+        "--adding-epochs", type=int, default=5, help="adding: epochs of fresh batches; 0: none"
+    )
     parser.add_argument("--adding-steps", type=int, default=50, help="adding: batches per epoch")
     parser.add_argument("--adding-test", type=int, default=500, help="adding: test sequences")
-    parser.add_argument("--run-eagerly", action="store_true",
-                        help="compile with run_eagerly=True (no graph tracing: faster for a few tiny batches)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="seconds (the test): N = 2, 4 units, 1 epoch of 3 batches of 16 (60 images; "
-                             "adding T = 12), eager on TensorFlow")
-    parser.add_argument("--quick", action="store_true",
-                        help="N = 2, 8 units, 1 epoch, 200 images, adding T = 200, 10 batches")
+    parser.add_argument(
+        "--run-eagerly",
+        action="store_true",
+        help="compile with run_eagerly=True (no graph tracing: faster for a few tiny batches)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds (the test): N = 2, 4 units, 1 epoch of 3 batches of 16 (60 images; "
+        "adding T = 12), eager on TensorFlow",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="N = 2, 8 units, 1 epoch, 200 images, adding T = 200, 10 batches",
+    )
     parser.add_argument("--logdir", default=os.path.join("runs", "deep_rnn"))
-    parser.add_argument("--gradboard", action=argparse.BooleanOptionalAction, default=True,
-                        help="log gradients with keras_gradkit.callbacks.GradientBoard (default on)")
-    parser.add_argument("--figure", default=None, metavar="PNG",
-                        help="draw the gradient across depth of the deepest stacks from the logs into PNG")
-    parser.add_argument("--figure-only", action="store_true",
-                        help="with --figure: run nothing, draw from the logs already in --logdir")
+    parser.add_argument(
+        "--gradboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log gradients with keras_gradkit.callbacks.GradientBoard (default on)",
+    )
+    parser.add_argument(
+        "--figure",
+        default=None,
+        metavar="PNG",
+        help="draw the gradient across depth of the deepest stacks from the logs into PNG",
+    )
+    parser.add_argument(
+        "--figure-only",
+        action="store_true",
+        help="with --figure: run nothing, draw from the logs already in --logdir",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         # Batches of one size only (48 train / 12 test images): JAX compiles once per shape.
         args.depths, args.units, args.epochs, args.samples = [2], 4, 1, 60
-        args.batch_size, args.seq_len, args.adding_epochs, args.adding_steps, args.adding_test = 16, 12, 1, 3, 16
+        args.batch_size, args.seq_len, args.adding_epochs, args.adding_steps, args.adding_test = (
+            16,
+            12,
+            1,
+            3,
+            16,
+        )
         # Tracing a recurrent train step costs TensorFlow seconds; three eager batches cost less.
         args.run_eagerly = args.run_eagerly or keras.backend.backend() == "tensorflow"
     elif args.quick:
@@ -346,27 +455,46 @@ def main(argv=None):
     for name in [] if args.figure_only else args.tasks:
         if name == "digits":
             task = digits_task(args.seed, args.samples)
-            print(f"sequential digits: {len(task.train[0])} train / {len(task.test[0])} test sequences of "
-                  f"{task.timesteps} pixels; {args.epochs} epochs of batch {args.batch_size}", flush=True)
+            print(
+                f"sequential digits: {len(task.train[0])} train / {len(task.test[0])} test sequences of "
+                f"{task.timesteps} pixels; {args.epochs} epochs of batch {args.batch_size}",
+                flush=True,
+            )
             metric_name = "test accuracy"
         else:
-            task = adding_task(args.seed, args.seq_len, args.batch_size, args.adding_steps,
-                               args.adding_epochs, args.adding_test)
-            print(f"adding problem, T = {args.seq_len}: {args.adding_epochs} epochs of {args.adding_steps} fresh "
-                  f"batches of {args.batch_size}, {args.adding_test} test sequences "
-                  f"(baseline MSE {BASELINE_MSE:.3f})", flush=True)
+            task = adding_task(
+                args.seed,
+                args.seq_len,
+                args.batch_size,
+                args.adding_steps,
+                args.adding_epochs,
+                args.adding_test,
+            )
+            print(
+                f"adding problem, T = {args.seq_len}: {args.adding_epochs} epochs of {args.adding_steps} fresh "
+                f"batches of {args.batch_size}, {args.adding_test} test sequences "
+                f"(baseline MSE {BASELINE_MSE:.3f})",
+                flush=True,
+            )
             metric_name = "test MSE"
-        print(f"{args.units} units, Adam lr {args.learning_rate}, global_clipnorm 10, seed {args.seed}, "
-              f"backend {keras.backend.backend()}")
-        print(f"| task | model | N | {metric_name} | s / epoch | first/last at init | after training "
-              f"| GradientBoard first/last, last epoch |")
+        print(
+            f"{args.units} units, Adam lr {args.learning_rate}, global_clipnorm 10, seed {args.seed}, "
+            f"backend {keras.backend.backend()}"
+        )
+        print(
+            f"| task | model | N | {metric_name} | s / epoch | first/last at init | after training "
+            f"| GradientBoard first/last, last epoch |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for depth in args.depths:
             for kind in args.models:
                 r = run_model(kind, depth, args, task)
                 results[(name, kind, depth)] = r
-                print(f"| {name} | {MODEL_NAMES[kind]} | {depth} | {r['metric']:.4g} | {r['epoch_seconds']:.2f} | "
-                      f"{r['ratio_init']:.3g} | {r['ratio_final']:.3g} | {r['ratio_logged']:.3g} |", flush=True)
+                print(
+                    f"| {name} | {MODEL_NAMES[kind]} | {depth} | {r['metric']:.4g} | {r['epoch_seconds']:.2f} | "
+                    f"{r['ratio_init']:.3g} | {r['ratio_final']:.3g} | {r['ratio_logged']:.3g} |",
+                    flush=True,
+                )
     if args.gradboard and not args.figure_only:
         print(f"GradientBoard logs: tensorboard --logdir {args.logdir}")
     if args.figure:

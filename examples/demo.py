@@ -53,7 +53,9 @@ def backend_messages_to(path):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seq-len", type=int, default=200)
     parser.add_argument("--steps", type=int, default=600, help="training steps per model")
     parser.add_argument("--eval-every", type=int, default=100)
@@ -71,12 +73,18 @@ def main(argv=None):
             print(f"\n=== {model.upper()} ===", flush=True)
             results[model] = adding_problem.main(
                 [
-                    "--model", model,
-                    "--seq-len", str(args.seq_len),
-                    "--steps", str(args.steps),
-                    "--eval-every", str(args.eval_every),
-                    "--val-size", "500",
-                    "--logdir", args.logdir,
+                    "--model",
+                    model,
+                    "--seq-len",
+                    str(args.seq_len),
+                    "--steps",
+                    str(args.steps),
+                    "--eval-every",
+                    str(args.eval_every),
+                    "--val-size",
+                    "500",
+                    "--logdir",
+                    args.logdir,
                     "--gradboard",
                 ]
             )
@@ -91,7 +99,7 @@ def print_summary(args, results):
     print(
         f"""
 Validation MSE after {args.steps} steps at T={args.seq_len} (always answering 1 gives 0.167):
-    IndRNN {results['indrnn']:.4f}    LSTM {results['lstm']:.4f}
+    IndRNN {results["indrnn"]:.4f}    LSTM {results["lstm"]:.4f}
 
 Both runs are in {args.logdir}/. To look at them:
     {tensorboard} --logdir {args.logdir}

@@ -27,11 +27,11 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from adding_problem import adding_batch
 
-import keras_gradkit  # noqa: E402
-from adding_problem import adding_batch  # noqa: E402  (examples/ is on sys.path)
+import keras_gradkit
 
 VARIANTS = ("keras", "zero", "forget1", "chrono")
 BASELINE_MSE = 1.0 / 6.0
@@ -53,9 +53,15 @@ def train_variant(variant, args, data):
     x_train, y_train, x_val, y_val = data
     keras.utils.set_random_seed(args.seed)  # same kernels and batch order for every variant
     model = keras.Sequential(
-        [keras.Input((args.timesteps, 2)), make_recurrent_layer(variant, args.units, args.timesteps), keras.layers.Dense(1)]
+        [
+            keras.Input((args.timesteps, 2)),
+            make_recurrent_layer(variant, args.units, args.timesteps),
+            keras.layers.Dense(1),
+        ]
     )
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0), loss="mse")
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate, global_clipnorm=1.0), loss="mse"
+    )
     bias = model.layers[0].cell.bias.numpy()
     forget = bias[args.units : 2 * args.units]
     callbacks = [keras.callbacks.TensorBoard(os.path.join(args.logdir, variant))]
@@ -64,11 +70,15 @@ def train_variant(variant, args, data):
         # Gradient through time on 16 validation sequences: how far back each
         # initialization lets the loss reach.
         board = keras_gradkit.callbacks.GradientBoard(
-            os.path.join(args.logdir, variant), time_probe=(x_val[:16], y_val[:16]))
+            os.path.join(args.logdir, variant), time_probe=(x_val[:16], y_val[:16])
+        )
         callbacks.append(board)
         # Read once fit has ended: the latest step's statistics of the plain Adam.
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_train_end=lambda logs: stats.update(board.gradient_statistics())))
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_train_end=lambda logs: stats.update(board.gradient_statistics())
+            )
+        )
     start = time.perf_counter()
     history = model.fit(
         x_train,
@@ -81,8 +91,10 @@ def train_variant(variant, args, data):
     )
     seconds = time.perf_counter() - start
     if args.gradboard:
-        print(f"  {variant:8s} GradientBoard: last global gradient norm {stats['global_norm']:.3e}, "
-              f"{int(stats['clipped_steps'])}/{int(stats['steps'])} updates clipped by global_clipnorm=1.0")
+        print(
+            f"  {variant:8s} GradientBoard: last global gradient norm {stats['global_norm']:.3e}, "
+            f"{int(stats['clipped_steps'])}/{int(stats['steps'])} updates clipped by global_clipnorm=1.0"
+        )
     val = history.history["val_loss"]
     solved = next((i + 1 for i, v in enumerate(val) if v < args.solved_mse), None)
     return {
@@ -106,16 +118,23 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--solved-mse", type=float, default=0.05, help="validation MSE counted as solved")
+    parser.add_argument(
+        "--solved-mse", type=float, default=0.05, help="validation MSE counted as solved"
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", default=os.path.join("runs", "gate_bias"))
-    parser.add_argument("--gradboard", action="store_true",
-                        help="also log gradients and the gradient through time with keras_gradkit's GradientBoard")
+    parser.add_argument(
+        "--gradboard",
+        action="store_true",
+        help="also log gradients and the gradient through time with keras_gradkit's GradientBoard",
+    )
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
-    data = adding_batch(rng, args.train_samples, args.timesteps) + adding_batch(rng, args.val_samples, args.timesteps)
+    data = adding_batch(rng, args.train_samples, args.timesteps) + adding_batch(
+        rng, args.val_samples, args.timesteps
+    )
     baseline = float(np.mean((data[3] - data[1].mean()) ** 2))
     print(
         f"adding problem T={args.timesteps}, LSTM units={args.units}, {args.train_samples} training samples, "
@@ -129,7 +148,9 @@ def main(argv=None):
         print(f"  {variant:8s} val MSE per epoch: " + " ".join(f"{v:.4f}" for v in result["curve"]))
 
     print()
-    print(f"| variant | mean initial b_f | val MSE epoch 1 | best val MSE | final val MSE | epochs to MSE < {args.solved_mse} | train s |")
+    print(
+        f"| variant | mean initial b_f | val MSE epoch 1 | best val MSE | final val MSE | epochs to MSE < {args.solved_mse} | train s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
         solved = r["solved_epoch"] if r["solved_epoch"] is not None else "not reached"

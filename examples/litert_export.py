@@ -27,13 +27,13 @@ import warnings
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import keras_gradkit  # noqa: E402
+import keras_gradkit
 
 ROWS, PIXELS = 8, 8
 
@@ -96,7 +96,9 @@ def main(argv=None):
         x, digits.target, test_size=0.2, random_state=args.seed, stratify=digits.target
     )
     model = build_model(args.units)
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(x_train, y_train, batch_size=32, epochs=args.epochs, verbose=0)
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -113,7 +115,9 @@ def main(argv=None):
     print(f"ops: {' '.join(op_names(args.out))}")
     print(f"test accuracy, Keras:  {np.mean(keras_probs.argmax(-1) == y_test):.4f}")
     print(f"test accuracy, LiteRT: {np.mean(litert_probs.argmax(-1) == y_test):.4f}")
-    print(f"max abs difference of the probabilities: {np.abs(litert_probs - keras_probs).max():.3g}")
+    print(
+        f"max abs difference of the probabilities: {np.abs(litert_probs - keras_probs).max():.3g}"
+    )
 
 
 if __name__ == "__main__":

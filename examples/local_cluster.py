@@ -39,14 +39,20 @@ def run_local_processes(command, envs, timeout):
     """Runs `command` once per entry of `envs` (extra environment variables);
     kills every process if one fails, on timeout and on Ctrl-C or SIGTERM.
     Returns 0, or the first non-zero exit code."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # run `finally` on kill too
+    signal.signal(
+        signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM)
+    )  # run `finally` on kill too
     processes = []
     try:
         for extra in envs:
             processes.append(subprocess.Popen(command, env=dict(os.environ, **extra)))
         code = wait_for_workers(processes, timeout)
         if code:
-            print(f"A worker failed (exit code {code}); stopping the others.", file=sys.stderr, flush=True)
+            print(
+                f"A worker failed (exit code {code}); stopping the others.",
+                file=sys.stderr,
+                flush=True,
+            )
         return code
     finally:
         for p in processes:

@@ -35,11 +35,14 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
-from local_cluster import free_ports  # examples/ is on sys.path
-from local_cluster import run_local_processes
-from local_cluster import wait_for_workers  # noqa: F401  (tests use it)
-from local_cluster import without_option
+from local_cluster import (
+    free_ports,  # examples/ is on sys.path
+    run_local_processes,
+    wait_for_workers,  # noqa: F401  (tests use it)
+    without_option,
+)
 
 if __name__ == "__main__" and "--backend" in " ".join(sys.argv[1:]):
     # `--backend jax`: Keras's own fit across processes (examples/multi_worker_jax.py).
@@ -53,11 +56,11 @@ if __name__ == "__main__" and "--backend" in " ".join(sys.argv[1:]):
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras_gradkit as gk  # noqa: E402
+import keras_gradkit as gk
 
 
 # ---------------------------------------------------------------- strategy
@@ -65,7 +68,9 @@ def make_strategy():
     """`MultiWorkerMirroredStrategy` when `TF_CONFIG` is set, else one process
     (`MirroredStrategy` over several GPUs, or the default strategy)."""
     if os.environ.get("TF_CONFIG"):
-        implementation = tf.distribute.experimental.CommunicationImplementation.RING  # CPU collectives
+        implementation = (
+            tf.distribute.experimental.CommunicationImplementation.RING
+        )  # CPU collectives
         options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if len(tf.config.list_logical_devices("GPU")) > 1:
@@ -101,7 +106,9 @@ def distribute_batches(strategy, x, y, global_batch_size):
     def dataset_fn(context):
         shard = global_batch_size // context.num_input_pipelines
         start = context.input_pipeline_id * shard
-        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch_size, drop_remainder=True)
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(
+            global_batch_size, drop_remainder=True
+        )
         dataset = dataset.map(lambda a, b: (a[start : start + shard], b[start : start + shard]))
         # Several replicas on this worker (GPUs): they take consecutive pieces of the shard.
         return dataset.rebatch(context.get_per_replica_batch_size(global_batch_size)).prefetch(2)
@@ -156,7 +163,9 @@ def train_epoch(train_step, batches, optimizer, board=None, log_every=1):
 
 def evaluate_accuracy(model, x, y, batch_size=256):
     """Accuracy of the local copy of the model (every worker holds the same weights)."""
-    predictions = [model(x[i : i + batch_size], training=False) for i in range(0, len(x), batch_size)]
+    predictions = [
+        model(x[i : i + batch_size], training=False) for i in range(0, len(x), batch_size)
+    ]
     return float(np.mean(np.argmax(np.concatenate(predictions), axis=-1) == y))
 
 
@@ -178,6 +187,7 @@ def save_model(model, path, strategy):
 def barrier(strategy):
     """Waits until every worker gets here (a sum over replicas), so that no
     worker leaves the cluster while another still needs it."""
+
     @tf.function
     def count_workers():
         ones = strategy.run(lambda: tf.constant(1.0))
@@ -190,41 +200,72 @@ def barrier(strategy):
 def local_tf_configs(num_workers):
     """One `TF_CONFIG` (a JSON string) per worker of a cluster on 127.0.0.1."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(num_workers)]}
-    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(num_workers)]
+    return [
+        json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        for i in range(num_workers)
+    ]
 
 
 def launch_local_workers(num_workers, worker_argv, timeout):
     """Runs this script `num_workers` times on 127.0.0.1, each with its own `TF_CONFIG`."""
     threads = str(max(1, (os.cpu_count() or 1) // num_workers))
     # the workers share this machine's cores
-    envs = [{"TF_CONFIG": c, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}
-            for c in local_tf_configs(num_workers)]
-    return run_local_processes([sys.executable, os.path.abspath(__file__), *worker_argv], envs, timeout)
+    envs = [
+        {"TF_CONFIG": c, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads}
+        for c in local_tf_configs(num_workers)
+    ]
+    return run_local_processes(
+        [sys.executable, os.path.abspath(__file__), *worker_argv], envs, timeout
+    )
 
 
 # ---------------------------------------------------------------- main
 def parse_args(argv=None):
     from train_export_serve import positive_int as _positive_int  # examples/ is on sys.path
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow",
-                        help="tensorflow: the custom loop below; jax: Keras's fit across processes (multi_worker_jax.py)")
+    parser.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax"],
+        default="tensorflow",
+        help="tensorflow: the custom loop below; jax: Keras's fit across processes (multi_worker_jax.py)",
+    )
     parser.add_argument("--epochs", type=_positive_int, default=10)
-    parser.add_argument("--global-batch-size", type=_positive_int, default=64,
-                        help="examples per step over all workers (divisible by the number of workers)")
+    parser.add_argument(
+        "--global-batch-size",
+        type=_positive_int,
+        default=64,
+        help="examples per step over all workers (divisible by the number of workers)",
+    )
     parser.add_argument("--units", type=_positive_int, default=64, help="recurrent units")
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--clip-norm", type=float, default=1.0, help="ClipByGlobalNorm threshold")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--logdir", default=os.path.join("runs", "multi_worker"),
-                        help="the chief writes GradientBoard statistics to <logdir>/<run>/train")
-    parser.add_argument("--log-every", type=_positive_int, default=1, help="write the statistics every N steps")
-    parser.add_argument("--out", default=None, help="save the trained model there (.keras), chief only")
-    parser.add_argument("--local-workers", type=_positive_int, default=None,
-                        help="launch N workers of this script on 127.0.0.1 and wait for them")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for --local-workers")
+    parser.add_argument(
+        "--logdir",
+        default=os.path.join("runs", "multi_worker"),
+        help="the chief writes GradientBoard statistics to <logdir>/<run>/train",
+    )
+    parser.add_argument(
+        "--log-every", type=_positive_int, default=1, help="write the statistics every N steps"
+    )
+    parser.add_argument(
+        "--out", default=None, help="save the trained model there (.keras), chief only"
+    )
+    parser.add_argument(
+        "--local-workers",
+        type=_positive_int,
+        default=None,
+        help="launch N workers of this script on 127.0.0.1 and wait for them",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait for --local-workers"
+    )
     args = parser.parse_args(argv)
     if not args.learning_rate > 0 or not args.clip_norm > 0:
-        parser.error(f"--learning-rate and --clip-norm must be positive, got {args.learning_rate} and {args.clip_norm}")
+        parser.error(
+            f"--learning-rate and --clip-norm must be positive, got {args.learning_rate} and {args.clip_norm}"
+        )
     if args.out is not None and not args.out.endswith(".keras"):
         parser.error(f"--out must end with .keras, got {args.out!r}")
     return args
@@ -232,10 +273,14 @@ def parse_args(argv=None):
 
 def build_model_and_optimizer(strategy, features, args):
     """The digits classifier and `ClippedOptimizer(Adam, ClipByGlobalNorm)`, created under `strategy`."""
-    from train_export_serve import build_model  # the end-to-end example's model (examples/ is on sys.path)
+    from train_export_serve import (
+        build_model,  # the end-to-end example's model (examples/ is on sys.path)
+    )
 
     with strategy.scope():
-        keras.utils.set_random_seed(args.seed)  # under MWMS the chief's initial values are broadcast
+        keras.utils.set_random_seed(
+            args.seed
+        )  # under MWMS the chief's initial values are broadcast
         model = build_model(features=features, units=args.units)
         optimizer = gk.optimizers.ClippedOptimizer(
             keras.optimizers.Adam(args.learning_rate), gk.clipping.ClipByGlobalNorm(args.clip_norm)
@@ -256,19 +301,31 @@ def run_worker(args):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
     train_step = make_train_step(strategy, model, optimizer, loss_fn, args.global_batch_size)
     # A new run folder each time: GradientBoard ignores steps already written in a folder.
-    board = gk.callbacks.GradientBoard(os.path.join(args.logdir, time.strftime("run-%Y%m%d-%H%M%S"))) if chief else None
-    say(f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch "
-        f"{args.global_batch_size}, {len(x_train) // args.global_batch_size} steps per epoch", flush=True)
+    board = (
+        gk.callbacks.GradientBoard(os.path.join(args.logdir, time.strftime("run-%Y%m%d-%H%M%S")))
+        if chief
+        else None
+    )
+    say(
+        f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), global batch "
+        f"{args.global_batch_size}, {len(x_train) // args.global_batch_size} steps per epoch",
+        flush=True,
+    )
 
     epoch_seconds = []
     for epoch in range(args.epochs):
         order = epoch_order(len(x_train), args.seed, epoch)
-        batches = distribute_batches(strategy, x_train[order], y_train[order], args.global_batch_size)
+        batches = distribute_batches(
+            strategy, x_train[order], y_train[order], args.global_batch_size
+        )
         start = time.perf_counter()
         loss = train_epoch(train_step, batches, optimizer, board, args.log_every)
         epoch_seconds.append(time.perf_counter() - start)
-        say(f"epoch {epoch + 1:3d}/{args.epochs}  {epoch_seconds[-1]:6.2f} s  loss {loss:.4f}  "
-            f"global grad norm {optimizer.gradient_statistics()['global_norm']:.4g}", flush=True)
+        say(
+            f"epoch {epoch + 1:3d}/{args.epochs}  {epoch_seconds[-1]:6.2f} s  loss {loss:.4f}  "
+            f"global grad norm {optimizer.gradient_statistics()['global_norm']:.4g}",
+            flush=True,
+        )
 
     stats = optimizer.gradient_statistics()
     result = {
@@ -283,10 +340,16 @@ def run_worker(args):
     if args.out:
         save_model(model, args.out, strategy)
     barrier(strategy)
-    say(f"done: {result['seconds_per_epoch']:.2f} s per epoch (first epoch, with tracing: "
+    say(
+        f"done: {result['seconds_per_epoch']:.2f} s per epoch (first epoch, with tracing: "
         f"{result['first_epoch_seconds']:.2f} s), test accuracy {result['test_accuracy']:.4f}, final global grad "
-        f"norm {result['final_global_norm']:.4g}, clipped {result['clipped_steps']}/{result['steps']} steps", flush=True)
-    say(f"TensorBoard: tensorboard --logdir {args.logdir}" + (f"; model saved to {args.out}" if args.out else ""))
+        f"norm {result['final_global_norm']:.4g}, clipped {result['clipped_steps']}/{result['steps']} steps",
+        flush=True,
+    )
+    say(
+        f"TensorBoard: tensorboard --logdir {args.logdir}"
+        + (f"; model saved to {args.out}" if args.out else "")
+    )
     return result
 
 
@@ -294,7 +357,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.local_workers:
-        return launch_local_workers(args.local_workers, without_option(argv, "--local-workers"), args.timeout)
+        return launch_local_workers(
+            args.local_workers, without_option(argv, "--local-workers"), args.timeout
+        )
     run_worker(args)
     return 0
 

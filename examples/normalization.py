@@ -38,13 +38,13 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import keras
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
-import keras_gradkit  # noqa: E402
-from keras_gradkit._gradients import value_and_gradients  # noqa: E402
+import keras_gradkit
+from keras_gradkit._gradients import value_and_gradients
 
 VARIANTS = ("plain", "groupnorm", "cosine", "weightnorm")
 
@@ -64,8 +64,11 @@ def hidden_block(variant, arch, width, groups, activation):
         layers = [keras.layers.Dense(width)]
     else:
         if variant == "cosine":
-            return [keras_gradkit.layers.CosineConv2D(
-                width, 3, padding="same", use_bias=True, activation=activation)]
+            return [
+                keras_gradkit.layers.CosineConv2D(
+                    width, 3, padding="same", use_bias=True, activation=activation
+                )
+            ]
         layers = [keras.layers.Conv2D(width, 3, padding="same")]
     if variant == "weightnorm":
         layers = [keras_gradkit.layers.WeightNormalization(layers[0])]
@@ -98,7 +101,9 @@ def build_model(variant, args):
 
 def first_layer_gradient_norm(model, kernel, x, y):
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
-    _, _, (grad,) = value_and_gradients(lambda: loss_fn(y, model(x, training=True)), variables=[kernel])
+    _, _, (grad,) = value_and_gradients(
+        lambda: loss_fn(y, model(x, training=True)), variables=[kernel]
+    )
     return float(np.linalg.norm(grad))
 
 
@@ -116,19 +121,27 @@ def run_variant(variant, args, data):
     )
     probe_x, probe_y = x_train[:256], y_train[:256]
     grad_init = first_layer_gradient_norm(model, kernel, probe_x, probe_y)
-    callbacks = [keras.callbacks.TensorBoard(
-        os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1))]
+    callbacks = [
+        keras.callbacks.TensorBoard(
+            os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1)
+        )
+    ]
     stats = {}
     if args.gradboard:
         board = keras_gradkit.callbacks.GradientBoard(
-            os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1))
+            os.path.join(args.logdir, args.arch, variant), histogram_freq=max(args.epochs // 5, 1)
+        )
         callbacks.append(board)
         # The latest step's statistics of the plain Adam, read when fit ends.
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_train_end=lambda logs: stats.update(board.gradient_statistics())))
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_train_end=lambda logs: stats.update(board.gradient_statistics())
+            )
+        )
     start = time.perf_counter()
     model.fit(
-        x_train, y_train,
+        x_train,
+        y_train,
         batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=(x_test, y_test),
@@ -160,20 +173,27 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", default=os.path.join("runs", "normalization"))
-    parser.add_argument("--gradboard", action="store_true",
-                        help="also log gradient histograms and norms with keras_gradkit's GradientBoard")
+    parser.add_argument(
+        "--gradboard",
+        action="store_true",
+        help="also log gradient histograms and norms with keras_gradkit's GradientBoard",
+    )
     args = parser.parse_args(argv)
 
     data = load_data(args.seed)
-    print(f"digits: {len(data[0])} train / {len(data[1])} test images; {args.arch}, "
-          f"{args.depth} hidden layers of {args.width}, {args.activation}, Adam lr "
-          f"{args.learning_rate}, {args.epochs} epochs, batch {args.batch_size}")
+    print(
+        f"digits: {len(data[0])} train / {len(data[1])} test images; {args.arch}, "
+        f"{args.depth} hidden layers of {args.width}, {args.activation}, Adam lr "
+        f"{args.learning_rate}, {args.epochs} epochs, batch {args.batch_size}"
+    )
     print("| variant | test accuracy | first-layer grad norm at init | after training | train s |")
     print("|---|---|---|---|---|")
     for variant in args.variants:
         accuracy, grad_init, grad_final, seconds = run_variant(variant, args, data)
-        print(f"| {variant} | {accuracy:.3f} | {grad_init:.2e} | {grad_final:.2e} | {seconds:.0f} |",
-              flush=True)
+        print(
+            f"| {variant} | {accuracy:.3f} | {grad_init:.2e} | {grad_final:.2e} | {seconds:.0f} |",
+            flush=True,
+        )
     for line in GRADBOARD_LINES:
         print(line)
     print(f"TensorBoard logs: tensorboard --logdir {args.logdir}")

@@ -3,11 +3,7 @@ vanishing or exploding gradients, and see the gradients while they train."""
 
 import importlib
 
-from keras_gradkit import clipping
-from keras_gradkit import constraints
-from keras_gradkit import initializers
-from keras_gradkit import layers
-from keras_gradkit import optimizers
+from keras_gradkit import clipping, constraints, initializers, layers, optimizers
 
 __version__ = "0.1.0"
 

@@ -24,11 +24,18 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gradkit import backend
-from keras_gradkit import clipping
+from keras_gradkit import backend, clipping
 
 # Layout of the `scalars` vector a step publishes.
-SCALARS = ("step", "global_norm", "global_norm_clipped", "threshold", "clipped", "skipped", "loss_scale")
+SCALARS = (
+    "step",
+    "global_norm",
+    "global_norm_clipped",
+    "threshold",
+    "clipped",
+    "skipped",
+    "loss_scale",
+)
 
 
 class StepStatistics(NamedTuple):
@@ -164,7 +171,12 @@ class Recorder:
                 ops.zeros(v.shape, "float32") if g is None else ops.cast(dense(g), "float32")
                 for g, v in zip(gradients, self.variables)
             ]
-        counts = ops.cast(ops.stack([True, ops.cast(scalars["clipped"], "bool"), ops.cast(scalars["skipped"], "bool")]), "float32")
+        counts = ops.cast(
+            ops.stack(
+                [True, ops.cast(scalars["clipped"], "bool"), ops.cast(scalars["skipped"], "bool")]
+            ),
+            "float32",
+        )
         self._sink.publish(ops.convert_to_tensor(when), values, counts)
 
     def latest(self):
@@ -247,7 +259,9 @@ class VariableSink:
         )
 
     def add(self, name, shapes):
-        self._variables[name] = [self._variable(f"{name}_{i}", shape) for i, shape in enumerate(shapes)]
+        self._variables[name] = [
+            self._variable(f"{name}_{i}", shape) for i, shape in enumerate(shapes)
+        ]
 
     def publish(self, when, values, counts):
         for name, tensors in values.items():
@@ -257,7 +271,9 @@ class VariableSink:
         self._totals.assign_add(ops.where(when, counts, ops.zeros_like(counts)))
 
     def _all(self):
-        return [self._published, self._totals] + [v for name in sorted(self._variables) for v in self._variables[name]]
+        return [self._published, self._totals] + [
+            v for name in sorted(self._variables) for v in self._variables[name]
+        ]
 
     def _to_numpy(self, tensors):
         return [np.asarray(ops.convert_to_numpy(t)) for t in tensors]
@@ -315,7 +331,9 @@ class UpdateView:
         # Read now: the step updates the scale, and on JAX the variable maps to
         # the step's value only inside its StatelessScope.
         is_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        self.loss_scale = backend.get("recording").snapshot(optimizer.dynamic_scale) if is_scaled else None
+        self.loss_scale = (
+            backend.get("recording").snapshot(optimizer.dynamic_scale) if is_scaled else None
+        )
         full = grads
         if self.loss_scale is not None:
             full = [_map_values(g, lambda v: v / ops.cast(self.loss_scale, v.dtype)) for g in grads]
@@ -323,12 +341,19 @@ class UpdateView:
         self.is_update = None
         self.micro, self.acc = full, None
         if self.steps:
-            self.is_update = ops.equal(ops.mod(ops.convert_to_tensor(base._iterations) + 1, self.steps), 0)
+            self.is_update = ops.equal(
+                ops.mod(ops.convert_to_tensor(base._iterations) + 1, self.steps), 0
+            )
             self.acc = [
-                None if g is None else ops.convert_to_tensor(base._accumulated_gradients[base._get_variable_index(v)])
+                None
+                if g is None
+                else ops.convert_to_tensor(base._accumulated_gradients[base._get_variable_index(v)])
                 for g, v in zip(full, tvs)
             ]
-            full = [None if g is None else (g + ops.cast(a, g.dtype)) / self.steps for g, a in zip(full, self.acc)]
+            full = [
+                None if g is None else (g + ops.cast(a, g.dtype)) / self.steps
+                for g, a in zip(full, self.acc)
+            ]
         self.full = full
         self.step = ops.cast(ops.convert_to_tensor(base.iterations), "float32")
 
@@ -338,7 +363,11 @@ class UpdateView:
         return ops.convert_to_tensor(True) if self.is_update is None else self.is_update
 
     def loss_scale_value(self):
-        return ops.convert_to_tensor(math.nan, "float32") if self.loss_scale is None else self.loss_scale
+        return (
+            ops.convert_to_tensor(math.nan, "float32")
+            if self.loss_scale is None
+            else self.loss_scale
+        )
 
     def to_inner(self, grads):
         """Turns a gradient meant for the update into what the optimizer takes:
@@ -346,11 +375,15 @@ class UpdateView:
         `(g + acc) / steps` gives `grads` back on update steps."""
         if self.steps:
             grads = [
-                None if g is None else ops.where(self.is_update, g * self.steps - ops.cast(a, g.dtype), m)
+                None
+                if g is None
+                else ops.where(self.is_update, g * self.steps - ops.cast(a, g.dtype), m)
                 for g, a, m in zip(grads, self.acc, self.micro)
             ]
         if self.loss_scale is not None:  # the inner LossScaleOptimizer unscales again
-            grads = [_map_values(g, lambda v: v * ops.cast(self.loss_scale, v.dtype)) for g in grads]
+            grads = [
+                _map_values(g, lambda v: v * ops.cast(self.loss_scale, v.dtype)) for g in grads
+            ]
         return grads
 
 
@@ -385,7 +418,9 @@ class Monitor:
         """Creates (or extends) the recorder. Returns True when what a traced
         step publishes changed, so the step must be traced again."""
         variables = list(variables)
-        if self.recorder is None or [id(v) for v in self.recorder.variables] != [id(v) for v in variables]:
+        if self.recorder is None or [id(v) for v in self.recorder.variables] != [
+            id(v) for v in variables
+        ]:
             self.recorder = Recorder(variables, update_norms=True, gradients=gradients)
             return True
         if gradients and not self.recorder.gradients:
@@ -405,7 +440,11 @@ class Monitor:
         clipped, _, info = self.policy.apply(full, tvs, [])
         index = {id(v): i for i, v in enumerate(self.recorder.variables)}
         indices = [index[id(v)] for v in tvs]
-        skipped = ops.logical_not(ops.isfinite(total)) if view.loss_scale is not None else ops.convert_to_tensor(False)
+        skipped = (
+            ops.logical_not(ops.isfinite(total))
+            if view.loss_scale is not None
+            else ops.convert_to_tensor(False)
+        )
         scalars = {
             "step": view.step,
             "global_norm": total,
@@ -426,7 +465,9 @@ class Monitor:
         gradients = [None] * size
         for i, g in zip(pending.indices, pending.gradients):
             gradients[i] = g
-        self.recorder.publish(pending.counted, pending.scalars, pending.gradient_norms, update, gradients)
+        self.recorder.publish(
+            pending.counted, pending.scalars, pending.gradient_norms, update, gradients
+        )
 
 
 def wrap_method(optimizer, name, make_wrapper):
@@ -463,7 +504,11 @@ def hook_apply(optimizer, monitor, snapshot, replica_sum=lambda: None):
             if not monitor.active:
                 return original(grads, trainable_variables)
             grads = list(grads)
-            tvs = optimizer._trainable_variables if trainable_variables is None else list(trainable_variables)
+            tvs = (
+                optimizer._trainable_variables
+                if trainable_variables is None
+                else list(trainable_variables)
+            )
             pending = monitor.before_update(grads, tvs, replica_sum())
             before = [snapshot(v) for v in tvs]  # reads, ordered before the update
             result = original(grads, trainable_variables)

@@ -153,7 +153,9 @@ def patterns(name, value, allow_none=False):
         return None
     found = (value,) if isinstance(value, str) else value
     if not isinstance(found, (list, tuple)) or not all(isinstance(p, str) for p in found):
-        expected = "a regular expression string or a list of them" + (", or None" if allow_none else "")
+        expected = "a regular expression string or a list of them" + (
+            ", or None" if allow_none else ""
+        )
         raise TypeError(_message(name, expected, value))
     for pattern in found:
         try:

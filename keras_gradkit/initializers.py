@@ -32,17 +32,18 @@ def _check_layout(layout, reset_after):
         )
 
 
-def _check_number(name, value):
-    return _validation.finite_float(name, value)
-
-
 def _units_from_shape(shape, layout, reset_after):
     """The number of units a bias of `shape` holds; raises if the shape is not
     Keras's bias shape for the layout."""
     shape = tuple(shape)
     num_gates = len(GATES[layout])
     expected_rank = 2 if (layout == "gru" and reset_after) else 1
-    ok = len(shape) == expected_rank and shape[-1] is not None and shape[-1] > 0 and shape[-1] % num_gates == 0
+    ok = (
+        len(shape) == expected_rank
+        and shape[-1] is not None
+        and shape[-1] > 0
+        and shape[-1] % num_gates == 0
+    )
     if ok and expected_rank == 2:
         ok = shape[0] == 2
     if not ok:
@@ -57,7 +58,9 @@ def _units_from_shape(shape, layout, reset_after):
 def _assemble(gate_rows, units, layout, reset_after, dtype):
     """Concatenates per-gate `(units,)` tensors in Keras's order; for the GRU
     with `reset_after=True` adds the zero recurrent row."""
-    row = keras.ops.concatenate([keras.ops.cast(gate_rows[g], dtype) for g in GATES[layout]], axis=0)
+    row = keras.ops.concatenate(
+        [keras.ops.cast(gate_rows[g], dtype) for g in GATES[layout]], axis=0
+    )
     if layout == "gru" and reset_after:
         row = keras.ops.stack([row, keras.ops.zeros((3 * units,), dtype=dtype)], axis=0)
     return row
@@ -109,14 +112,21 @@ class GateBias(keras.initializers.Initializer):
         allowed = GATES[layout]
         unknown = sorted(set(gate_values) - set(allowed))
         if unknown:
-            hints = [f"{g!r} (layout={other!r})" for g in unknown for other in LAYOUTS if g in GATES[other]]
+            hints = [
+                f"{g!r} (layout={other!r})"
+                for g in unknown
+                for other in LAYOUTS
+                if g in GATES[other]
+            ]
             raise ValueError(
                 f"Unknown gate name(s) {unknown} for layout={layout!r}; its gates are {list(allowed)}."
                 + (f" Gate(s) of another layout: {', '.join(hints)}." if hints else "")
             )
         self.layout = layout
         self.reset_after = reset_after
-        self.gate_values = {g: _check_number(g, gate_values.get(g, 0.0)) for g in allowed}
+        self.gate_values = {
+            g: _validation.finite_float(g, gate_values.get(g, 0.0)) for g in allowed
+        }
 
     def __call__(self, shape, dtype=None):
         dtype = dtype or keras.config.floatx()
@@ -185,7 +195,9 @@ class Chrono(keras.initializers.Initializer):
         dtype = dtype or keras.config.floatx()
         units = _units_from_shape(shape, self.layout, self.reset_after)
         # Drawn in float32 then cast, so float16 biases get the same values.
-        uniform = keras.random.uniform((units,), 1.0, float(self.max_timesteps) - 1.0, dtype="float32", seed=self._seed)
+        uniform = keras.random.uniform(
+            (units,), 1.0, float(self.max_timesteps) - 1.0, dtype="float32", seed=self._seed
+        )
         memory = keras.ops.log(uniform)
         zeros = keras.ops.zeros((units,), dtype="float32")
         if self.layout == "lstm":
@@ -206,7 +218,9 @@ class Chrono(keras.initializers.Initializer):
 # Helpers shared by the keras_gradkit LSTM and GRU cells (not public API).
 
 
-def _validate_gate_arguments(gate_args, defaults, chrono_timesteps, unit_forget_bias, bias_initializer):
+def _validate_gate_arguments(
+    gate_args, defaults, chrono_timesteps, unit_forget_bias, bias_initializer
+):
     """Checks a cell's gate-bias arguments; raises when two sources of the
     bias are given, so that neither silently wins.
 
@@ -215,7 +229,7 @@ def _validate_gate_arguments(gate_args, defaults, chrono_timesteps, unit_forget_
     from its default.
     """
     for name, value in gate_args.items():
-        _check_number(name, value)
+        _validation.finite_float(name, value)
     _validation.float_at_least("chrono_timesteps", chrono_timesteps, 2, allow_none=True)
     _validation.optional_bool("unit_forget_bias", unit_forget_bias)
     given = [f"{n}={v!r}" for n, v in gate_args.items() if v != defaults[n]]
@@ -237,25 +251,3 @@ def _validate_gate_arguments(gate_args, defaults, chrono_timesteps, unit_forget_
             "Use the gate arguments alone, or leave them at their defaults and use Keras's "
             "`unit_forget_bias`/`bias_initializer`."
         )
-
-
-def _gate_bias_initializer(
-    layout, reset_after, units, gate_values, chrono_timesteps, seed, unit_forget_bias, bias_initializer
-):
-    """The initializer of a cell's bias: from the gate arguments, or, when the
-    Keras arguments are given, exactly what Keras's cell would use."""
-    if unit_forget_bias is None and bias_initializer is None:
-        if chrono_timesteps is not None:
-            return Chrono(chrono_timesteps, layout=layout, reset_after=reset_after, seed=seed)
-        return GateBias(layout, reset_after=reset_after, **gate_values)
-    base = bias_initializer if bias_initializer is not None else keras.initializers.Zeros()
-    # Keras's LSTM defaults to unit_forget_bias=True, so bias_initializer alone keeps it.
-    if layout != "lstm" or unit_forget_bias is False:
-        return base
-
-    def unit_forget(_, dtype=None):
-        return keras.ops.concatenate(
-            [base((units,), dtype=dtype), keras.ops.ones((units,), dtype=dtype), base((2 * units,), dtype=dtype)]
-        )
-
-    return unit_forget

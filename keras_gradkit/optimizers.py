@@ -1,16 +1,13 @@
 """`ClippedOptimizer`: applies a clipping policy to the gradient the update uses."""
 
 import math
-import warnings
+from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_gradkit import _recording
-from keras_gradkit import _validation
-from keras_gradkit import backend
-from keras_gradkit import clipping
+from keras_gradkit import _recording, _validation, backend, clipping
 from keras_gradkit.api_export import keras_gradkit_export
 
 _KERAS_CLIP_ARGS = ("clipnorm", "global_clipnorm", "clipvalue")
@@ -53,6 +50,25 @@ def _assign_if(variable, condition, value):
     variable.assign(ops.where(condition, value, ops.convert_to_tensor(variable)))
 
 
+class _Decisions(NamedTuple):
+    """What a step counts and whether its inner update runs (bool scalars)."""
+
+    count: object  # an update step (not a gradient-accumulation micro-step)
+    changed: object  # a counted, applied update that the policy changed
+    skip: object  # the inner update does not run
+    skipped: object  # a counted update that is skipped
+
+
+class _Step(NamedTuple):
+    """The pure part of a step (`_compute`), for its stateful end (`_finish`)."""
+
+    decisions: _Decisions
+    clipped_grads: list  # the policy's gradients, one per variable of the step
+    norms: list  # the gradient norms before the policy
+    scalars: dict  # the step's scalars, keyed as `_recording.SCALARS`
+    state: list  # the policy's new state
+
+
 @keras_gradkit_export
 class ClippedOptimizer(keras.optimizers.Optimizer):
     """Wraps a Keras optimizer and clips, with a policy, the gradient its update uses.
@@ -80,7 +96,8 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     history) are optimizer variables, saved with the model, so a resumed run
     continues exactly. The latest step's statistics and gradient copies are
     not optimizer variables (they leave the step through a recorder: on JAX
-    with `jax.debug.callback`), so `variables`, and what Keras saves, are the
+    with state GradientBoard's train function carries, or
+    `jax.debug.callback`), so `variables`, and what Keras saves, are the
     counters, the policy state and the inner optimizer's, also under a
     `LossScaleOptimizer`; they are NaN after loading until the next update.
     Read them with
@@ -187,7 +204,9 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         self.record_gradients = record_gradients
         self.record_update_norms = record_update_norms
         self._monitor_only = isinstance(policy, clipping.NoClip)
-        self._report_policy = _recording.equivalent_policy(inner_optimizer) if self._monitor_only else policy
+        self._report_policy = (
+            _recording.equivalent_policy(inner_optimizer) if self._monitor_only else policy
+        )
 
     # ------------------------------------------------------------------ build
     def _own_variable(self, name, shape, dtype, value=0.0):
@@ -214,7 +233,9 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         # through a LossScaleOptimizer) are the counters, the policy state and
         # the inner optimizer's.
         self._recorder = _recording.Recorder(
-            self._trainable_variables, update_norms=self.record_update_norms, gradients=self._recording
+            self._trainable_variables,
+            update_norms=self.record_update_norms,
+            gradients=self._recording,
         )
 
     def enable_gradient_recording(self):
@@ -267,29 +288,27 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     def apply(self, grads, trainable_variables=None):
         if not self.built:
             if trainable_variables is None:
-                raise ValueError("Call `build(trainable_variables)` or pass `trainable_variables` to `apply`.")
+                raise ValueError(
+                    "Call `build(trainable_variables)` or pass `trainable_variables` to `apply`."
+                )
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
-        tvs = self._trainable_variables if trainable_variables is None else list(trainable_variables)
+        tvs = (
+            self._trainable_variables if trainable_variables is None else list(trainable_variables)
+        )
         grads = list(grads)
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            if tf.distribute.in_cross_replica_context():
-                raise ValueError("apply() must be called in a replica context.")
-            if tf.distribute.has_strategy():
-                return self._tf_distributed_apply(grads, tvs)
-        self._stateful_step(grads, tvs)
+        # Under `tf.distribute` the backend sums the gradients over the replicas.
+        backend.get("distribute").run_step(
+            lambda replica_sum, num_replicas: self._compute(grads, tvs, replica_sum, num_replicas),
+            lambda step, inner_update: self._finish(step, tvs, inner_update),
+            lambda grads_for_inner: self.inner_optimizer.apply(grads_for_inner, tvs),
+        )
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """`apply` without side effects (JAX): returns the new trainable and
         optimizer variable values, in the order of `variables`."""
-        if keras.backend.backend() == "tensorflow":
-            raise ValueError(
-                "stateless_apply is not supported with the TensorFlow backend (as it is incompatible with "
-                "tf.distribute), as for Keras's own optimizers. Use `apply`."
-            )
+        backend.get("distribute").check_stateless_apply()
         if not self.built:
             raise ValueError(
                 "To call `stateless_apply`, ClippedOptimizer must be built: call "
@@ -301,11 +320,15 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
                 f"Received {len(optimizer_variables)} values for {len(self.variables)} variables."
             )
         tvs = self._trainable_variables
-        mapping = list(zip(tvs, trainable_variables)) + list(zip(self.variables, optimizer_variables))
+        mapping = list(zip(tvs, trainable_variables)) + list(
+            zip(self.variables, optimizer_variables)
+        )
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            result = self._compute([g for g in grads], tvs, None, 1)
-            self._finish(result, tvs, lambda: self._inner_stateless_update(result["grads_for_inner"], tvs))
-        return [scope.get_current_value(v) for v in tvs], [scope.get_current_value(v) for v in self.variables]
+            step, grads_for_inner = self._compute([g for g in grads], tvs, None, 1)
+            self._finish(step, tvs, lambda: self._inner_stateless_update(grads_for_inner, tvs))
+        return [scope.get_current_value(v) for v in tvs], [
+            scope.get_current_value(v) for v in self.variables
+        ]
 
     def _inner_stateless_update(self, grads, tvs):
         """The inner optimizer's own `stateless_apply` (a LossScaleOptimizer's
@@ -313,44 +336,27 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         its results assigned in the enclosing StatelessScope."""
         inner = self.inner_optimizer
         values = [ops.convert_to_tensor(v) for v in inner.variables]
-        new_tvs, new_values = inner.stateless_apply(values, grads, [ops.convert_to_tensor(v) for v in tvs])
+        new_tvs, new_values = inner.stateless_apply(
+            values, grads, [ops.convert_to_tensor(v) for v in tvs]
+        )
         for v, value in zip(list(tvs) + list(inner.variables), list(new_tvs) + list(new_values)):
             v.assign(value)
-
-    def _stateful_step(self, grads, tvs, replica_sum=None, num_replicas=1):
-        result = self._compute(grads, tvs, replica_sum, num_replicas)
-        self._finish(result, tvs, lambda: self.inner_optimizer.apply(result["grads_for_inner"], tvs))
-
-    def _tf_distributed_apply(self, grads, tvs):
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        num_replicas = context.num_replicas_in_sync
-
-        def replica_sum(values):
-            present = [g for g in values if g is not None]
-            reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else [])
-            return [None if g is None else next(reduced) for g in values]
-
-        if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            return self._stateful_step(grads, tvs, replica_sum, num_replicas)
-        result = self._compute(grads, tvs, replica_sum, num_replicas)
-
-        def cross_replica(distribution, result):
-            first = lambda x: distribution.experimental_local_results(x)[0]  # noqa: E731
-            local = tf.nest.map_structure(lambda x: x if x is None else first(x), result)
-
-            def inner_apply(grads_for_inner):
-                distribution.extended.call_for_each_replica(self.inner_optimizer.apply, args=(grads_for_inner, tvs))
-
-            self._finish(local, tvs, lambda: inner_apply(result["grads_for_inner"]))
-
-        context.merge_call(cross_replica, args=(result,))
 
     # ------------------------------------------------------ the pure step
     def _compute(self, grads, tvs, replica_sum, num_replicas):
         """Pure part of a step: the policy on the gradient the update uses,
-        the gradient handed to the inner optimizer, and the decisions."""
+        the gradient handed to the inner optimizer, and the decisions.
+
+        Args:
+            grads: the step's gradients, one per variable of `tvs`.
+            tvs: the variables the step updates.
+            replica_sum: sums a list of gradients over the replicas, or None.
+            num_replicas: the number of replicas in sync (1 without a strategy).
+
+        Returns:
+            `(step, grads_for_inner)`: a `_Step`, and the gradients for the
+            inner optimizer's update.
+        """
         grads = _recording.as_gradients(grads)
         view = _recording.UpdateView(self.inner_optimizer, grads, tvs)
         # The all-reduced slices hold each replica's rows: summed again.
@@ -362,7 +368,11 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             grads_for_inner = grads
         else:
             # The inner optimizer's own all-reduce sums the replicas' shares back.
-            shares = [None if g is None else ops.divide(g, num_replicas) for g in clipped] if num_replicas > 1 else clipped
+            shares = (
+                [None if g is None else ops.divide(g, num_replicas) for g in clipped]
+                if num_replicas > 1
+                else clipped
+            )
             grads_for_inner = view.to_inner(shares)
         norm = _recording.global_norm_of(norms)
         decisions = self._decisions(view, norm, info)
@@ -373,21 +383,17 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             "global_norm": norm,
             "global_norm_clipped": clipping.global_norm(clipped),
             "threshold": info["threshold"],
-            "clipped": decisions["changed"],
-            "skipped": decisions["skipped"],
+            "clipped": decisions.changed,
+            "skipped": decisions.skipped,
             "loss_scale": view.loss_scale_value(),
         }
-        return dict(
-            decisions,
-            grads_for_inner=grads_for_inner,
-            clipped_grads=clipped,
-            norms=norms,
-            scalars=scalars,
-            state=new_state,
+        step = _Step(
+            decisions, clipped_grads=clipped, norms=norms, scalars=scalars, state=new_state
         )
+        return step, grads_for_inner
 
     def _decisions(self, view, norm, info):
-        """Whether to skip the inner update, and what to count."""
+        """Whether to skip the inner update, and what to count (a `_Decisions`)."""
         finite = ops.isfinite(norm)
         skip = info["skip"]
         if view.loss_scale is not None:
@@ -401,50 +407,39 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             skip = ops.where(view.is_update, skip, self._report_policy.should_skip(view.micro))
         skipped = ops.logical_and(count, skipped)
         changed = ops.logical_and(info["clipped"], ops.logical_and(count, ops.logical_not(skipped)))
-        return {"count": count, "changed": changed, "skip": skip, "skipped": skipped}
+        return _Decisions(count=count, changed=changed, skip=skip, skipped=skipped)
 
     # ----------------------------------------------------- the stateful end
-    def _finish(self, result, tvs, inner_apply):
-        """Stateful part of a step: count, update unless skipped, record."""
-        count = result["count"]
-        self._counters.assign_add(ops.cast(ops.stack([count, result["changed"], result["skipped"]]), "int32"))
-        for v, new in zip(self._policy_state, result["state"]):
+    def _finish(self, step, tvs, inner_apply):
+        """Stateful part of a step (a `_Step`): count, update unless skipped,
+        record. `inner_apply()` runs the inner optimizer's update."""
+        decisions = step.decisions
+        count = decisions.count
+        self._counters.assign_add(
+            ops.cast(ops.stack([count, decisions.changed, decisions.skipped]), "int32")
+        )
+        for v, new in zip(self._policy_state, step.state):
             v.assign(new)
         indices = [self._get_variable_index(v) for v in tvs]
         size = len(self._trainable_variables)
         snapshot = backend.get("recording").snapshot
         before = [snapshot(v) for v in tvs] if self.record_update_norms else None
-        self._apply_unless(result["skip"], inner_apply, tvs)
+        # No variable is assigned inside a traced branch where the backend
+        # forbids it (JAX): there a skipped update is run and undone.
+        targets = list(tvs) + list(self.inner_optimizer.variables)
+        backend.get("distribute").apply_unless(decisions.skip, inner_apply, targets)
         update = None
         if self.record_update_norms:
             deltas, weights = _recording.update_norms(before, [snapshot(v) for v in tvs])
-            update = (_recording.scatter(indices, deltas, size), _recording.scatter(indices, weights, size))
+            update = (
+                _recording.scatter(indices, deltas, size),
+                _recording.scatter(indices, weights, size),
+            )
         gradients = [None] * size
-        for i, g in zip(indices, result["clipped_grads"]):
+        for i, g in zip(indices, step.clipped_grads):
             gradients[i] = g
-        norms = _recording.scatter(indices, result["norms"], size)
-        self._recorder.publish(count, result["scalars"], norms, update, gradients)
-
-    def _apply_unless(self, skip, inner_apply, tvs):
-        """Runs the inner update unless `skip`. No variable is assigned inside
-        a traced branch (JAX forbids it): when `skip` is only known inside the
-        compiled step, the update runs and a skipped one is undone."""
-        if keras.backend.backend() == "tensorflow":
-            ops.cond(skip, lambda: None, inner_apply)
-            return
-        try:
-            skip_now = bool(skip)
-        except Exception:  # a JAX tracer
-            skip_now = None
-        if skip_now is not None:
-            if not skip_now:
-                inner_apply()
-            return
-        targets = list(tvs) + list(self.inner_optimizer.variables)
-        before = [ops.convert_to_tensor(v) for v in targets]
-        inner_apply()
-        for v, old in zip(targets, before):
-            v.assign(ops.where(skip, old, ops.convert_to_tensor(v)))
+        norms = _recording.scatter(indices, step.norms, size)
+        self._recorder.publish(count, step.scalars, norms, update, gradients)
 
     # ------------------------------------------------------------ reading
     def gradient_statistics(self):
@@ -460,7 +455,10 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             return _recording.flat_statistics(None, (0, 0, 0), [], False, self._static_threshold())
         counters = np.asarray(ops.convert_to_numpy(self._counters))
         return _recording.flat_statistics(
-            self._recorder.latest(), counters, self._trainable_variables, self.record_update_norms,
+            self._recorder.latest(),
+            counters,
+            self._trainable_variables,
+            self.record_update_norms,
             self._static_threshold(),
         )
 
@@ -511,6 +509,10 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
-        policy = keras.saving.deserialize_keras_object(config.pop("policy"), custom_objects=custom_objects)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner_optimizer"), custom_objects=custom_objects
+        )
+        policy = keras.saving.deserialize_keras_object(
+            config.pop("policy"), custom_objects=custom_objects
+        )
         return cls(inner, policy, **config)

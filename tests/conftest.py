@@ -3,23 +3,77 @@
 
 Mark a test `@pytest.mark.tensorflow_only` when it is about TensorFlow itself
 (SavedModel export and serving, LiteRT, `tf.distribute`): it is skipped on the
-other backends. Everything else runs on all three.
+other backends.
+
+Mark a test `@pytest.mark.backend_free` when it never touches a backend:
+argument validation that raises before any tensor or variable exists,
+configuration or documentation text, pure-Python bookkeeping, reading source.
+Running it three times would test the same Python three times, so it runs on
+the first backend of `make test` (TensorFlow) only; on the other backends it
+is *deselected* rather than skipped, so the ~30-minute `make test` does not
+spend time on it nor print hundreds of skips that would hide the real ones.
+
+On TensorFlow a marked test runs under a guard (`_backend_free_guard`): while
+it runs, creating a `keras.Variable` (hence any weight, seed generator, metric
+or optimizer state) or converting anything to a backend tensor
+(`keras.ops.convert_to_tensor`, the backend's `convert_to_tensor` that every
+`keras.ops.*` function calls, and TensorFlow's own tensor constructors) fails
+the test with a message that says it must not be marked `backend_free`. The
+guard wraps the test only: `_fresh_keras_state` (its `set_random_seed`; it
+leaves out `clear_session` for these tests) runs before it is installed. A
+violation the code under test swallows (`except BaseException`) still fails
+the test at the end of its call. Everything else runs on all three backends.
 """
 
 import os
+import sys
+import types
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import pytest
+from keras.src import backend as keras_backend
+from keras.src.backend.common import variables as keras_variables
+from keras.src.ops import core as keras_ops_core
 
 BACKEND = keras.backend.backend()
+# The one backend on which `backend_free` tests run (the first of `make test`).
+BACKEND_FREE_BACKEND = "tensorflow"
+
+# TensorFlow's own tensor constructors that keras.ops.* reach without going
+# through convert_to_tensor (`keras.ops.ones` is `tf.ones`, ...). Functions
+# only: patching a class such as `tf.Variable` would break isinstance checks.
+FRAMEWORK_ENTRY_POINTS = {
+    "tensorflow": (
+        "tensorflow",
+        (
+            "convert_to_tensor",
+            "constant",
+            "ones",
+            "zeros",
+            "fill",
+            "range",
+            "eye",
+            "ones_like",
+            "zeros_like",
+        ),
+    ),
+}
+
+_VIOLATIONS = pytest.StashKey[list]()
 
 
 def pytest_collection_modifyitems(config, items):
-    if BACKEND == "tensorflow":
+    if BACKEND == BACKEND_FREE_BACKEND:
         return
+    kept, deselected = [], []
+    for item in items:
+        (deselected if item.get_closest_marker("backend_free") else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
     skip = pytest.mark.skip(reason=f"about TensorFlow itself; the backend is {BACKEND}")
     for item in items:
         if "tensorflow_only" in item.keywords:
@@ -31,10 +85,109 @@ def pytest_report_header(config):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_keras_state():
-    """Each test starts with float32 policy, a clean session and fixed seeds."""
+def _fresh_keras_state(request):
+    """Each test starts with float32 policy, a clean session and fixed seeds.
+
+    A `backend_free` test has no session to clean (it makes no variable), and
+    `clear_session` (~0.5 s on TensorFlow, most of it `gc.collect`) would
+    dominate its run time: it gets the policy and the seeds only."""
     keras.config.set_dtype_policy("float32")
-    keras.utils.clear_session()
+    if request.node.get_closest_marker("backend_free") is None:
+        keras.utils.clear_session()
     keras.utils.set_random_seed(1234)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+_binding_cache = {"modules": -1, "bindings": []}
+
+
+def _convert_to_tensor_bindings():
+    """Every (module, name) in keras, keras_gradkit and the tests bound to the
+    backend's `convert_to_tensor` or to `keras.ops.convert_to_tensor` (modules
+    import them by name, so patching one module is not enough)."""
+    if _binding_cache["modules"] != len(sys.modules):
+        targets = {id(keras_backend.convert_to_tensor), id(keras_ops_core.convert_to_tensor)}
+        bindings = []
+        for module_name, module in list(sys.modules.items()):
+            if module is None or not module_name.startswith(("keras", "test_", "tests")):
+                continue
+            for attr, value in list(vars(module).items()):
+                if id(value) in targets:
+                    bindings.append((module, attr))
+        _binding_cache.update(modules=len(sys.modules), bindings=bindings)
+    return _binding_cache["bindings"]
+
+
+def _tripwire(item, what, original):
+    def touched(*args, **kwargs):
+        message = (
+            f"{item.nodeid} is marked `backend_free` but touched the {BACKEND} backend: {what}. "
+            "A test that creates a keras.Variable or a backend tensor must not be marked "
+            "`backend_free` (it has to run on every backend); remove the mark."
+        )
+        item.stash[_VIOLATIONS].append(message)
+        pytest.fail(message)
+
+    touched.backend_free_original = original
+    return touched
+
+
+def _restore_imported_during(modules_before):
+    """A module first imported while the guard was on may have bound a
+    tripwire by name (`from keras.src.backend import convert_to_tensor`): the
+    monkeypatch undo does not reach it, so put the original back."""
+    for name in set(sys.modules) - modules_before:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, types.FunctionType) and "backend_free_original" in value.__dict__:
+                setattr(module, attr, value.backend_free_original)
+
+
+@pytest.fixture(autouse=True)
+def _backend_free_guard(request, _fresh_keras_state):
+    """For `backend_free` tests: any keras Variable or backend tensor fails the
+    test (see the module docstring). Requests `_fresh_keras_state` so that the
+    state reset runs before the guard is installed (and after it is removed)."""
+    if request.node.get_closest_marker("backend_free") is None:
+        yield
+        return
+    item = request.node
+    item.stash[_VIOLATIONS] = []
+    modules_before = set(sys.modules)
+    with pytest.MonkeyPatch.context() as mp:
+        init = keras_variables.Variable.__init__
+        mp.setattr(
+            keras_variables.Variable,
+            "__init__",
+            _tripwire(item, "it created a keras.Variable", init),
+        )
+        for module, attr in _convert_to_tensor_bindings():
+            original = getattr(module, attr)
+            mp.setattr(
+                module, attr, _tripwire(item, f"it called {module.__name__}.{attr}", original)
+            )
+        if BACKEND in FRAMEWORK_ENTRY_POINTS:
+            framework_name, names = FRAMEWORK_ENTRY_POINTS[BACKEND]
+            framework = sys.modules.get(framework_name)
+            for attr in names if framework is not None else ():
+                original = getattr(framework, attr)
+                mp.setattr(
+                    framework, attr, _tripwire(item, f"it called {framework_name}.{attr}", original)
+                )
+        yield
+    if len(sys.modules) != len(modules_before):
+        _restore_imported_during(modules_before)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    # A violation caught by the code under test (`except BaseException`) must
+    # still fail the test.
+    result = yield
+    violations = item.stash.get(_VIOLATIONS, [])
+    if violations:
+        pytest.fail(violations[0], pytrace=False)
+    return result

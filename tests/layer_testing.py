@@ -127,14 +127,20 @@ def run_layer_test(
     eager = layer(input_data)
     eager_shapes = [tuple(t.shape) for t in _as_list(eager)]
     if expected_output_shape is not None:
-        expected = _as_list(expected_output_shape) if isinstance(expected_output_shape, list) else [expected_output_shape]
+        expected = (
+            _as_list(expected_output_shape)
+            if isinstance(expected_output_shape, list)
+            else [expected_output_shape]
+        )
         assert eager_shapes == [tuple(s) for s in expected], eager_shapes
     if expected_num_trainable_weights is not None:
         assert len(layer.trainable_weights) == expected_num_trainable_weights
     assert len(layer.non_trainable_weights) == expected_num_non_trainable_weights
     assert_config_round_trip(layer)
 
-    symbolic_in = keras.Input(batch_shape=(None,) + tuple(input_data.shape[1:]), dtype=input_data.dtype)
+    symbolic_in = keras.Input(
+        batch_shape=(None,) + tuple(input_data.shape[1:]), dtype=input_data.dtype
+    )
     symbolic_out = layer_cls(**init_kwargs)(symbolic_in)
     for s, e in zip(_as_list(symbolic_out), eager_shapes):
         assert tuple(s.shape)[1:] == e[1:]

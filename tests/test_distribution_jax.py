@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from test_gradient_board import read_events, scalar
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="Keras's JAX distribution API")
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="Keras's JAX distribution API"
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,8 +50,14 @@ _TWO_DEVICES = textwrap.dedent(
 
 def _run(command, env, timeout):
     """Runs `command` in its own process group and kills the group whatever happens."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
         return process.returncode, output
@@ -62,8 +70,12 @@ def _run(command, env, timeout):
 
 
 def test_two_devices_give_the_single_device_weights_and_global_norm(tmp_path):
-    env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=ROOT)
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=ROOT,
+    )
     code, output = _run([sys.executable, "-c", _TWO_DEVICES, str(tmp_path)], env, timeout=240)
     assert code == 0, output[-3000:]
     weights = np.load(tmp_path / "weights.npz")
@@ -80,9 +92,26 @@ def test_two_devices_give_the_single_device_weights_and_global_norm(tmp_path):
 
 def test_two_processes_on_loopback_give_one_process_weights(tmp_path):
     # 2 processes on 127.0.0.1 (gloo CPU collectives), then one process on the same global batches.
-    command = [sys.executable, os.path.join(ROOT, "examples", "multi_worker.py"), "--backend", "jax",
-               "--local-workers", "2", "--epochs", "1", "--global-batch-size", "128", "--units", "8",
-               "--logdir", str(tmp_path / "logs"), "--out", str(tmp_path / "w.npz"), "--timeout", "200"]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "examples", "multi_worker.py"),
+        "--backend",
+        "jax",
+        "--local-workers",
+        "2",
+        "--epochs",
+        "1",
+        "--global-batch-size",
+        "128",
+        "--units",
+        "8",
+        "--logdir",
+        str(tmp_path / "logs"),
+        "--out",
+        str(tmp_path / "w.npz"),
+        "--timeout",
+        "200",
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT)
     code, output = _run(command, env, timeout=300)
     assert code == 0, output[-3000:]
@@ -91,4 +120,6 @@ def test_two_processes_on_loopback_give_one_process_weights(tmp_path):
     assert float(last.split(": ")[1]) < 1e-5
     events = read_events(tmp_path / "logs")
     assert np.isfinite(scalar(events, "gradient_norm/global"))
-    assert len(events["gradient_norm/global"][1]) == 1797 // 128  # one per update, on the chief only
+    assert (
+        len(events["gradient_norm/global"][1]) == 1797 // 128
+    )  # one per update, on the chief only

@@ -61,7 +61,12 @@ def fenced_blocks(text):
         body, j = [], i + 1
         while j < len(lines):
             closing = _FENCE.match(lines[j])
-            if closing and closing["fence"][0] == fence[0] and len(closing["fence"]) >= len(fence) and not closing["info"].strip():
+            if (
+                closing
+                and closing["fence"][0] == fence[0]
+                and len(closing["fence"]) >= len(fence)
+                and not closing["info"].strip()
+            ):
                 break
             body.append(_remove_indent(lines[j], indent))
             j += 1
@@ -99,7 +104,7 @@ def markdown_files():
 # files run in one process (one import of the backend, which dominates the
 # cost), each in its own namespace and working folder, with Keras's global
 # state (dtype policy, names) reset in between.
-_RUNNER = '''
+_RUNNER = """
 import io, json, linecache, os, sys, traceback
 spec = json.load(open(sys.argv[1]))
 failures = {}
@@ -133,38 +138,60 @@ for number, entry in enumerate(spec["files"]):
             break
 with open(spec["results"], "w") as f:
     json.dump(failures, f)
-'''
+"""
 
 
 def run_markdown_files(blocks_by_file, workdir, timeout=MARKDOWN_TIMEOUT_S):
     """Runs each file's blocks (`{file: blocks}`) in one fresh process.
     Returns `{file: failure message}` for the files whose blocks failed."""
     workdir = Path(workdir)
-    runner, spec, progress = workdir / "_docs_runner.py", workdir / "_docs_blocks.json", workdir / "_docs_progress"
+    runner, spec, progress = (
+        workdir / "_docs_runner.py",
+        workdir / "_docs_blocks.json",
+        workdir / "_docs_progress",
+    )
     results = workdir / "_docs_results.json"
     runner.write_text(_RUNNER)
     results.unlink(missing_ok=True)
     files = [{"file": file, "blocks": blocks} for file, blocks in blocks_by_file.items()]
-    spec.write_text(json.dumps({"files": files, "progress": str(progress), "results": str(results), "workdir": str(workdir)}))
+    spec.write_text(
+        json.dumps(
+            {
+                "files": files,
+                "progress": str(progress),
+                "results": str(results),
+                "workdir": str(workdir),
+            }
+        )
+    )
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), MPLBACKEND="Agg")
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"  # TensorFlow's start-up noise would fill the stderr tail
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
     try:
         result = subprocess.run(
-            [sys.executable, str(runner), str(spec)], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+            [sys.executable, str(runner), str(spec)],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired as e:
         file, line = json.loads(progress.read_text()) if progress.exists() else ("?", "?")
         tail = (e.stderr or b"")[-STDERR_TAIL_CHARS:]
         tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        return {file: f"{file}: the block starting at line {line} ran past {timeout} s.\n--- stderr tail ---\n{tail}"}
+        return {
+            file: f"{file}: the block starting at line {line} ran past {timeout} s.\n--- stderr tail ---\n{tail}"
+        }
     if result.returncode != 0 or not results.exists():
         file, line = json.loads(progress.read_text()) if progress.exists() else ("?", "?")
-        return {file: f"{file}: the process died in the block starting at line {line} (exit code {result.returncode}).\n"
-                      f"--- stderr tail ---\n{result.stderr[-STDERR_TAIL_CHARS:]}"}
+        return {
+            file: f"{file}: the process died in the block starting at line {line} (exit code {result.returncode}).\n"
+            f"--- stderr tail ---\n{result.stderr[-STDERR_TAIL_CHARS:]}"
+        }
     return {
         file: f"{file}: the python block starting at line {failure['line']} failed.\n"
-              f"--- traceback ---\n{failure['traceback'][-STDERR_TAIL_CHARS:]}"
+        f"--- traceback ---\n{failure['traceback'][-STDERR_TAIL_CHARS:]}"
         for file, failure in json.loads(results.read_text()).items()
     }
 
@@ -175,7 +202,10 @@ def run_markdown_blocks(file, blocks, workdir, timeout=MARKDOWN_TIMEOUT_S):
 
 
 def test_markdown_code_blocks_run(tmp_path):
-    blocks_by_file = {file: runnable_blocks((REPO / file).read_text(encoding="utf-8")) for file in markdown_files()}
+    blocks_by_file = {
+        file: runnable_blocks((REPO / file).read_text(encoding="utf-8"))
+        for file in markdown_files()
+    }
     blocks_by_file = {file: blocks for file, blocks in blocks_by_file.items() if blocks}
     assert "README.md" in blocks_by_file and len(blocks_by_file) > 1, sorted(blocks_by_file)
     failures = run_markdown_files(blocks_by_file, tmp_path, timeout=MARKDOWN_TIMEOUT_S * 4)
@@ -183,6 +213,7 @@ def test_markdown_code_blocks_run(tmp_path):
         pytest.fail("\n\n".join(failures.values()), pytrace=False)
 
 
+@pytest.mark.backend_free
 class TestMarkdownExtraction:
     TEXT = textwrap.dedent(
         """\
@@ -225,7 +256,14 @@ class TestMarkdownExtraction:
         assert [b["source"] for b in blocks] == ["x = 1", "y = x + 1", "s = '''\n```\n'''"]
 
     def test_languages(self):
-        assert [language for language, _, _ in fenced_blocks(self.TEXT)] == ["python", "bash", "", "py", "python", "python"]
+        assert [language for language, _, _ in fenced_blocks(self.TEXT)] == [
+            "python",
+            "bash",
+            "",
+            "py",
+            "python",
+            "python",
+        ]
 
     def test_blocks_share_a_namespace_and_a_failure_names_file_and_line(self, tmp_path):
         blocks = runnable_blocks(self.TEXT)
@@ -264,7 +302,9 @@ def _docstrings(qualname, obj):
         for name, member in vars(obj).items():
             if name.startswith("_"):
                 continue
-            function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+            function = (
+                member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+            )
             if inspect.isfunction(function) or isinstance(member, property):
                 found.append((f"{qualname}.{name}", function, member.__doc__))
     return [(name, source, doc) for name, source, doc in found if doc]
@@ -286,7 +326,9 @@ def _run_docstring(name, source, doc):
     filename, lineno = _source_location(source)
     # Fence lines (``` around doctest lines, for MkDocs) are not doctest output.
     text = "\n".join("" if _FENCE.match(line) else line for line in doc.split("\n"))
-    test = doctest.DocTestParser().get_doctest(text, {"__name__": "__doctest__"}, name, filename, lineno)
+    test = doctest.DocTestParser().get_doctest(
+        text, {"__name__": "__doctest__"}, name, filename, lineno
+    )
     reports = []
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test, out=reports.append, clear_globs=True)
@@ -306,11 +348,15 @@ def _run_docstring(name, source, doc):
 
 
 OBJECTS_WITH_EXAMPLES = [
-    (qualname, obj) for qualname, obj in all_public_objects() if any(_has_example(doc) for _, _, doc in _docstrings(qualname, obj))
+    (qualname, obj)
+    for qualname, obj in all_public_objects()
+    if any(_has_example(doc) for _, _, doc in _docstrings(qualname, obj))
 ]
 
 
-@pytest.mark.parametrize("qualname, obj", OBJECTS_WITH_EXAMPLES, ids=[q for q, _ in OBJECTS_WITH_EXAMPLES])
+@pytest.mark.parametrize(
+    "qualname, obj", OBJECTS_WITH_EXAMPLES, ids=[q for q, _ in OBJECTS_WITH_EXAMPLES]
+)
 def test_docstring_examples_run(qualname, obj, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples may write files (TensorBoard logs)
     failures = []
@@ -319,7 +365,9 @@ def test_docstring_examples_run(qualname, obj, tmp_path, monkeypatch):
             continue
         count, reports = _run_docstring(name, source, doc)
         if count == 0:
-            reports.append(f"{name}: its Example section has no `>>>` lines and no python block to run.")
+            reports.append(
+                f"{name}: its Example section has no `>>>` lines and no python block to run."
+            )
         failures += reports
     if failures:
         pytest.fail("\n".join(failures), pytrace=False)
@@ -336,7 +384,9 @@ def api_reference_problems(api_dir, public):
         for match in _DIRECTIVE.finditer(page.read_text(encoding="utf-8")):
             directives[match["path"]] = page.name
     missing = sorted(set(public) - set(directives))
-    unresolved = sorted(f"{path} (in {page})" for path, page in directives.items() if not _resolves(path))
+    unresolved = sorted(
+        f"{path} (in {page})" for path, page in directives.items() if not _resolves(path)
+    )
     return missing, unresolved
 
 
@@ -360,24 +410,41 @@ def _public_paths():
     return [f"keras_gradkit.{qualname}" for qualname, _ in all_public_objects()]
 
 
+@pytest.mark.backend_free
 def test_api_reference_lists_every_public_name():
     api_dir = REPO / "docs" / "api"
     if not api_dir.is_dir():
         pytest.skip("docs/api does not exist yet: no API reference to check")
     missing, unresolved = api_reference_problems(api_dir, _public_paths())
-    assert not missing, f"public names with no `::: keras_gradkit.<module>.<Name>` directive in docs/api: {missing}"
+    assert not missing, (
+        f"public names with no `::: keras_gradkit.<module>.<Name>` directive in docs/api: {missing}"
+    )
     assert not unresolved, f"directives in docs/api that name no object: {unresolved}"
 
 
+@pytest.mark.backend_free
 def test_api_reference_check_finds_missing_and_unresolved(tmp_path):
     public = _public_paths()
-    assert "keras_gradkit.layers.IndRNN" in public and "keras_gradkit.clipping.global_norm" in public
-    assert not any(p.rsplit(".", 1)[1].startswith("_") or "keras_gradkit_export" in p for p in public)
+    assert (
+        "keras_gradkit.layers.IndRNN" in public and "keras_gradkit.clipping.global_norm" in public
+    )
+    assert not any(
+        p.rsplit(".", 1)[1].startswith("_") or "keras_gradkit_export" in p for p in public
+    )
     (tmp_path / "sub").mkdir()
-    (tmp_path / "layers.md").write_text("# Layers\n\n" + "".join(f"::: {p}\n\n" for p in public[:-1]))
-    (tmp_path / "sub" / "more.md").write_text(f"::: {public[-1]}\n    options:\n      show_source: false\n")
+    (tmp_path / "layers.md").write_text(
+        "# Layers\n\n" + "".join(f"::: {p}\n\n" for p in public[:-1])
+    )
+    (tmp_path / "sub" / "more.md").write_text(
+        f"::: {public[-1]}\n    options:\n      show_source: false\n"
+    )
     assert api_reference_problems(tmp_path, public) == ([], [])
-    (tmp_path / "sub" / "more.md").write_text("::: keras_gradkit.layers.NoSuchLayer\n::: keras_gradkit.nosuchmodule.X\n")
+    (tmp_path / "sub" / "more.md").write_text(
+        "::: keras_gradkit.layers.NoSuchLayer\n::: keras_gradkit.nosuchmodule.X\n"
+    )
     missing, unresolved = api_reference_problems(tmp_path, public)
     assert missing == [public[-1]]
-    assert unresolved == ["keras_gradkit.layers.NoSuchLayer (in more.md)", "keras_gradkit.nosuchmodule.X (in more.md)"]
+    assert unresolved == [
+        "keras_gradkit.layers.NoSuchLayer (in more.md)",
+        "keras_gradkit.nosuchmodule.X (in more.md)",
+    ]

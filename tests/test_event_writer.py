@@ -4,7 +4,8 @@ remote one.
 
 Backend-independent: apart from `TestFitImportsNoTensorFlow`, these tests
 touch no backend tensors (only NumPy, protos and files), so every
-KERAS_BACKEND gives the same result.
+KERAS_BACKEND gives the same result: they are marked `backend_free` and run
+once, on TensorFlow (the `tf.io.gfile` test is `tensorflow_only` anyway).
 """
 
 import os
@@ -58,10 +59,15 @@ def write_steps(run_dir, steps):
 def run_python(script, *args, backend="jax"):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
     return subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=240, env=env
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
 
 
+@pytest.mark.backend_free
 class TestEventWriter:
     def test_every_kind_of_value_reads_back_with_tensorboard(self, tmp_path):
         rng = np.random.default_rng(0)
@@ -73,7 +79,9 @@ class TestEventWriter:
                 *_event_writer.scalar_values({"loss": 0.25, "gradient_norm/global": -3.5}),
                 _event_writer.histogram_value("gradients/w", data),
                 _event_writer.image_value("plot", PNG, 64, 48, description="a plot"),
-                _event_writer.tensor_value("norms", vector, _event_writer.TIME_GRADIENT_PLUGIN, "per step"),
+                _event_writer.tensor_value(
+                    "norms", vector, _event_writer.TIME_GRADIENT_PLUGIN, "per step"
+                ),
                 _event_writer.text_value("notes", "**clipped** at `1.0`"),
             ],
             step=4,
@@ -91,7 +99,7 @@ class TestEventWriter:
         }
         assert [(s, float(v)) for s, v in events["loss"][2]] == [(4, 0.25), (5, 0.125)]
         assert [(s, float(v)) for s, v in events["gradient_norm/global"][2]] == [(4, -3.5)]
-        (step, buckets), = events["gradients/w"][2]
+        ((step, buckets),) = events["gradients/w"][2]
         assert step == 4 and buckets.shape == (30, 3)
         assert buckets[:, 2].sum() == data.size
         np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], [data.min(), data.max()])
@@ -164,6 +172,7 @@ class TestEventWriter:
         assert (tmp_path / "a" / "b").is_dir()
 
 
+@pytest.mark.backend_free
 class TestMaxStepOnDisk:
     def test_largest_summary_step_over_all_files(self, tmp_path):
         assert _event_writer.max_step_on_disk(tmp_path) == -1
@@ -192,11 +201,15 @@ class TestMaxStepOnDisk:
         os.truncate(path, os.path.getsize(path) - cut)
         assert _event_writer.max_step_on_disk(tmp_path / "run") == 5
         # TensorBoard's reader agrees, and a later file still counts.
-        assert [e.step for e in event_file_loader.EventFileLoader(path).Load() if e.HasField("summary")] == [2, 5]
+        assert [
+            e.step for e in event_file_loader.EventFileLoader(path).Load() if e.HasField("summary")
+        ] == [2, 5]
         write_steps(str(tmp_path / "run"), [6])
         assert _event_writer.max_step_on_disk(tmp_path / "run") == 6
 
-    @pytest.mark.parametrize("tail", [b"\0" * 40, b"\xff" * 7, b"garbage!" * 5], ids=["zeros", "ones", "text"])
+    @pytest.mark.parametrize(
+        "tail", [b"\0" * 40, b"\xff" * 7, b"garbage!" * 5], ids=["zeros", "ones", "text"]
+    )
     def test_a_damaged_tail_is_ignored(self, tmp_path, tail):
         path = write_steps(str(tmp_path), [1, 4])
         with open(path, "ab") as f:
@@ -205,8 +218,11 @@ class TestMaxStepOnDisk:
 
 
 class TestRemoteLogDir:
+    @pytest.mark.backend_free
     def test_without_tensorflow_a_remote_path_is_rejected(self, monkeypatch):
-        monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` raises ImportError
+        monkeypatch.setitem(
+            sys.modules, "tensorflow", None
+        )  # `import tensorflow` raises ImportError
         message = r"Argument `log_dir` is a remote path \((gs|s3)://\), which needs .*`tf\.io\.gfile`.*tensorflow"
         received = re.escape("Received: log_dir='gs://bucket/logs/train'")
         with pytest.raises(ValueError, match=message + ".*" + received):
@@ -215,7 +231,9 @@ class TestRemoteLogDir:
             EventWriter("gs://bucket/logs/train").write(_event_writer.scalar_values({"a": 1.0}), 0)
         with pytest.raises(ValueError, match=message):
             _event_writer.max_step_on_disk("s3://bucket/logs/train")
-        EventWriter("gs://bucket/logs/train").write([], 0)  # nothing to write: no file system needed
+        EventWriter("gs://bucket/logs/train").write(
+            [], 0
+        )  # nothing to write: no file system needed
 
     @pytest.mark.tensorflow_only  # TensorFlow's in-memory file system stands in for gs://
     def test_a_remote_path_goes_through_tf_io_gfile(self, tmp_path):
@@ -236,6 +254,7 @@ class TestRemoteLogDir:
         assert [(e.step, e.summary.value[0].tag) for e in events[1:]] == [(2, "loss"), (7, "notes")]
 
 
+@pytest.mark.backend_free
 class TestNoTensorFlow:
     def test_the_writer_alone_imports_no_tensorflow(self, tmp_path):
         # Loads the file by itself (not through the package), so only the
@@ -290,6 +309,10 @@ class TestFitImportsNoTensorFlow:
         assert result.returncode == 0, result.stderr[-3000:]
         assert "tensorflow imported: False" in result.stdout, result.stdout
         # Read back only now, in this process: TensorBoard's reader imports TensorFlow.
-        plugins = {tag: plugin for tag, (plugin, _, _) in read_back(tmp_path / "logs" / "train").items()}
+        plugins = {
+            tag: plugin for tag, (plugin, _, _) in read_back(tmp_path / "logs" / "train").items()
+        }
         assert "scalars" in plugins.values(), plugins
-        assert any(tag.startswith("gradients/") and p == "histograms" for tag, p in plugins.items()), plugins
+        assert any(
+            tag.startswith("gradients/") and p == "histograms" for tag, p in plugins.items()
+        ), plugins

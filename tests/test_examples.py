@@ -17,7 +17,9 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def load_example(name):
     if EXAMPLES not in sys.path:  # as when the script runs: its siblings are importable
         sys.path.insert(0, EXAMPLES)
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", os.path.join(EXAMPLES, f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -28,7 +30,10 @@ def read_run(run_dir):
     acc = pea.EventAccumulator(os.path.join(run_dir, "train"), size_guidance={pea.TENSORS: 0})
     acc.Reload()
     return {
-        tag: (acc.SummaryMetadata(tag).plugin_data.plugin_name, tensor_util.make_ndarray(acc.Tensors(tag)[-1].tensor_proto))
+        tag: (
+            acc.SummaryMetadata(tag).plugin_data.plugin_name,
+            tensor_util.make_ndarray(acc.Tensors(tag)[-1].tensor_proto),
+        )
         for tag in acc.Tags()["tensors"]
     }
 
@@ -37,7 +42,10 @@ def assert_gradient_board_wrote(run_dir, time_probe=False):
     events = read_run(run_dir)
     plugin, norm = events["gradient_norm/global"]
     assert plugin == "scalars" and np.isfinite(norm) and norm > 0
-    assert any(tag.startswith("gradients/") and plugin == "histograms" for tag, (plugin, _) in events.items())
+    assert any(
+        tag.startswith("gradients/") and plugin == "histograms"
+        for tag, (plugin, _) in events.items()
+    )
     assert any(tag.startswith("update_ratio/") for tag in events)
     if time_probe:
         assert events["time_gradient/input"][0] == "images"
@@ -48,8 +56,25 @@ def assert_gradient_board_wrote(run_dir, time_probe=False):
 def test_adding_problem(tmp_path):
     module = load_example("adding_problem")
     png = tmp_path / "time_gradient.png"
-    argv = ["--model", "indrnn", "--seq-len", "16", "--steps", "20", "--eval-every", "10", "--units", "8",
-            "--val-size", "32", "--logdir", str(tmp_path), "--gradboard", "--time-gradient-png", str(png)]
+    argv = [
+        "--model",
+        "indrnn",
+        "--seq-len",
+        "16",
+        "--steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--units",
+        "8",
+        "--val-size",
+        "32",
+        "--logdir",
+        str(tmp_path),
+        "--gradboard",
+        "--time-gradient-png",
+        str(png),
+    ]
     final = module.main(argv)
     assert np.isfinite(final)
     assert_gradient_board_wrote(os.path.join(tmp_path, "indrnn_T16"), time_probe=True)
@@ -58,8 +83,26 @@ def test_adding_problem(tmp_path):
 
 def test_gate_bias(tmp_path):
     module = load_example("gate_bias")
-    argv = ["--timesteps", "12", "--units", "4", "--train-samples", "64", "--val-samples", "32", "--batch-size", "32",
-            "--epochs", "1", "--variants", "keras", "forget1", "--logdir", str(tmp_path), "--gradboard"]
+    argv = [
+        "--timesteps",
+        "12",
+        "--units",
+        "4",
+        "--train-samples",
+        "64",
+        "--val-samples",
+        "32",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--variants",
+        "keras",
+        "forget1",
+        "--logdir",
+        str(tmp_path),
+        "--gradboard",
+    ]
     keras_run, forget1 = module.main(argv)
     # Same kernels, same bias: keras.layers.LSTM and LSTM(forget_bias=1.0) train identically.
     assert keras_run["curve"] == pytest.approx(forget1["curve"], rel=1e-5)
@@ -70,8 +113,19 @@ def test_gate_bias(tmp_path):
 
 def test_clipping(tmp_path):
     module = load_example("clipping")
-    argv = ["--samples", "100", "--epochs", "1", "--units", "8", "--policies", "global_norm",
-            "--logdir", str(tmp_path), "--gradboard"]
+    argv = [
+        "--samples",
+        "100",
+        "--epochs",
+        "1",
+        "--units",
+        "8",
+        "--policies",
+        "global_norm",
+        "--logdir",
+        str(tmp_path),
+        "--gradboard",
+    ]
     (result,) = module.main(argv)
     events = assert_gradient_board_wrote(os.path.join(tmp_path, "global_norm"))
     assert float(events["clipping/threshold"][1]) == 1.0
@@ -81,8 +135,21 @@ def test_clipping(tmp_path):
 
 def test_normalization(tmp_path):
     module = load_example("normalization")
-    argv = ["--depth", "3", "--width", "8", "--groups", "2", "--epochs", "1", "--variants", "groupnorm",
-            "--logdir", str(tmp_path), "--gradboard"]
+    argv = [
+        "--depth",
+        "3",
+        "--width",
+        "8",
+        "--groups",
+        "2",
+        "--epochs",
+        "1",
+        "--variants",
+        "groupnorm",
+        "--logdir",
+        str(tmp_path),
+        "--gradboard",
+    ]
     module.main(argv)
     assert_gradient_board_wrote(os.path.join(tmp_path, "mlp", "groupnorm"))
 
@@ -110,10 +177,20 @@ def test_deep_rnn_smoke(tmp_path, capsys):
             model = module.build_model(kind, 2, 4, task)
             assert tuple(model.output.shape) == (None, 10 if task.name == "digits" else 1)
     png = tmp_path / "depth.png"
-    argv = ["--smoke", "--logdir", str(tmp_path), "--figure", str(png)] + DEEP_RNN_SMOKE[keras.backend.backend()]
+    argv = ["--smoke", "--logdir", str(tmp_path), "--figure", str(png)] + DEEP_RNN_SMOKE[
+        keras.backend.backend()
+    ]
     results = module.main(argv)
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| digits |", "| adding |"))]
-    assert len(rows) == len(results) == {"torch": 6, "tensorflow": 2, "jax": 1}[keras.backend.backend()]
+    rows = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("| digits |", "| adding |"))
+    ]
+    assert (
+        len(rows)
+        == len(results)
+        == {"torch": 6, "tensorflow": 2, "jax": 1}[keras.backend.backend()]
+    )
     for (task, kind, depth), result in results.items():
         row = f"| {task} | {module.MODEL_NAMES[kind]} | {depth} | "
         assert sum(line.startswith(row) for line in rows) == 1

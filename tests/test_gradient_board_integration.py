@@ -13,7 +13,7 @@ import urllib.request
 import keras
 import numpy as np
 import pytest
-from test_gradient_board import data, dense_model, norm, numpy_dense_gradients, read_events, scalar
+from test_gradient_board import data, norm, numpy_dense_gradients, read_events, scalar
 
 import keras_gradkit as gk
 
@@ -51,7 +51,11 @@ def test_mirrored_strategy_logs_the_aggregated_gradient(tmp_path):
     np.savez(tmp_path / "data.npz", x=x, y=y)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", _MIRRORED_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.split()[-2:] == ["SGD", "2"]  # given back after fit
@@ -62,7 +66,9 @@ def test_mirrored_strategy_logs_the_aggregated_gradient(tmp_path):
     assert scalar(events, "gradient_norm/global") == pytest.approx(norm(grads), rel=1e-5)
     buckets = events["gradients/net/hidden/kernel"][1][-1][1]
     assert buckets[:, 2].sum() == 12
-    np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], [grads[0].min(), grads[0].max()], rtol=1e-4)
+    np.testing.assert_allclose(
+        [buckets[0, 0], buckets[-1, 1]], [grads[0].min(), grads[0].max()], rtol=1e-4
+    )
 
 
 # The real TensorBoard server, started with TensorFlow blocked from import so
@@ -101,16 +107,33 @@ def test_tensorboard_server_shows_the_tags(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 5, 2)).astype("float32")
     y = rng.normal(size=(4, 1)).astype("float32")
-    model = keras.Sequential([keras.Input((5, 2)), keras.layers.SimpleRNN(3, name="rnn"), keras.layers.Dense(1)],
-                             name="net")
+    model = keras.Sequential(
+        [keras.Input((5, 2)), keras.layers.SimpleRNN(3, name="rnn"), keras.layers.Dense(1)],
+        name="net",
+    )
     model.compile(optimizer="adam", loss="mse")
     log_dir = tmp_path / "logs"
     model.fit(x, y, verbose=0, callbacks=[gk.callbacks.GradientBoard(log_dir, time_probe=(x, y))])
     port = _free_port()
-    command = [sys.executable, "-c", _TENSORBOARD_WITHOUT_TF, "--logdir", str(log_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--reload_interval", "1"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""))
+    command = [
+        sys.executable,
+        "-c",
+        _TENSORBOARD_WITHOUT_TF,
+        "--logdir",
+        str(log_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--reload_interval",
+        "1",
+    ]
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -125,12 +148,19 @@ def test_tensorboard_server_shows_the_tags(tmp_path):
             assert server.poll() is None, "tensorboard exited"
             time.sleep(0.5)
         assert "gradient_norm/global" in scalars.get("train", {}), scalars
-        assert {"gradient_norm/net/rnn/simple_rnn_cell/kernel", "clipping/clipped_fraction", "time_gradient/reach",
-                "time_gradient/rnn/reach", "update_ratio/net/dense/kernel"} <= set(scalars["train"])
+        assert {
+            "gradient_norm/net/rnn/simple_rnn_cell/kernel",
+            "clipping/clipped_fraction",
+            "time_gradient/reach",
+            "time_gradient/rnn/reach",
+            "update_ratio/net/dense/kernel",
+        } <= set(scalars["train"])
         histograms = _get_json(f"{base}/data/plugin/histograms/tags")
         assert "gradients/net/rnn/simple_rnn_cell/recurrent_kernel" in histograms["train"]
         images = _get_json(f"{base}/data/plugin/images/tags")
-        assert {"time_gradient/input", "time_gradient/rnn", "gradient_depth"} <= set(images["train"])
+        assert {"time_gradient/input", "time_gradient/rnn", "gradient_depth"} <= set(
+            images["train"]
+        )
     finally:
         server.terminate()
         try:

@@ -15,7 +15,15 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from test_gradient_board import data, dense_model, norm, numpy_dense_gradients, read_events, scalar, steps
+from test_gradient_board import (
+    data,
+    dense_model,
+    norm,
+    numpy_dense_gradients,
+    read_events,
+    scalar,
+    steps,
+)
 
 import keras_gradkit as gk
 from keras_gradkit import clipping
@@ -32,7 +40,11 @@ def run_python(script, *args, timeout=300):
     """Runs `script` in a fresh interpreter on this backend."""
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
     return subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -83,9 +95,13 @@ class OptimizerChecker(keras.callbacks.Callback):
         self.checks += 1
         optimizer = self.model.optimizer
         if optimizer is not self.user_optimizer:
-            self.problems.append(f"{where}: model.optimizer is {optimizer!r}, not the user's {self.user_optimizer!r}")
+            self.problems.append(
+                f"{where}: model.optimizer is {optimizer!r}, not the user's {self.user_optimizer!r}"
+            )
         if type(optimizer) is not type(self.user_optimizer):
-            self.problems.append(f"{where}: type {type(optimizer).__name__}, not {type(self.user_optimizer).__name__}")
+            self.problems.append(
+                f"{where}: type {type(optimizer).__name__}, not {type(self.user_optimizer).__name__}"
+            )
         paths = [v.path for v in optimizer.variables]
         if paths != self.paths:
             self.problems.append(f"{where}: variables {paths} != {self.paths}")
@@ -189,10 +205,14 @@ def fit_for_saving(case, directory, with_board):
     os.makedirs(directory, exist_ok=True)
     callbacks = [
         keras.callbacks.ModelCheckpoint(os.path.join(directory, "ckpt.keras")),
-        keras.callbacks.ModelCheckpoint(os.path.join(directory, "ckpt.weights.h5"), save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(directory, "ckpt.weights.h5"), save_weights_only=True
+        ),
     ]
     if with_board:
-        callbacks.insert(0, gk.callbacks.GradientBoard(os.path.join(directory, "logs"), histogram_freq=1))
+        callbacks.insert(
+            0, gk.callbacks.GradientBoard(os.path.join(directory, "logs"), histogram_freq=1)
+        )
     model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
     model.save(os.path.join(directory, "final.keras"))
     return model
@@ -207,7 +227,9 @@ def assert_same_checksums(got, want, what, names=True):
     if names:
         assert [g[0] for g in got] == [w[0] for w in want], what
     assert [g[1] for g in got] == [w[1] for w in want], what
-    np.testing.assert_allclose([g[2:] for g in got], [w[2:] for w in want], rtol=1e-6, atol=1e-6, err_msg=what)
+    np.testing.assert_allclose(
+        [g[2:] for g in got], [w[2:] for w in want], rtol=1e-6, atol=1e-6, err_msg=what
+    )
 
 
 _RESUMABLE = textwrap.dedent(
@@ -267,8 +289,19 @@ class TestGradientBoardTrust:
         before = [v.path for v in user_opt.variables]
         board = gk.callbacks.GradientBoard(tmp_path, histogram_freq=1)
         checker = OptimizerChecker(user_opt)
-        model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False, callbacks=[board, checker])
-        model.fit(x, y, batch_size=4, initial_epoch=2, epochs=3, verbose=0, shuffle=False, callbacks=[board, checker])
+        model.fit(
+            x, y, batch_size=4, epochs=2, verbose=0, shuffle=False, callbacks=[board, checker]
+        )
+        model.fit(
+            x,
+            y,
+            batch_size=4,
+            initial_epoch=2,
+            epochs=3,
+            verbose=0,
+            shuffle=False,
+            callbacks=[board, checker],
+        )
         assert checker.problems == []
         assert checker.checks == 3 * (2 * 4 + 1)  # 12 batches, begin and end, and 3 epoch ends
         assert model.optimizer is user_opt
@@ -306,14 +339,24 @@ class TestGradientBoardTrust:
         assert SKIPPING not in result.stderr, result.stderr[-4000:]
         for name in ("final.keras", "ckpt.keras", "ckpt.weights.h5"):
             reference, loaded = report[f"plain/{name}"], report[f"board/{name}"]
-            assert loaded["optimizer"] == reference["optimizer"] == type(plain.optimizer).__name__, name
+            assert (
+                loaded["optimizer"] == reference["optimizer"] == type(plain.optimizer).__name__
+            ), name
             assert loaded["iterations"] == reference["iterations"] == 4, name
-            assert_same_checksums(loaded["optimizer_variables"], reference["optimizer_variables"], f"board/{name}")
-            assert_same_checksums(loaded["optimizer_variables"], plain_checksum, f"board/{name} vs in-process",
-                                  names=False)  # Keras names a loaded model's slots without the model's name
+            assert_same_checksums(
+                loaded["optimizer_variables"], reference["optimizer_variables"], f"board/{name}"
+            )
+            assert_same_checksums(
+                loaded["optimizer_variables"],
+                plain_checksum,
+                f"board/{name} vs in-process",
+                names=False,
+            )  # Keras names a loaded model's slots without the model's name
             assert_same_checksums(loaded["weights"], reference["weights"], f"board/{name} weights")
 
-    @pytest.mark.parametrize("case", ["float32-adam", "float32-clipped", "mixed-adam", "mixed-clipped"])
+    @pytest.mark.parametrize(
+        "case", ["float32-adam", "float32-clipped", "mixed-adam", "mixed-clipped"]
+    )
     def test_optimizer_variable_paths_are_the_same_with_or_without_the_board(self, tmp_path, case):
         # Keras saves optimizer variables by position, not by path, but the
         # paths are what users (and GradientBoard's tags) see.
@@ -330,10 +373,14 @@ class TestGradientBoardTrust:
     def test_backup_and_restore_after_sigkill_ends_as_an_uninterrupted_run(self, tmp_path):
         reference = run_python(_RESUMABLE, tmp_path / "b0", "-", tmp_path / "reference.npz", "no")
         assert reference.returncode == 0, reference.stderr[-4000:]
-        killed = run_python(_RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "kill")
+        killed = run_python(
+            _RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "kill"
+        )
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
         assert not (tmp_path / "resumed.npz").exists()
-        resumed = run_python(_RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "no")
+        resumed = run_python(
+            _RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "no"
+        )
         assert resumed.returncode == 0, resumed.stderr[-4000:]
         assert SKIPPING not in resumed.stdout + resumed.stderr, resumed.stderr[-4000:]
         assert "iterations 16" in reference.stdout, reference.stdout
@@ -351,8 +398,12 @@ class TestGradientBoardTrust:
         keras.utils.set_random_seed(3)
         counter = Counting(name="count")
         model = keras.Sequential(
-            [keras.Input((3,)), keras.layers.Dense(4, activation="tanh", name="hidden"), counter,
-             keras.layers.Dense(2, name="out")],
+            [
+                keras.Input((3,)),
+                keras.layers.Dense(4, activation="tanh", name="hidden"),
+                counter,
+                keras.layers.Dense(2, name="out"),
+            ],
             name="net",
         )
         lr = 0.1
@@ -371,13 +422,24 @@ class TestGradientBoardTrust:
                 continue
             before = counter.train_calls
             # One step per fit (one batch), each fit one epoch further on.
-            model.fit(x, y, batch_size=8, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False,
-                      callbacks=[] if item is None else [item])
+            model.fit(
+                x,
+                y,
+                batch_size=8,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                verbose=0,
+                shuffle=False,
+                callbacks=[] if item is None else [item],
+            )
             traces.append(counter.train_calls - before)
             grads = numpy_dense_gradients(weights, x, y)
             new = [w - lr * g for w, g in zip(weights, grads)]
             if item is not None:
-                expected[(item.log_dir, epoch)] = (norm(grads), lr * np.linalg.norm(grads[0]) / np.linalg.norm(new[0]))
+                expected[(item.log_dir, epoch)] = (
+                    norm(grads),
+                    lr * np.linalg.norm(grads[0]) / np.linalg.norm(new[0]),
+                )
             weights = new
             epoch += 1
         assert model.optimizer is new_optimizer
@@ -390,7 +452,9 @@ class TestGradientBoardTrust:
         for (log_dir, step), (global_norm, ratio) in expected.items():
             ev = events[log_dir]
             index = steps(ev, "gradient_norm/global").index(step)
-            assert scalar(ev, "gradient_norm/global", index) == pytest.approx(global_norm, rel=1e-5), (log_dir, step)
+            assert scalar(ev, "gradient_norm/global", index) == pytest.approx(
+                global_norm, rel=1e-5
+            ), (log_dir, step)
             # The ratio of epoch 6 is that of the new optimizer's step (lr 0.05).
             got = scalar(ev, "update_ratio/net/hidden/kernel", index)
             assert got == pytest.approx(ratio, rel=1e-4), (log_dir, step)
@@ -425,12 +489,20 @@ class TestGradientBoardTrust:
         for tag in a:
             assert steps(a, tag) == [0, 1], tag
             assert steps(b, tag) == [2, 3], tag
-        np.testing.assert_allclose(values(a, "gradient_norm/global"), [norm(h[1]) for h in history[:2]], rtol=1e-5)
+        np.testing.assert_allclose(
+            values(a, "gradient_norm/global"), [norm(h[1]) for h in history[:2]], rtol=1e-5
+        )
         # B's first epoch: the gradient at the weights A's fit left.
-        np.testing.assert_allclose(values(b, "gradient_norm/global"), [norm(h[1]) for h in history[2:]], rtol=1e-5)
+        np.testing.assert_allclose(
+            values(b, "gradient_norm/global"), [norm(h[1]) for h in history[2:]], rtol=1e-5
+        )
         for path, i in zip(VARIABLES, range(4)):
-            np.testing.assert_allclose(values(b, f"gradient_norm/{path}"),
-                                       [np.linalg.norm(h[1][i]) for h in history[2:]], rtol=1e-5, err_msg=path)
+            np.testing.assert_allclose(
+                values(b, f"gradient_norm/{path}"),
+                [np.linalg.norm(h[1][i]) for h in history[2:]],
+                rtol=1e-5,
+                err_msg=path,
+            )
         assert values(b, "clipping/skipped_steps") == [0.0, 0.0]
         for got, want in zip(model.get_weights(), final):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -442,18 +514,34 @@ class TestGradientBoardTrust:
         lr = 0.1
         w0 = model.get_weights()
         model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
-        model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path)])
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=3,
+            verbose=0,
+            callbacks=[gk.callbacks.GradientBoard(tmp_path)],
+        )
         history, _ = numpy_sgd(w0, x, y, lr, 3)
         events = read_events(tmp_path)
         assert "clipping/threshold" not in events
-        np.testing.assert_allclose(values(events, "gradient_norm/global"), [norm(h[1]) for h in history], rtol=1e-5)
-        np.testing.assert_allclose(values(events, "gradient_norm/global_clipped"), [norm(h[1]) for h in history],
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            values(events, "gradient_norm/global"), [norm(h[1]) for h in history], rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            values(events, "gradient_norm/global_clipped"), [norm(h[1]) for h in history], rtol=1e-5
+        )
         for i, path in enumerate(VARIABLES):
-            np.testing.assert_allclose(values(events, f"gradient_norm/{path}"),
-                                       [np.linalg.norm(h[1][i]) for h in history], rtol=1e-5, err_msg=path)
+            np.testing.assert_allclose(
+                values(events, f"gradient_norm/{path}"),
+                [np.linalg.norm(h[1][i]) for h in history],
+                rtol=1e-5,
+                err_msg=path,
+            )
             ratios = [np.linalg.norm(lr * h[1][i]) / np.linalg.norm(h[3][i]) for h in history]
-            np.testing.assert_allclose(values(events, f"update_ratio/{path}"), ratios, rtol=1e-4, err_msg=path)
+            np.testing.assert_allclose(
+                values(events, f"update_ratio/{path}"), ratios, rtol=1e-4, err_msg=path
+            )
 
     def test_keras_global_clipnorm_is_reported(self, tmp_path):
         x, y = data(n=8)
@@ -461,7 +549,14 @@ class TestGradientBoardTrust:
         lr, clip = 0.1, 0.05
         w0 = model.get_weights()
         model.compile(optimizer=keras.optimizers.SGD(lr, global_clipnorm=clip), loss="mse")
-        model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path)])
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=2,
+            verbose=0,
+            callbacks=[gk.callbacks.GradientBoard(tmp_path)],
+        )
         history, final = numpy_sgd(w0, x, y, lr, 2, clipnorm=clip)
         assert all(norm(h[1]) > clip for h in history)  # every step is clipped
         events = read_events(tmp_path)
@@ -469,21 +564,37 @@ class TestGradientBoardTrust:
         clipped = values(events, "gradient_norm/global_clipped")
         assert all(c <= clip * (1 + 1e-6) for c in clipped), clipped  # float32 rounding of the norm
         assert clipped == pytest.approx([clip, clip], rel=1e-5)
-        np.testing.assert_allclose(values(events, "gradient_norm/global"), [norm(h[1]) for h in history], rtol=1e-5)
+        np.testing.assert_allclose(
+            values(events, "gradient_norm/global"), [norm(h[1]) for h in history], rtol=1e-5
+        )
         assert values(events, "clipping/clipped_fraction") == [1.0, 1.0]
         ratios = [np.linalg.norm(lr * h[2][0]) / np.linalg.norm(h[3][0]) for h in history]
-        np.testing.assert_allclose(values(events, "update_ratio/net/hidden/kernel"), ratios, rtol=1e-4)
+        np.testing.assert_allclose(
+            values(events, "update_ratio/net/hidden/kernel"), ratios, rtol=1e-4
+        )
         for got, want in zip(model.get_weights(), final):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
     # 7. The latest statistics are not saved.
     @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
-    def test_clipped_optimizer_statistics_are_nan_after_loading_until_the_next_update(self, tmp_path, precision):
+    def test_clipped_optimizer_statistics_are_nan_after_loading_until_the_next_update(
+        self, tmp_path, precision
+    ):
         keras.config.set_dtype_policy(precision)
         x, y = data(n=8, scale=1.0)
         model = dense_model()
-        model.compile(optimizer=ClippedOptimizer(keras.optimizers.SGD(0.1), clipping.ClipByGlobalNorm(1.0)), loss="mse")
-        model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path / "logs")])
+        model.compile(
+            optimizer=ClippedOptimizer(keras.optimizers.SGD(0.1), clipping.ClipByGlobalNorm(1.0)),
+            loss="mse",
+        )
+        model.fit(
+            x,
+            y,
+            batch_size=4,
+            epochs=2,
+            verbose=0,
+            callbacks=[gk.callbacks.GradientBoard(tmp_path / "logs")],
+        )
         path = tmp_path / "m.keras"
         model.save(path)
         with warnings.catch_warnings(record=True) as caught:
@@ -513,9 +624,18 @@ class TestGradientBoardTrust:
         keras.config.set_dtype_policy("mixed_float16")
         x, y = data(n=8, scale=1.0)
         model = dense_model()
-        opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=64.0, dynamic_growth_steps=2)
+        opt = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1), initial_scale=64.0, dynamic_growth_steps=2
+        )
         model.compile(optimizer=opt, loss="mse")
-        model.fit(x, y, batch_size=8, epochs=4, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path)])
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=4,
+            verbose=0,
+            callbacks=[gk.callbacks.GradientBoard(tmp_path)],
+        )
         assert model.optimizer is opt
         assert iterations(opt) == 4  # all steps finite
         events = read_events(tmp_path)
@@ -530,8 +650,17 @@ class TestGradientBoardTrust:
         x, y = data(n=8, scale=1.0)
         model = dense_model()
         model.compile(optimizer="sgd", loss="mse")
-        model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path)])
-        assert iterations(model.optimizer) == 4  # all steps finite: far fewer than dynamic_growth_steps
+        model.fit(
+            x,
+            y,
+            batch_size=4,
+            epochs=2,
+            verbose=0,
+            callbacks=[gk.callbacks.GradientBoard(tmp_path)],
+        )
+        assert (
+            iterations(model.optimizer) == 4
+        )  # all steps finite: far fewer than dynamic_growth_steps
         scale = float(to_numpy(model.optimizer.dynamic_scale))
         events = read_events(tmp_path)
         logged = values(events, "mixed_precision/loss_scale")
@@ -547,7 +676,14 @@ class TestGradientBoardTrust:
         model.optimizer.build(model.trainable_variables)
         initial = float(to_numpy(model.optimizer.dynamic_scale))
         w0 = model.get_weights()
-        model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path)])
+        model.fit(
+            x,
+            y,
+            batch_size=4,
+            epochs=2,
+            verbose=0,
+            callbacks=[gk.callbacks.GradientBoard(tmp_path)],
+        )
         assert iterations(model.optimizer) == 0  # every step skipped by the LossScaleOptimizer
         for got, want in zip(model.get_weights(), w0):
             np.testing.assert_array_equal(got, want)
@@ -565,8 +701,10 @@ class TestGradientBoardTrust:
         x, y = data(n=16)
         lr = 0.001 if form == "name" else 0.01  # the config's learning rate is used
         reference = dense_model()
-        reference.compile(optimizer=ClippedOptimizer(keras.optimizers.Adam(lr), clipping.ClipByGlobalNorm(1.0)),
-                          loss="mse")
+        reference.compile(
+            optimizer=ClippedOptimizer(keras.optimizers.Adam(lr), clipping.ClipByGlobalNorm(1.0)),
+            loss="mse",
+        )
         reference.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
         inner = "adam" if form == "name" else keras.optimizers.serialize(keras.optimizers.Adam(lr))
         opt = ClippedOptimizer(inner, clipping.ClipByGlobalNorm(1.0))
@@ -575,8 +713,15 @@ class TestGradientBoardTrust:
         assert float(to_numpy(opt.learning_rate)) == pytest.approx(lr)
         model = dense_model()
         model.compile(optimizer=opt, loss="mse")
-        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False,
-                  callbacks=[gk.callbacks.GradientBoard(tmp_path)])
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=2,
+            verbose=0,
+            shuffle=False,
+            callbacks=[gk.callbacks.GradientBoard(tmp_path)],
+        )
         assert model.optimizer is opt
         assert iterations(opt) == 4 and opt.gradient_statistics()["steps"] == 4.0
         for got, want in zip(model.get_weights(), reference.get_weights()):
@@ -586,7 +731,9 @@ class TestGradientBoardTrust:
         assert steps(events, "gradient_norm/global") == [0, 1]
 
     # 10. How the statistics leave the step.
-    def test_statistics_stay_on_the_device_during_a_boards_fit_and_totals_carry_over(self, tmp_path, monkeypatch):
+    def test_statistics_stay_on_the_device_during_a_boards_fit_and_totals_carry_over(
+        self, tmp_path, monkeypatch
+    ):
         """With GradientBoard, a JAX step sends nothing to the host (no
         `jax.debug.callback`); without it, a `ClippedOptimizer` still records
         (by callback on JAX). The totals add up across both ways, and across
@@ -596,7 +743,9 @@ class TestGradientBoardTrust:
             from keras_gradkit.backend.jax import recording
 
             store = recording.Sink._store
-            monkeypatch.setattr(recording.Sink, "_store", lambda self, *a: (sent.append(1), store(self, *a))[1])
+            monkeypatch.setattr(
+                recording.Sink, "_store", lambda self, *a: (sent.append(1), store(self, *a))[1]
+            )
         x, y = data(n=8)
         # histogram_freq 0, then 1 (gradient copies switched on), a fit without the board, a board again.
         plan = [0, 1, None, 1]
@@ -609,10 +758,25 @@ class TestGradientBoardTrust:
                 opt = ClippedOptimizer(opt, clipping.ClipByGlobalNorm(1e6))
             model.compile(optimizer=opt, loss="mse")
             for epoch, histogram_freq in enumerate(plan):  # one step per epoch
-                callbacks = [] if histogram_freq is None else [
-                    gk.callbacks.GradientBoard(tmp_path / f"{name}{epoch}", histogram_freq=histogram_freq)]
-                model.fit(x, y, batch_size=8, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False,
-                          callbacks=callbacks)
+                callbacks = (
+                    []
+                    if histogram_freq is None
+                    else [
+                        gk.callbacks.GradientBoard(
+                            tmp_path / f"{name}{epoch}", histogram_freq=histogram_freq
+                        )
+                    ]
+                )
+                model.fit(
+                    x,
+                    y,
+                    batch_size=8,
+                    initial_epoch=epoch,
+                    epochs=epoch + 1,
+                    verbose=0,
+                    shuffle=False,
+                    callbacks=callbacks,
+                )
             stats = callbacks[0].gradient_statistics()
             # The monitor counts the steps it watched; a ClippedOptimizer counts all of its own.
             assert stats["steps"] == (4.0 if name == "clipped" else 3.0), (name, stats["steps"])
@@ -622,7 +786,9 @@ class TestGradientBoardTrust:
             for epoch in (0, 1, 3):
                 events = read_events(tmp_path / f"{name}{epoch}")
                 assert steps(events, "gradient_norm/global") == [epoch], (name, epoch)
-                assert scalar(events, "gradient_norm/global", 0) == pytest.approx(norm(history[epoch][1]), rel=1e-5)
+                assert scalar(events, "gradient_norm/global", 0) == pytest.approx(
+                    norm(history[epoch][1]), rel=1e-5
+                )
                 assert ("gradients/net/out/kernel" in events) == (epoch > 0), (name, epoch)
             if BACKEND == "jax":
                 # Only the ClippedOptimizer's fit without the board (one step) used a callback.

@@ -14,11 +14,11 @@ import pytest
 from test_gradient_board import data, dense_model, read_events, scalar, steps
 
 import keras_gradkit as gk
-from keras_gradkit import clipping
 from keras_gradkit._gradients import value_and_gradients
 
 BACKEND = keras.backend.backend()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def _blocking(*names):
     """Script lines after which importing `names` fails (`None` in sys.modules:
@@ -33,7 +33,11 @@ def _imported(prefix):
 def run_python(script, *args, timeout=240):
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
     result = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
     return result
 
@@ -43,7 +47,14 @@ def test_saved_model_reloads_with_the_users_optimizer_without_the_package(tmp_pa
     model = dense_model()
     adam = keras.optimizers.Adam(0.01)
     model.compile(optimizer=adam, loss="mse")
-    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path / "logs")])
+    model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=2,
+        verbose=0,
+        callbacks=[gk.callbacks.GradientBoard(tmp_path / "logs")],
+    )
     assert model.optimizer is adam
     path = tmp_path / "model.keras"
     model.save(path)
@@ -120,7 +131,11 @@ def test_steps_line_up_with_keras_tensorboard(tmp_path, update_freq):
     theirs = steps(events, f"{update_freq}_loss")
     assert ours == theirs == ([0, 1, 2] if update_freq == "epoch" else list(range(1, 10)))
     # Histograms at epochs, as Keras's weight histograms.
-    assert steps(events, "gradients/net/out/kernel") == steps(events, "net/out/kernel/histogram") == [0, 1, 2]
+    assert (
+        steps(events, "gradients/net/out/kernel")
+        == steps(events, "net/out/kernel/histogram")
+        == [0, 1, 2]
+    )
 
 
 _PREEMPTED = textwrap.dedent(
@@ -164,7 +179,9 @@ def test_preemption_writes_at_the_true_step(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for a, b in zip(np.load(tmp_path / "plain.npz").values(), np.load(tmp_path / "r.npz").values()):
         np.testing.assert_allclose(a, b, atol=1e-6)
-    np.testing.assert_allclose(np.load(tmp_path / "plain.npz.stats.npy"), np.load(tmp_path / "r.npz.stats.npy"), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "plain.npz.stats.npy"), np.load(tmp_path / "r.npz.stats.npy"), rtol=1e-5
+    )
     uninterrupted, preempted = read_events(tmp_path / "plain"), read_events(tmp_path / "logs")
     assert set(uninterrupted) == set(preempted)
     for tag in ("gradient_norm/global", "clipping/threshold", "clipping/clipped_fraction"):
@@ -190,7 +207,11 @@ class _Block(keras.layers.Layer):
 def _depth_models():
     keras.utils.set_random_seed(5)
     mlp = keras.Sequential(
-        [keras.Input((3,)), *[keras.layers.Dense(5, activation="sigmoid") for _ in range(5)], keras.layers.Dense(2)]
+        [
+            keras.Input((3,)),
+            *[keras.layers.Dense(5, activation="sigmoid") for _ in range(5)],
+            keras.layers.Dense(2),
+        ]
     )
     inputs = keras.Input((6, 3))
     h = keras.layers.Conv1D(4, 3, padding="same")(inputs)
@@ -209,18 +230,26 @@ def test_gradient_depth_equals_the_backends_own_gradient(tmp_path, name):
     x = rng.normal(size=shape).astype("float32")
     y = rng.normal(size=(shape[0], 2)).astype("float32")
     layers = [layer for layer in model.layers if layer.trainable_variables]
-    loss = lambda: keras.losses.MeanSquaredError()(y, model(x, training=True))  # noqa: E731
-    _, _, grads = value_and_gradients(loss, variables=[v for layer in layers for v in layer.trainable_variables])
+    loss = lambda: keras.losses.MeanSquaredError()(y, model(x, training=True))
+    _, _, grads = value_and_gradients(
+        loss, variables=[v for layer in layers for v in layer.trainable_variables]
+    )
     norms, i = [], 0
     for layer in layers:
         k = len(layer.trainable_variables)
         norms.append(np.sqrt(sum(np.sum(g.astype("float64") ** 2) for g in grads[i : i + k])))
         i += k
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")  # the applied gradient is the batch gradient
-    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path)])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss="mse"
+    )  # the applied gradient is the batch gradient
+    model.fit(
+        x, y, batch_size=16, epochs=1, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path)]
+    )
     events = read_events(tmp_path)
     np.testing.assert_allclose(events["gradient_depth/norms"][1][-1][1], norms, rtol=1e-4)
-    assert scalar(events, "gradient_depth/first_to_last") == pytest.approx(norms[0] / norms[-1], rel=1e-4)
+    assert scalar(events, "gradient_depth/first_to_last") == pytest.approx(
+        norms[0] / norms[-1], rel=1e-4
+    )
     assert events["gradient_depth"][0] == "images"
     if name == "rnn_stack_with_block":
         assert len(norms) == 6  # the block is one layer

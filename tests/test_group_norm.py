@@ -1,7 +1,6 @@
 """Tests for keras_gradkit.layers.GroupNorm."""
 
 import inspect
-import re
 
 import keras
 import numpy as np
@@ -9,9 +8,7 @@ import pytest
 
 from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers import GroupNorm
-from tests.layer_testing import assert_config_round_trip
-from tests.layer_testing import assert_export_serves
-from tests.layer_testing import run_layer_test
+from tests.layer_testing import assert_config_round_trip, assert_export_serves, run_layer_test
 
 
 def reference_group_norm(x, groups, axis, gamma, beta, epsilon, mask=None):
@@ -63,7 +60,10 @@ class TestGroupNorm:
         theirs.build(shape)
         theirs.set_weights(_random_params(ours, rng))
         np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)), atol=1e-5, rtol=1e-5
+            keras.ops.convert_to_numpy(ours(x)),
+            keras.ops.convert_to_numpy(theirs(x)),
+            atol=1e-5,
+            rtol=1e-5,
         )
 
     @pytest.mark.parametrize("groups", [-1, 1, 2, 6])
@@ -77,7 +77,9 @@ class TestGroupNorm:
         layer.build(x.shape)
         gamma, beta = _random_params(layer, rng)
         expected = reference_group_norm(x, groups, axis, gamma, beta, 1e-4)
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(layer(x)), expected, atol=1e-5, rtol=1e-4
+        )
 
     @pytest.mark.parametrize("shape", [(3, 5, 6), (3, 5, 2, 6)])
     def test_masked_statistics_match_reference(self, shape):
@@ -168,7 +170,9 @@ class TestGroupNorm:
         rng = np.random.default_rng(15)
         x = (rng.normal(size=(2, 3, 8)) * 3e4 + 7e4).astype("float32")
         mask = np.array([[1, 1, 0], [1, 1, 1]], bool)
-        y = keras.ops.convert_to_numpy(keras.ops.cast(GroupNorm(groups=2, dtype=policy)(x, mask=mask), "float32"))
+        y = keras.ops.convert_to_numpy(
+            keras.ops.cast(GroupNorm(groups=2, dtype=policy)(x, mask=mask), "float32")
+        )
         expected = reference_group_norm(x, 2, -1, 1.0, 0.0, 1e-3, mask=mask)
         assert np.all(np.isfinite(y))
         np.testing.assert_allclose(y[mask], expected[mask], atol=5e-2, rtol=2e-2)
@@ -202,12 +206,6 @@ class TestGroupNorm:
         signature = inspect.signature(GroupNorm.__init__).parameters
         assert set(signature) - {"self", "kwargs"} <= set(config)
 
-    def test_docstring_args_match_signature(self):
-        args_section = GroupNorm.__doc__.split("Args:")[1].split("Call arguments:")[0]
-        documented = set(re.findall(r"^        (\*\*\w+|\w+): ", args_section, flags=re.M))
-        signature = set(inspect.signature(GroupNorm.__init__).parameters) - {"self", "kwargs"}
-        assert documented == signature | {"**kwargs"}
-
     @pytest.mark.parametrize(
         "kwargs, name",
         [
@@ -218,10 +216,12 @@ class TestGroupNorm:
             ({"epsilon": -1e-3}, "epsilon"),
         ],
     )
+    @pytest.mark.backend_free
     def test_invalid_constructor_arguments(self, kwargs, name):
         with pytest.raises(ValueError, match=name):
             GroupNorm(**kwargs)
 
+    @pytest.mark.backend_free
     def test_invalid_type_arguments(self):
         with pytest.raises(TypeError, match="groups"):
             GroupNorm(groups=True)
@@ -241,10 +241,12 @@ class TestGroupNorm:
             ({"groups": 2, "axis": 3}, (2, 3, 6), r"axis=3"),
         ],
     )
+    @pytest.mark.backend_free
     def test_invalid_at_build(self, kwargs, shape, pattern):
         with pytest.raises(ValueError, match=pattern):
             GroupNorm(**kwargs).build(shape)
 
+    @pytest.mark.backend_free
     def test_unknown_channel_dimension(self):
         with pytest.raises(ValueError, match=r"axis.*None"):
             GroupNorm(groups=2)(keras.Input((3, None)))

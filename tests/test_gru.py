@@ -8,15 +8,13 @@ import pytest
 
 import keras_gradkit
 from keras_gradkit._gradients import value_and_gradients
-from keras_gradkit.layers import GRU
-from keras_gradkit.layers import GRUCell
-from tests.layer_testing import assert_config_round_trip
-from tests.layer_testing import assert_keras_file_round_trip
-from tests.layer_testing import run_layer_test
-from tests.test_lstm import _documented_args
-from tests.test_lstm import _inputs
-from tests.test_lstm import _np
-from tests.test_lstm import _randomize
+from keras_gradkit.layers import GRU, GRUCell
+from tests.layer_testing import (
+    assert_config_round_trip,
+    assert_keras_file_round_trip,
+    run_layer_test,
+)
+from tests.test_lstm import _documented_args, _inputs, _np, _randomize
 
 B, T, D, U = 3, 5, 4, 6
 
@@ -57,11 +55,16 @@ class TestGRU:
         layer(x)
         _randomize(layer, seed=3)  # random bias rows too
         kernel, recurrent, bias = layer.get_weights()
-        np.testing.assert_allclose(_np(layer(x)), numpy_gru(x.astype("float64"), kernel, recurrent, bias, reset_after),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            _np(layer(x)),
+            numpy_gru(x.astype("float64"), kernel, recurrent, bias, reset_after),
+            atol=1e-5,
+        )
 
     def test_gate_arguments_set_the_bias(self, reset_after):
-        layer = GRU(U, reset_after=reset_after, update_bias=2.0, reset_bias=-1.0, candidate_bias=0.5)
+        layer = GRU(
+            U, reset_after=reset_after, update_bias=2.0, reset_bias=-1.0, candidate_bias=0.5
+        )
         layer(_inputs())
         row = np.concatenate([np.full(U, 2.0), np.full(U, -1.0), np.full(U, 0.5)])
         expected = np.stack([row, np.zeros(3 * U)]) if reset_after else row
@@ -78,10 +81,16 @@ class TestGRU:
         weights = np.arange(U, dtype="float32")
 
         def loss(layer):
-            return lambda inputs: keras.ops.sum(keras.ops.multiply(keras.ops.square(layer(inputs)), weights))
+            return lambda inputs: keras.ops.sum(
+                keras.ops.multiply(keras.ops.square(layer(inputs)), weights)
+            )
 
-        value_ours, (gx_ours,), gw_ours = value_and_gradients(loss(ours), [x], ours.trainable_weights)
-        value_theirs, (gx_theirs,), gw_theirs = value_and_gradients(loss(theirs), [x], theirs.trainable_weights)
+        value_ours, (gx_ours,), gw_ours = value_and_gradients(
+            loss(ours), [x], ours.trainable_weights
+        )
+        value_theirs, (gx_theirs,), gw_theirs = value_and_gradients(
+            loss(theirs), [x], theirs.trainable_weights
+        )
         np.testing.assert_allclose(value_ours, value_theirs, rtol=1e-6)
         assert len(gw_ours) == len(gw_theirs) == len(ours.trainable_weights)
         for a, b in zip([gx_ours] + gw_ours, [gx_theirs] + gw_theirs):
@@ -108,6 +117,74 @@ class TestGRU:
         _randomize(layer)
         rnn.set_weights(layer.get_weights())
         np.testing.assert_allclose(_np(rnn(x)), _np(layer(x)), atol=1e-6)
+
+    def test_cell_is_ours_and_keras_build_makes_the_weights(self, reset_after, monkeypatch):
+        """Keras's `GRUCell.build` creates the weights of our cell, named and
+        shaped as keras.layers.GRU's; with the same weights, the same outputs."""
+        built = []
+        keras_build = keras.layers.GRUCell.build
+
+        def recording_build(cell, input_shape):
+            built.append(cell)
+            keras_build(cell, input_shape)
+
+        monkeypatch.setattr(keras.layers.GRUCell, "build", recording_build)
+        x = _inputs()
+        ours = GRU(U, reset_after=reset_after, update_bias=1.5, name="rnn")
+        theirs = keras.layers.GRU(U, reset_after=reset_after, name="rnn")
+        assert type(ours.cell) is GRUCell and ours.cell.name == "gru_cell"
+        assert [type(layer) for layer in ours._flatten_layers(include_self=False)] == [GRUCell]
+        ours(x), theirs(x)
+        assert built == [ours.cell, theirs.cell]
+        described = [(w.path, tuple(w.shape)) for w in ours.trainable_weights]
+        assert described == [(w.path, tuple(w.shape)) for w in theirs.trainable_weights]
+        bias_shape = (2, 3 * U) if reset_after else (3 * U,)
+        assert described == [
+            ("rnn/gru_cell/kernel", (D, 3 * U)),
+            ("rnn/gru_cell/recurrent_kernel", (U, 3 * U)),
+            ("rnn/gru_cell/bias", bias_shape),
+        ]
+        _randomize(ours)
+        theirs.set_weights(ours.get_weights())
+        np.testing.assert_array_equal(_np(ours(x)), _np(theirs(x)))
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"update_bias": 2.0, "reset_bias": -1.0},
+            {"chrono_timesteps": 12, "seed": 3},
+            {"bias_initializer": "ones"},
+        ],
+    )
+    def test_from_config_gives_the_same_bias(self, reset_after, kwargs):
+        x = _inputs()
+        layer = GRU(U, reset_after=reset_after, **kwargs)
+        config = layer.get_config()
+        assert config["bias_initializer"] is None or "bias_initializer" in kwargs
+        restored = GRU.from_config(config)
+        layer(x), restored(x)
+        np.testing.assert_array_equal(restored.cell.bias.numpy(), layer.cell.bias.numpy())
+        cell = GRUCell(U, reset_after=reset_after, **kwargs)
+        restored_cell = GRUCell.from_config(cell.get_config())
+        cell.build((None, D)), restored_cell.build((None, D))
+        np.testing.assert_array_equal(restored_cell.bias.numpy(), cell.bias.numpy())
+        np.testing.assert_array_equal(cell.bias.numpy(), layer.cell.bias.numpy())
+
+    def test_seeded_weights_are_keras_weights(self, reset_after):
+        """After `keras.utils.set_random_seed`, the layer and the layers built
+        after it start from the weights they have with keras.layers.GRU."""
+
+        def weights(cls):
+            keras.utils.set_random_seed(7)
+            layers = [cls(U, reset_after=reset_after, return_sequences=True) for _ in range(2)]
+            return keras.Sequential(
+                [keras.Input((T, D)), *layers, keras.layers.Dense(2)]
+            ).get_weights()
+
+        ours, theirs = weights(GRU), weights(keras.layers.GRU)
+        assert len(ours) == len(theirs) == 8
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(a, b)
 
     def test_chrono(self, reset_after):
         layer = GRU(20, reset_after=reset_after, chrono_timesteps=50, seed=1)
@@ -141,6 +218,28 @@ class TestGRUArguments:
         ours, theirs = GRU(U, bias_initializer="ones"), keras.layers.GRU(U, bias_initializer="ones")
         ours(_inputs()), theirs(_inputs())
         np.testing.assert_array_equal(ours.cell.bias.numpy(), theirs.cell.bias.numpy())
+
+    def test_keras_constructor_gets_the_computed_bias_initializer(self):
+        layer = GRU(U, update_bias=2.0, reset_after=False)
+        assert isinstance(layer.bias_initializer, keras_gradkit.initializers.GateBias)
+        assert layer.bias_initializer.get_config() == {
+            "layout": "gru",
+            "reset_after": False,
+            "update": 2.0,
+            "reset": 0.0,
+            "candidate": 0.0,
+        }
+        chrono = GRUCell(U, chrono_timesteps=20, seed=4)
+        assert isinstance(chrono.bias_initializer, keras_gradkit.initializers.Chrono)
+        assert chrono.bias_initializer.seed == 4 and chrono.bias_initializer.reset_after is True
+        assert isinstance(GRU(U, bias_initializer="ones").bias_initializer, keras.initializers.Ones)
+        # The config has the arguments, not the computed initializer.
+        for config in (layer.get_config(), layer.cell.get_config(), chrono.get_config()):
+            assert config["bias_initializer"] is None
+        assert (
+            layer.get_config()["update_bias"] == 2.0
+            and chrono.get_config()["chrono_timesteps"] == 20
+        )
 
     def test_is_a_keras_gru_and_reaches_the_fused_kernel(self, monkeypatch):
         """On every backend the layer hands its own variables to Keras's fused
@@ -176,7 +275,15 @@ class TestGRUArguments:
         monkeypatch.setattr(tf_rnn, "_is_gpu_available", lambda: True)
         monkeypatch.setattr(tf_rnn, "_cudnn_gru", fake_cudnn)
         layer = GRU(U, update_bias=2.0)
-        assert isinstance(layer, keras.layers.GRU)
+        assert isinstance(layer, keras.layers.GRU) and isinstance(layer.cell, GRUCell)
+        assert layer.supports_jit is False  # decided in the constructor, as keras.layers.GRU does
+        check = keras_gradkit.backend.get("rnn").cudnn_disables_jit
+        assert check(layer.cell, False, "auto", reset_after=True) is True
+        assert check(layer.cell, False, "auto", reset_after=False) is False
+        assert (
+            GRU(U, reset_after=False).supports_jit is True
+            and GRU(U, use_cudnn=False).supports_jit is True
+        )
         layer(_inputs())
         assert len(calls) == 1 and layer.supports_jit is False
         np.testing.assert_array_equal(calls[0].numpy(), layer.cell.bias.numpy())
@@ -211,25 +318,44 @@ class TestGRUArguments:
             GRU(4, use_cudnn="maybe")
 
     def test_config_is_complete(self):
-        layer = GRU(U, update_bias=2.0, reset_bias=-1.0, candidate_bias=0.1, reset_after=False, use_cudnn=False)
+        layer = GRU(
+            U,
+            update_bias=2.0,
+            reset_bias=-1.0,
+            candidate_bias=0.1,
+            reset_after=False,
+            use_cudnn=False,
+        )
         config = layer.get_config()
         assert set(inspect.signature(GRU.__init__).parameters) - {"self", "kwargs"} <= set(config)
-        assert config["update_bias"] == 2.0 and config["reset_after"] is False and config["use_cudnn"] is False
+        assert (
+            config["update_bias"] == 2.0
+            and config["reset_after"] is False
+            and config["use_cudnn"] is False
+        )
         assert_config_round_trip(layer)
         cell = GRUCell(U, chrono_timesteps=12, seed=3)
-        assert set(inspect.signature(GRUCell.__init__).parameters) - {"self", "kwargs"} <= set(cell.get_config())
+        assert set(inspect.signature(GRUCell.__init__).parameters) - {"self", "kwargs"} <= set(
+            cell.get_config()
+        )
         assert_config_round_trip(cell)
 
     def test_cell_keras_file_round_trip(self, tmp_path):
         inputs = keras.Input((T, D))
-        model = keras.Model(inputs, keras.layers.RNN(GRUCell(U, reset_after=False, update_bias=1.0))(inputs))
+        model = keras.Model(
+            inputs, keras.layers.RNN(GRUCell(U, reset_after=False, update_bias=1.0))(inputs)
+        )
         _randomize(model)
         loaded = assert_keras_file_round_trip(model, _inputs(), tmp_path)
-        assert isinstance(loaded.layers[1].cell, GRUCell) and loaded.layers[1].cell.update_bias == 1.0
+        assert (
+            isinstance(loaded.layers[1].cell, GRUCell) and loaded.layers[1].cell.update_bias == 1.0
+        )
 
     @pytest.mark.parametrize("cls", [GRU, GRUCell])
     def test_documented_args_match_signature(self, cls):
-        signature = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+        signature = [
+            p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")
+        ]
         assert _documented_args(cls) == signature
         assert f"keras_gradkit.layers.{cls.__name__}" in cls.__doc__
 

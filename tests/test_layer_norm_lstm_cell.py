@@ -6,11 +6,8 @@ import pytest
 
 import keras_gradkit
 from keras_gradkit.layers import LayerNormLSTMCell
-from tests.layer_testing import assert_config_round_trip
-from tests.layer_testing import assert_keras_file_round_trip
-from tests.test_lstm import _documented_args
-from tests.test_lstm import _inputs
-from tests.test_lstm import _np
+from tests.layer_testing import assert_config_round_trip, assert_keras_file_round_trip
+from tests.test_lstm import _documented_args, _inputs, _np
 
 B, T, D, U = 3, 5, 4, 6
 
@@ -49,9 +46,15 @@ def _random_params(seed=0):
         return rng.normal(loc=loc, scale=0.5, size=shape).astype("float32")
 
     return {
-        "kernel": n(D, 4 * U), "recurrent_kernel": n(U, 4 * U), "bias": n(4 * U),
-        "g_x": n(4 * U, loc=1.0), "b_x": n(4 * U), "g_h": n(4 * U, loc=1.0), "b_h": n(4 * U),
-        "g_c": n(U, loc=1.0), "b_c": n(U),
+        "kernel": n(D, 4 * U),
+        "recurrent_kernel": n(U, 4 * U),
+        "bias": n(4 * U),
+        "g_x": n(4 * U, loc=1.0),
+        "b_x": n(4 * U),
+        "g_h": n(4 * U, loc=1.0),
+        "b_h": n(4 * U),
+        "g_c": n(U, loc=1.0),
+        "b_c": n(U),
     }
 
 
@@ -68,7 +71,9 @@ class TestLayerNormLSTMCell:
     @pytest.mark.parametrize("epsilon", [1e-3, 0.5])
     def test_equations_against_numpy(self, epsilon):
         x = _inputs()
-        rnn = keras.layers.RNN(LayerNormLSTMCell(U, norm_epsilon=epsilon), return_sequences=True, return_state=True)
+        rnn = keras.layers.RNN(
+            LayerNormLSTMCell(U, norm_epsilon=epsilon), return_sequences=True, return_state=True
+        )
         rnn(x)
         p = _random_params()
         _set_params(rnn.cell, p)
@@ -79,7 +84,9 @@ class TestLayerNormLSTMCell:
         np.testing.assert_allclose(c, e_c, atol=1e-5)
 
     def test_gate_arguments_set_the_bias(self):
-        cell = LayerNormLSTMCell(U, input_bias=-1.0, forget_bias=2.0, cell_bias=0.5, output_bias=0.25)
+        cell = LayerNormLSTMCell(
+            U, input_bias=-1.0, forget_bias=2.0, cell_bias=0.5, output_bias=0.25
+        )
         keras.layers.RNN(cell)(_inputs())
         np.testing.assert_array_equal(cell.bias.numpy(), np.repeat([-1.0, 2.0, 0.5, 0.25], U))
         chrono = LayerNormLSTMCell(U, chrono_timesteps=30, seed=2)
@@ -106,7 +113,9 @@ class TestLayerNormLSTMCell:
 
     def test_fit_and_mixed_precision(self):
         x = _inputs()
-        model = keras.Sequential([keras.Input((T, D)), keras.layers.RNN(LayerNormLSTMCell(U)), keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [keras.Input((T, D)), keras.layers.RNN(LayerNormLSTMCell(U)), keras.layers.Dense(1)]
+        )
         model.compile(optimizer="adam", loss="mse")
         before = [w.copy() for w in model.get_weights()]
         history = model.fit(x, np.ones((B, 1)), epochs=1, verbose=0)
@@ -120,9 +129,14 @@ class TestLayerNormLSTMCell:
         assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in rnn.weights)
 
     def test_config_and_keras_file_round_trip(self, tmp_path):
-        cell = LayerNormLSTMCell(U, norm_epsilon=1e-2, norm_gamma_initializer="glorot_uniform", forget_bias=2.0)
+        cell = LayerNormLSTMCell(
+            U, norm_epsilon=1e-2, norm_gamma_initializer="glorot_uniform", forget_bias=2.0
+        )
         config = cell.get_config()
-        assert set(inspect.signature(LayerNormLSTMCell.__init__).parameters) - {"self", "kwargs"} <= set(config)
+        assert set(inspect.signature(LayerNormLSTMCell.__init__).parameters) - {
+            "self",
+            "kwargs",
+        } <= set(config)
         assert config["norm_epsilon"] == 1e-2 and config["forget_bias"] == 2.0
         assert_config_round_trip(cell)
         inputs = keras.Input((T, D))
@@ -146,6 +160,10 @@ class TestLayerNormLSTMCell:
             LayerNormLSTMCell(**{"units": 4, **kwargs})
 
     def test_documented_args_match_signature(self):
-        signature = [p for p in inspect.signature(LayerNormLSTMCell.__init__).parameters if p not in ("self", "kwargs")]
+        signature = [
+            p
+            for p in inspect.signature(LayerNormLSTMCell.__init__).parameters
+            if p not in ("self", "kwargs")
+        ]
         assert _documented_args(LayerNormLSTMCell) == signature
         assert keras_gradkit.layers.LayerNormLSTMCell is LayerNormLSTMCell

@@ -14,9 +14,9 @@ import warnings
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-import pytest
 import keras_gradkit as gk
 
 pytestmark = pytest.mark.tensorflow_only

@@ -9,15 +9,13 @@ import pytest
 
 import keras_gradkit
 from keras_gradkit._gradients import value_and_gradients
-from keras_gradkit.layers import GRU
-from keras_gradkit.layers import LSTM
-from keras_gradkit.layers import GRUCell
-from keras_gradkit.layers import LayerNormLSTMCell
-from keras_gradkit.layers import LSTMCell
-from tests.layer_testing import assert_config_round_trip
-from tests.layer_testing import assert_export_serves
-from tests.layer_testing import assert_keras_file_round_trip
-from tests.layer_testing import run_layer_test
+from keras_gradkit.layers import GRU, LSTM, GRUCell, LayerNormLSTMCell, LSTMCell
+from tests.layer_testing import (
+    assert_config_round_trip,
+    assert_export_serves,
+    assert_keras_file_round_trip,
+    run_layer_test,
+)
 
 B, T, D, U = 3, 5, 4, 6
 
@@ -54,7 +52,9 @@ def _inputs(seed=0):
 
 def _randomize(layer, seed=1):
     rng = np.random.default_rng(seed)
-    layer.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32") for w in layer.get_weights()])
+    layer.set_weights(
+        [rng.normal(scale=0.5, size=w.shape).astype("float32") for w in layer.get_weights()]
+    )
 
 
 def _documented_args(cls):
@@ -66,8 +66,15 @@ def _documented_args(cls):
 class TestLSTM:
     def test_equation_and_gate_order_against_numpy(self):
         x = _inputs()
-        layer = LSTM(U, return_sequences=True, return_state=True, forget_bias=2.0, input_bias=-1.0, cell_bias=0.5,
-                     output_bias=0.25)
+        layer = LSTM(
+            U,
+            return_sequences=True,
+            return_state=True,
+            forget_bias=2.0,
+            input_bias=-1.0,
+            cell_bias=0.5,
+            output_bias=0.25,
+        )
         layer(x)
         rng = np.random.default_rng(2)
         kernel = rng.normal(scale=0.5, size=(D, 4 * U)).astype("float32")
@@ -75,7 +82,9 @@ class TestLSTM:
         layer.cell.kernel.assign(kernel)
         layer.cell.recurrent_kernel.assign(recurrent)
         # The bias the arguments ask for, written out independently of the layer.
-        bias = np.concatenate([np.full(U, -1.0), np.full(U, 2.0), np.full(U, 0.5), np.full(U, 0.25)])
+        bias = np.concatenate(
+            [np.full(U, -1.0), np.full(U, 2.0), np.full(U, 0.5), np.full(U, 0.25)]
+        )
         seq, h, c = (_np(t) for t in layer(x))
         e_seq, e_h, e_c = numpy_lstm(x.astype("float64"), kernel, recurrent, bias)
         np.testing.assert_allclose(seq, e_seq, atol=1e-5)
@@ -90,8 +99,12 @@ class TestLSTM:
 
     @pytest.mark.parametrize(
         "kwargs",
-        [{"unit_forget_bias": False}, {"unit_forget_bias": True, "bias_initializer": "ones"},
-         {"bias_initializer": "ones"}, {"unit_forget_bias": False, "bias_initializer": "ones"}],
+        [
+            {"unit_forget_bias": False},
+            {"unit_forget_bias": True, "bias_initializer": "ones"},
+            {"bias_initializer": "ones"},
+            {"unit_forget_bias": False, "bias_initializer": "ones"},
+        ],
     )
     def test_keras_bias_arguments_give_keras_bias(self, kwargs):
         ours, theirs = LSTM(U, **kwargs), keras.layers.LSTM(U, **kwargs)
@@ -119,12 +132,20 @@ class TestLSTM:
         def loss(layer):
             def fn(inputs):
                 out = layer(inputs)
-                return keras.ops.sum(keras.ops.square(keras.ops.concatenate(out, axis=-1)
-                                                      if kwargs.get("return_state") else out))
+                return keras.ops.sum(
+                    keras.ops.square(
+                        keras.ops.concatenate(out, axis=-1) if kwargs.get("return_state") else out
+                    )
+                )
+
             return fn
 
-        value_ours, (gx_ours,), gw_ours = value_and_gradients(loss(ours), [x], ours.trainable_weights)
-        value_theirs, (gx_theirs,), gw_theirs = value_and_gradients(loss(theirs), [x], theirs.trainable_weights)
+        value_ours, (gx_ours,), gw_ours = value_and_gradients(
+            loss(ours), [x], ours.trainable_weights
+        )
+        value_theirs, (gx_theirs,), gw_theirs = value_and_gradients(
+            loss(theirs), [x], theirs.trainable_weights
+        )
         np.testing.assert_allclose(value_ours, value_theirs, rtol=1e-6)
         assert len(gw_ours) == len(gw_theirs) == len(ours.trainable_weights)
         for a, b in zip([gx_ours] + gw_ours, [gx_theirs] + gw_theirs):
@@ -161,7 +182,9 @@ class TestLSTM:
 
         monkeypatch.setattr(importlib.import_module("keras.src.backend"), "lstm", fake_fused)
         layer = LSTM(U, forget_bias=2.0)
-        assert isinstance(layer, keras.layers.LSTM) and isinstance(layer.cell, keras.layers.LSTMCell)
+        assert isinstance(layer, keras.layers.LSTM) and isinstance(
+            layer.cell, keras.layers.LSTMCell
+        )
         layer(_inputs())
         assert len(calls) == 1
         assert calls[0][0] is layer.cell.kernel and calls[0][1] is layer.cell.recurrent_kernel
@@ -185,7 +208,15 @@ class TestLSTM:
         monkeypatch.setattr(tf_rnn, "_is_gpu_available", lambda: True)
         monkeypatch.setattr(tf_rnn, "_cudnn_lstm", fake_cudnn)
         layer = LSTM(U, forget_bias=2.0)
-        assert isinstance(layer, keras.layers.LSTM) and isinstance(layer.cell, keras.layers.LSTMCell)
+        assert isinstance(layer, keras.layers.LSTM) and isinstance(layer.cell, LSTMCell)
+        assert layer.supports_jit is False  # decided in the constructor, as keras.layers.LSTM does
+        check = keras_gradkit.backend.get("rnn").cudnn_disables_jit
+        assert check(layer.cell, False, "auto") is True and check(layer.cell, False, True) is True
+        assert check(layer.cell, True, "auto") is False and check(layer.cell, False, False) is False
+        assert (
+            LSTM(U, use_cudnn=False).supports_jit is True
+            and LSTM(U, unroll=True).supports_jit is True
+        )
         layer(_inputs())
         assert len(calls) == 1
         np.testing.assert_array_equal(calls[0][2].numpy(), layer.cell.bias.numpy())
@@ -193,6 +224,118 @@ class TestLSTM:
         calls.clear()
         LSTM(U, use_cudnn=False)(_inputs())
         assert calls == []
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"forget_bias": 2.0},
+            {"chrono_timesteps": 9, "seed": 1},
+            {"unit_forget_bias": False},
+            {"use_bias": False},
+        ],
+    )
+    def test_cell_is_ours_and_keras_build_makes_the_weights(self, monkeypatch, kwargs):
+        """Keras's `LSTMCell.build` creates the weights of our cell, named and
+        shaped as keras.layers.LSTM's; with the same weights, the same outputs."""
+        built = []
+        keras_build = keras.layers.LSTMCell.build
+
+        def recording_build(cell, input_shape):
+            built.append(cell)
+            keras_build(cell, input_shape)
+
+        monkeypatch.setattr(keras.layers.LSTMCell, "build", recording_build)
+        x = _inputs()
+        keras_kwargs = {
+            k: v for k, v in kwargs.items() if k in ("unit_forget_bias", "use_bias", "seed")
+        }
+        ours, theirs = (
+            LSTM(U, name="rnn", **kwargs),
+            keras.layers.LSTM(U, name="rnn", **keras_kwargs),
+        )
+        assert type(ours.cell) is LSTMCell and ours.cell.name == "lstm_cell"
+        assert [type(layer) for layer in ours._flatten_layers(include_self=False)] == [LSTMCell]
+        ours(x), theirs(x)
+        assert built == [ours.cell, theirs.cell]
+        described = [(w.path, tuple(w.shape)) for w in ours.trainable_weights]
+        assert described == [(w.path, tuple(w.shape)) for w in theirs.trainable_weights]
+        expected = [
+            ("rnn/lstm_cell/kernel", (D, 4 * U)),
+            ("rnn/lstm_cell/recurrent_kernel", (U, 4 * U)),
+        ]
+        assert described == expected + (
+            [("rnn/lstm_cell/bias", (4 * U,))] if kwargs.get("use_bias", True) else []
+        )
+        _randomize(ours)
+        theirs.set_weights(ours.get_weights())
+        np.testing.assert_array_equal(_np(ours(x)), _np(theirs(x)))
+
+    def test_keras_constructor_gets_the_computed_bias_initializer(self):
+        layer = LSTM(U, forget_bias=2.0)
+        assert isinstance(layer.bias_initializer, keras_gradkit.initializers.GateBias)
+        assert (
+            layer.bias_initializer.get_config()["forget"] == 2.0 and layer.unit_forget_bias is False
+        )
+        chrono = LSTMCell(U, chrono_timesteps=20, seed=4)
+        assert isinstance(chrono.bias_initializer, keras_gradkit.initializers.Chrono)
+        assert chrono.bias_initializer.seed == 4 and chrono.unit_forget_bias is False
+        keras_style = LSTM(U, bias_initializer="ones")
+        assert isinstance(keras_style.bias_initializer, keras.initializers.Ones)
+        assert keras_style.unit_forget_bias is True
+        # The config has the arguments, not the computed initializer.
+        for config in (layer.get_config(), layer.cell.get_config()):
+            assert config["bias_initializer"] is None and config["unit_forget_bias"] is None
+            assert config["forget_bias"] == 2.0
+        assert LSTM(U, unit_forget_bias=False).get_config()["bias_initializer"] is None
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"forget_bias": 2.0, "input_bias": -1.0},
+            {"chrono_timesteps": 12, "seed": 3},
+            {"unit_forget_bias": False},
+            {"bias_initializer": "ones"},
+            {"bias_initializer": "ones", "unit_forget_bias": False},
+        ],
+    )
+    def test_from_config_gives_the_same_bias(self, kwargs):
+        x = _inputs()
+        layer = LSTM(U, **kwargs)
+        restored = LSTM.from_config(layer.get_config())
+        layer(x), restored(x)
+        np.testing.assert_array_equal(restored.cell.bias.numpy(), layer.cell.bias.numpy())
+        cell = LSTMCell(U, **kwargs)
+        restored_cell = LSTMCell.from_config(cell.get_config())
+        cell.build((None, D)), restored_cell.build((None, D))
+        np.testing.assert_array_equal(restored_cell.bias.numpy(), cell.bias.numpy())
+        np.testing.assert_array_equal(cell.bias.numpy(), layer.cell.bias.numpy())
+
+    def test_seeded_weights_are_keras_weights(self):
+        """After `keras.utils.set_random_seed`, the layer and the layers built
+        after it start from the weights they have with keras.layers.LSTM: the
+        cell Keras's constructor builds and discards draws no seed."""
+
+        def weights(make):
+            keras.utils.set_random_seed(7)
+            model = keras.Sequential([keras.Input((T, D)), make(), make(), keras.layers.Dense(2)])
+            return model.get_weights()
+
+        ours = weights(lambda: LSTM(U, return_sequences=True))
+        theirs = weights(lambda: keras.layers.LSTM(U, return_sequences=True))
+        assert len(ours) == len(theirs) == 8
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(a, b)
+
+    @pytest.mark.skipif(
+        keras.backend.backend() == "tensorflow", reason="the TensorFlow answer is tested with cuDNN"
+    )
+    def test_no_cudnn_check_off_tensorflow(self):
+        check = keras_gradkit.backend.get("rnn").cudnn_disables_jit
+        assert (
+            check(LSTMCell(U), False, "auto") is False
+            and check(GRUCell(U), False, True, reset_after=True) is False
+        )
+        assert LSTM(U).supports_jit is True and GRU(U).supports_jit is True
 
     def test_chrono(self):
         layer = LSTM(20, chrono_timesteps=40, seed=3)
@@ -231,7 +374,9 @@ class TestLSTM:
                 LSTMCell(**kwargs)
 
     def test_non_number_gate_raises_type_error(self):
-        with pytest.raises(TypeError, match="Argument `units` must be a positive integer. Received: units=2.5"):
+        with pytest.raises(
+            TypeError, match="Argument `units` must be a positive integer. Received: units=2.5"
+        ):
             LSTM(2.5)
         with pytest.raises(TypeError, match="forget_bias"):
             LSTM(4, forget_bias="1")
@@ -247,18 +392,27 @@ class TestLSTM:
             expected_num_trainable_weights=3,
             tmp_path=tmp_path,
         )
-        run_layer_test(LSTM, {"units": U, "chrono_timesteps": 8, "seed": 1}, _inputs(), expected_output_shape=(B, U),
-                       run_training=False)
+        run_layer_test(
+            LSTM,
+            {"units": U, "chrono_timesteps": 8, "seed": 1},
+            _inputs(),
+            expected_output_shape=(B, U),
+            run_training=False,
+        )
 
     def test_config_is_complete(self):
-        layer = LSTM(U, forget_bias=2.0, input_bias=-1.0, cell_bias=0.1, output_bias=0.2, use_cudnn=False)
+        layer = LSTM(
+            U, forget_bias=2.0, input_bias=-1.0, cell_bias=0.1, output_bias=0.2, use_cudnn=False
+        )
         config = layer.get_config()
         signature = inspect.signature(LSTM.__init__).parameters
         assert set(signature) - {"self", "kwargs"} <= set(config)
         assert config["use_cudnn"] is False and config["forget_bias"] == 2.0
         assert_config_round_trip(LSTM(U, chrono_timesteps=30, seed=2))
         cell_config = LSTMCell(U, cell_bias=0.3).get_config()
-        assert set(inspect.signature(LSTMCell.__init__).parameters) - {"self", "kwargs"} <= set(cell_config)
+        assert set(inspect.signature(LSTMCell.__init__).parameters) - {"self", "kwargs"} <= set(
+            cell_config
+        )
         assert_config_round_trip(LSTMCell(U, cell_bias=0.3))
 
     def test_cell_keras_file_round_trip(self, tmp_path):
@@ -267,11 +421,15 @@ class TestLSTM:
         model = keras.Model(inputs, outputs)
         _randomize(model)
         loaded = assert_keras_file_round_trip(model, _inputs(), tmp_path)
-        assert isinstance(loaded.layers[1].cell, LSTMCell) and loaded.layers[1].cell.output_bias == 1.0
+        assert (
+            isinstance(loaded.layers[1].cell, LSTMCell) and loaded.layers[1].cell.output_bias == 1.0
+        )
 
     @pytest.mark.parametrize("cls", [LSTM, LSTMCell])
     def test_documented_args_match_signature(self, cls):
-        signature = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+        signature = [
+            p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")
+        ]
         assert _documented_args(cls) == signature
         assert f"keras_gradkit.layers.{cls.__name__}" in cls.__doc__
 
@@ -322,7 +480,10 @@ def _training_graph_ops(layer, x):
     [
         (lambda: LSTM(U, forget_bias=2.0), lambda: keras.layers.LSTM(U)),
         (lambda: GRU(U, update_bias=1.0), lambda: keras.layers.GRU(U)),
-        (lambda: GRU(U, reset_after=False, chrono_timesteps=9), lambda: keras.layers.GRU(U, reset_after=False)),
+        (
+            lambda: GRU(U, reset_after=False, chrono_timesteps=9),
+            lambda: keras.layers.GRU(U, reset_after=False),
+        ),
     ],
 )
 @pytest.mark.tensorflow_only  # compares traced tf.function graphs op for op

@@ -24,9 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 sys.path.insert(0, EXAMPLES)
 
-import multi_worker  # noqa: E402
+import multi_worker
 
-import keras_gradkit  # noqa: E402, F401  (registers the classes for load_model)
+import keras_gradkit  # noqa: F401  (registers the classes for load_model)
 
 pytestmark = pytest.mark.tensorflow_only
 
@@ -98,7 +98,9 @@ def _tail(path, chars=3000):
 
 def _run_workers(out_dir):
     """Runs the workers to completion; on failure or timeout kills all and fails with their stderr."""
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env = dict(
+        os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""
+    )
     env.update(TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([ROOT, EXAMPLES, env.get("PYTHONPATH", "")])
     processes, logs = [], []
@@ -107,17 +109,32 @@ def _run_workers(out_dir):
             log = os.path.join(out_dir, f"worker_{index}.log")
             logs.append(log)
             with open(log, "w") as stream:
-                processes.append(subprocess.Popen(
-                    [sys.executable, "-c", _WORKER, out_dir, str(LEARNING_RATE), str(CLIP_NORM)],
-                    env=dict(env, TF_CONFIG=config), cwd=out_dir, stdout=stream, stderr=subprocess.STDOUT,
-                ))
+                processes.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-c",
+                            _WORKER,
+                            out_dir,
+                            str(LEARNING_RATE),
+                            str(CLIP_NORM),
+                        ],
+                        env=dict(env, TF_CONFIG=config),
+                        cwd=out_dir,
+                        stdout=stream,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         try:
             code = multi_worker.wait_for_workers(processes, TIMEOUT_S)
         except TimeoutError as e:
             code = str(e)
         if code != 0:
             codes = [p.poll() for p in processes]
-            report = "\n".join(f"--- worker {i} (exit code {c}):\n{_tail(log)}" for i, (c, log) in enumerate(zip(codes, logs)))
+            report = "\n".join(
+                f"--- worker {i} (exit code {c}):\n{_tail(log)}"
+                for i, (c, log) in enumerate(zip(codes, logs))
+            )
             pytest.fail(f"Multi-worker training failed ({code}).\n{report}")
     finally:
         for p in processes:
@@ -130,9 +147,13 @@ def _logged_scalars(log_dir, tag):
     from tensorboard.backend.event_processing import plugin_event_accumulator
     from tensorboard.util import tensor_util
 
-    accumulator = plugin_event_accumulator.EventAccumulator(os.path.join(log_dir, "train"), size_guidance={"tensors": 0})
+    accumulator = plugin_event_accumulator.EventAccumulator(
+        os.path.join(log_dir, "train"), size_guidance={"tensors": 0}
+    )
     accumulator.Reload()
-    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)}
+    return {
+        e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)
+    }
 
 
 def _gradient(model, loss_fn, x, y, divisor):
@@ -151,7 +172,9 @@ def _reference(initial_model_path, x, y):
     the norm of worker 0's local-shard gradient at each step.
     """
     model = keras.saving.load_model(initial_model_path)
-    sgd = keras.optimizers.SGD(LEARNING_RATE)  # applies IndRNN's MaxAbs constraint, as the inner optimizer does
+    sgd = keras.optimizers.SGD(
+        LEARNING_RATE
+    )  # applies IndRNN's MaxAbs constraint, as the inner optimizer does
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     shard = GLOBAL_BATCH_SIZE // NUM_WORKERS
     norms, local_norms = [], []
@@ -229,7 +252,9 @@ class TestMultiWorker:
         assert sorted(logged) == list(range(1, STEPS + 1))
         np.testing.assert_allclose([logged[s] for s in sorted(logged)], norms, rtol=1e-5)
         clipped = _logged_scalars(log_dir, "gradient_norm/global_clipped")
-        np.testing.assert_allclose([clipped[s] for s in sorted(clipped)], np.minimum(norms, CLIP_NORM), rtol=1e-5)
+        np.testing.assert_allclose(
+            [clipped[s] for s in sorted(clipped)], np.minimum(norms, CLIP_NORM), rtol=1e-5
+        )
 
     def test_only_the_chief_writes(self, two_workers):
         out_dir = two_workers["out_dir"]

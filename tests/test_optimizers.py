@@ -16,19 +16,27 @@ from keras_gradkit.optimizers import ClippedOptimizer
 
 BACKEND = keras.backend.backend()
 # `jit_compile=True` is XLA on TensorFlow and JAX; torch.compile is not part of what is tested.
-JIT = pytest.param(True, id="jit", marks=pytest.mark.skipif(BACKEND == "torch", reason="no XLA on torch"))
+JIT = pytest.param(
+    True, id="jit", marks=pytest.mark.skipif(BACKEND == "torch", reason="no XLA on torch")
+)
 
 
 def _model(seed=1):
     keras.utils.set_random_seed(seed)
     return keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(4, activation="tanh", name="hidden"), keras.layers.Dense(2, name="out")]
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, activation="tanh", name="hidden"),
+            keras.layers.Dense(2, name="out"),
+        ]
     )
 
 
 def _data(n=16, scale=20.0, seed=0):
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 3)).astype("float32"), (rng.normal(size=(n, 2)) * scale).astype("float32")
+    return rng.normal(size=(n, 3)).astype("float32"), (rng.normal(size=(n, 2)) * scale).astype(
+        "float32"
+    )
 
 
 def _batches(x, y, batch_size):
@@ -36,7 +44,7 @@ def _batches(x, y, batch_size):
 
 
 def _gradients(model, xb, yb):
-    loss = lambda: keras.losses.MeanSquaredError()(yb, model(xb))  # noqa: E731
+    loss = lambda: keras.losses.MeanSquaredError()(yb, model(xb))
     _, _, grads = value_and_gradients(loss, variables=model.trainable_variables)
     return [g.astype("float64") for g in grads]
 
@@ -61,12 +69,16 @@ def _compiled_apply(opt, grads, variables, jit):
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        tf.function(lambda g: opt.apply(g, variables), jit_compile=jit)([tf.constant(g) for g in grads])
+        tf.function(lambda g: opt.apply(g, variables), jit_compile=jit)(
+            [tf.constant(g) for g in grads]
+        )
     elif BACKEND == "jax":
         import jax
 
         step = jax.jit(opt.stateless_apply) if jit else opt.stateless_apply
-        new_vars, new_opt = step([v.value for v in opt.variables], grads, [v.value for v in variables])
+        new_vars, new_opt = step(
+            [v.value for v in opt.variables], grads, [v.value for v in variables]
+        )
         for v, value in zip(list(variables) + list(opt.variables), list(new_vars) + list(new_opt)):
             v.assign(value)
     else:
@@ -87,7 +99,9 @@ class TestAgainstReferences:
         ours.compile(optimizer=opt, loss="mse", jit_compile=jit)
         ours.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
         theirs = _model()
-        theirs.compile(optimizer=keras.optimizers.Adam(0.05, global_clipnorm=1.0), loss="mse", jit_compile=jit)
+        theirs.compile(
+            optimizer=keras.optimizers.Adam(0.05, global_clipnorm=1.0), loss="mse", jit_compile=jit
+        )
         theirs.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
         _assert_weights_close(ours.get_weights(), theirs.get_weights())
         assert opt.gradient_statistics()["clipped_steps"] == 8.0
@@ -98,7 +112,13 @@ class TestAgainstReferences:
         [
             (False, 1),
             pytest.param(True, 1, marks=JIT.marks),
-            pytest.param(False, 3, marks=pytest.mark.skipif(BACKEND == "torch", reason="torch runs one step at a time")),
+            pytest.param(
+                False,
+                3,
+                marks=pytest.mark.skipif(
+                    BACKEND == "torch", reason="torch runs one step at a time"
+                ),
+            ),
         ],
     )
     def test_autoclip_against_numpy(self, jit, steps_per_execution):
@@ -106,7 +126,9 @@ class TestAgainstReferences:
         policy = clipping.AutoClip(percentile=30.0, history_size=4)
         model = _model()
         opt = ClippedOptimizer(keras.optimizers.SGD(0.05), policy)
-        model.compile(optimizer=opt, loss="mse", jit_compile=jit, steps_per_execution=steps_per_execution)
+        model.compile(
+            optimizer=opt, loss="mse", jit_compile=jit, steps_per_execution=steps_per_execution
+        )
         model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
 
         history = []
@@ -123,7 +145,9 @@ class TestAgainstReferences:
         assert stats["steps"] == 6.0
         assert stats["threshold"] == pytest.approx(np.percentile(history[-4:], 30.0), rel=1e-5)
         assert stats["global_norm"] == pytest.approx(history[-1], rel=1e-5)
-        assert stats["clipped_steps"] == sum(h > np.percentile(history[: i + 1][-4:], 30.0) + 1e-6 for i, h in enumerate(history))
+        assert stats["clipped_steps"] == sum(
+            h > np.percentile(history[: i + 1][-4:], 30.0) + 1e-6 for i, h in enumerate(history)
+        )
 
     def test_sgd_with_global_norm_in_fit_against_numpy(self):
         x, y = _data(n=16)
@@ -193,7 +217,11 @@ class TestAgainstReferences:
 
     def test_no_clip_keeps_keras_clipnorm_and_reports_it(self):
         x, y = _data()
-        for arg, policy_cls in [("clipnorm", clipping.ClipByNorm), ("global_clipnorm", clipping.ClipByGlobalNorm), ("clipvalue", clipping.ClipByValue)]:
+        for arg, policy_cls in [
+            ("clipnorm", clipping.ClipByNorm),
+            ("global_clipnorm", clipping.ClipByGlobalNorm),
+            ("clipvalue", clipping.ClipByValue),
+        ]:
             ours = _model()
             opt = ClippedOptimizer(keras.optimizers.Adam(0.05, **{arg: 0.5}), clipping.NoClip())
             ours.compile(optimizer=opt, loss="mse")
@@ -221,7 +249,11 @@ class TestStatistics:
     def _apply(self, jit, record_gradients=False):
         v1 = keras.Variable(np.array([[1.0, -2.0], [0.5, 3.0]], "float32"), name="a")
         v2 = keras.Variable(np.array([0.1, 0.2, 0.3], "float32"), name="b")
-        opt = ClippedOptimizer(keras.optimizers.SGD(0.5), clipping.ClipByGlobalNorm(2.0), record_gradients=record_gradients)
+        opt = ClippedOptimizer(
+            keras.optimizers.SGD(0.5),
+            clipping.ClipByGlobalNorm(2.0),
+            record_gradients=record_gradients,
+        )
         g1 = np.array([[3.0, 0.0], [0.0, 4.0]], "float32")
         g2 = np.array([0.0, 0.0, 12.0], "float32")
         if jit is None:
@@ -231,7 +263,9 @@ class TestStatistics:
             _compiled_apply(opt, [g1, g2], [v1, v2], jit)
         return opt, v1, v2, g1, g2
 
-    @pytest.mark.parametrize("jit", [pytest.param(None, id="eager"), pytest.param(False, id="graph"), JIT])
+    @pytest.mark.parametrize(
+        "jit", [pytest.param(None, id="eager"), pytest.param(False, id="graph"), JIT]
+    )
     def test_values(self, jit):
         opt, v1, v2, g1, g2 = self._apply(jit)
         stats = opt.gradient_statistics()
@@ -260,7 +294,9 @@ class TestStatistics:
         fresh = ClippedOptimizer(keras.optimizers.SGD(), clipping.AdaptiveClip())
         before = fresh.gradient_statistics()
         assert before["steps"] == 0.0 and np.isnan(before["threshold"])
-        no_updates = ClippedOptimizer(keras.optimizers.SGD(), clipping.NoClip(), record_update_norms=False)
+        no_updates = ClippedOptimizer(
+            keras.optimizers.SGD(), clipping.NoClip(), record_update_norms=False
+        )
         no_updates.build([keras.Variable(1.0, name="c")])
         assert "update_norm/c" not in no_updates.gradient_statistics()
         assert "weight_norm/c" not in no_updates.gradient_statistics()
@@ -284,13 +320,16 @@ class TestSkipNonFinite:
         x, y = _data(n=8)
         model = _model()
         opt = ClippedOptimizer(
-            keras.optimizers.Adam(0.01), clipping.chain(clipping.SkipNonFinite(), clipping.AutoClip(50.0, 10))
+            keras.optimizers.Adam(0.01),
+            clipping.chain(clipping.SkipNonFinite(), clipping.AutoClip(50.0, 10)),
         )
         model.compile(optimizer=opt, loss="mse", jit_compile=jit)
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
         weights = model.get_weights()
         slots = [v.numpy().copy() for v in opt.variables if "clipped_optimizer" not in v.path]
-        history = opt.variables[[v.path for v in opt.variables].index("clipped_optimizer/policy_1_history")].numpy()
+        history = opt.variables[
+            [v.path for v in opt.variables].index("clipped_optimizer/policy_1_history")
+        ].numpy()
         x_bad = x.copy()
         x_bad[3, 1] = np.nan
         model.fit(x_bad, y, batch_size=8, epochs=1, verbose=0)
@@ -320,7 +359,10 @@ class TestSkipNonFinite:
         assert all(np.all(np.isfinite(v.numpy())) for v in inner.variables)
         model.fit(x, y, batch_size=4, verbose=0)  # two finite micro-steps: one update
         ref = _model()
-        g = [(a + b) / 2 for a, b in zip(_gradients(ref, x[:4], y[:4]), _gradients(ref, x[4:], y[4:]))]
+        g = [
+            (a + b) / 2
+            for a, b in zip(_gradients(ref, x[:4], y[:4]), _gradients(ref, x[4:], y[4:]))
+        ]
         for v, gi in zip(ref.trainable_variables, g):
             v.assign((v.numpy() - 0.1 * gi).astype("float32"))
         _assert_weights_close(model.get_weights(), ref.get_weights())
@@ -332,7 +374,11 @@ class TestMixedPrecision:
     def _mp_model(self):
         keras.utils.set_random_seed(1)
         return keras.Sequential(
-            [keras.Input((3,)), keras.layers.Dense(4, activation="tanh", dtype="mixed_float16"), keras.layers.Dense(2, dtype="float32")]
+            [
+                keras.Input((3,)),
+                keras.layers.Dense(4, activation="tanh", dtype="mixed_float16"),
+                keras.layers.Dense(2, dtype="float32"),
+            ]
         )
 
     def _reference_norm(self, model, x, y):
@@ -378,7 +424,9 @@ class TestMixedPrecision:
         keras.config.set_dtype_policy("mixed_float16")
         model = self._mp_model()
         lso = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.01), initial_scale=2.0**40)
-        opt = ClippedOptimizer(lso, clipping.chain(clipping.SkipNonFinite(), clipping.ClipByGlobalNorm(1.0)))
+        opt = ClippedOptimizer(
+            lso, clipping.chain(clipping.SkipNonFinite(), clipping.ClipByGlobalNorm(1.0))
+        )
         model.compile(optimizer=opt, loss="mse", auto_scale_loss=False)
         before = model.get_weights()
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # float16 overflow at this scale
@@ -391,11 +439,15 @@ class TestMixedPrecision:
 class TestSaving:
     def test_save_load_resume_matches_uninterrupted(self, tmp_path):
         x, y = _data(n=24)
-        policy = lambda: clipping.chain(clipping.SkipNonFinite(), clipping.AutoClip(percentile=25.0, history_size=4))  # noqa: E731
+        policy = lambda: clipping.chain(
+            clipping.SkipNonFinite(), clipping.AutoClip(percentile=25.0, history_size=4)
+        )
 
         def fresh():
             model = _model()
-            model.compile(optimizer=ClippedOptimizer(keras.optimizers.Adam(0.05), policy()), loss="mse")
+            model.compile(
+                optimizer=ClippedOptimizer(keras.optimizers.Adam(0.05), policy()), loss="mse"
+            )
             return model
 
         straight = fresh()
@@ -413,11 +465,21 @@ class TestSaving:
         # the latest step's statistics are not variables, and read NaN until the next update.
         saved = first.optimizer.variables
         assert len(saved) == len(opt.variables)
-        assert not [v.path for v in opt.variables if "norm" in v.path or "latest" in v.path or "gradient" in v.path]
+        assert not [
+            v.path
+            for v in opt.variables
+            if "norm" in v.path or "latest" in v.path or "gradient" in v.path
+        ]
         for a, b in zip(saved, opt.variables):
-            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path
+            )
         assert np.isnan(opt.gradient_statistics()["global_norm"])
-        assert all(np.isnan(v) for k, v in opt.gradient_statistics().items() if k.startswith("gradient_norm/"))
+        assert all(
+            np.isnan(v)
+            for k, v in opt.gradient_statistics().items()
+            if k.startswith("gradient_norm/")
+        )
         assert int(opt._policy_state[1].numpy()) == 6
         assert opt.gradient_statistics()["steps"] == 6.0
         loaded.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
@@ -425,12 +487,17 @@ class TestSaving:
         resumed_stats = opt.gradient_statistics()
         straight_stats = straight.optimizer.gradient_statistics()
         assert [k.split("/")[0] for k in resumed_stats] == [k.split("/")[0] for k in straight_stats]
-        assert list(resumed_stats.values()) == pytest.approx(list(straight_stats.values()), rel=1e-5)
+        assert list(resumed_stats.values()) == pytest.approx(
+            list(straight_stats.values()), rel=1e-5
+        )
         assert resumed_stats["steps"] == 12.0
 
     def test_config_round_trip(self):
         opt = ClippedOptimizer(
-            keras.optimizers.Adam(0.003), clipping.AdaptiveClip(0.02, exclude=["out"]), record_gradients=True, name="clip"
+            keras.optimizers.Adam(0.003),
+            clipping.AdaptiveClip(0.02, exclude=["out"]),
+            record_gradients=True,
+            name="clip",
         )
         config = opt.get_config()
         restored = ClippedOptimizer.from_config(config)
@@ -462,7 +529,13 @@ class TestArguments:
             ClippedOptimizer(keras.optimizers.SGD(), 1.0)
         with pytest.raises(TypeError, match="record_gradients"):
             ClippedOptimizer(keras.optimizers.SGD(), clipping.NoClip(), record_gradients=1)
-        for arg in ("clipnorm", "global_clipnorm", "clipvalue", "weight_decay", "gradient_accumulation_steps"):
+        for arg in (
+            "clipnorm",
+            "global_clipnorm",
+            "clipvalue",
+            "weight_decay",
+            "gradient_accumulation_steps",
+        ):
             with pytest.raises(ValueError, match=f"`{arg}`.*{arg}=2.*inner_optimizer"):
                 ClippedOptimizer(keras.optimizers.SGD(), clipping.NoClip(), **{arg: 2})
         with pytest.raises(ValueError, match="foo"):
@@ -481,9 +554,21 @@ class TestArguments:
         doc = ClippedOptimizer.__doc__
         section = doc.split("Args:")[1].split("\n\n")[0]
         documented = re.findall(r"^\s{8}(\w+):", section, flags=re.M)
-        params = [p for p in inspect.signature(ClippedOptimizer.__init__).parameters if p not in ("self", "kwargs")]
+        params = [
+            p
+            for p in inspect.signature(ClippedOptimizer.__init__).parameters
+            if p not in ("self", "kwargs")
+        ]
         assert documented == params
-        for key in ("global_norm", "global_norm_clipped", "threshold", "clipped", "steps", "clipped_steps", "skipped_steps"):
+        for key in (
+            "global_norm",
+            "global_norm_clipped",
+            "threshold",
+            "clipped",
+            "steps",
+            "clipped_steps",
+            "skipped_steps",
+        ):
             assert f'`"{key}"`' in doc
 
 
@@ -497,24 +582,33 @@ class TestDrivers:
         opt.build([v1, v2])
         return opt, [v1, v2]
 
-    @pytest.mark.skipif(BACKEND == "tensorflow", reason="Keras has no stateless_apply on TensorFlow")
+    @pytest.mark.skipif(
+        BACKEND == "tensorflow", reason="Keras has no stateless_apply on TensorFlow"
+    )
     @pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
     def test_apply_equals_stateless_apply(self, nan):
-        policy = lambda: clipping.chain(clipping.SkipNonFinite(), clipping.AutoClip(50.0, 4))  # noqa: E731
+        policy = lambda: clipping.chain(clipping.SkipNonFinite(), clipping.AutoClip(50.0, 4))
         steps = [
             [np.array([[3.0, 0.0], [0.0, 4.0]], "float32"), np.array([0.0, 1.0, 12.0], "float32")],
-            [np.array([[1.0, 2.0], [0.0, -4.0]], "float32"), np.array([np.nan if nan else 2.0, 1.0, 0.0], "float32")],
+            [
+                np.array([[1.0, 2.0], [0.0, -4.0]], "float32"),
+                np.array([np.nan if nan else 2.0, 1.0, 0.0], "float32"),
+            ],
             [np.array([[0.5, 0.0], [1.0, 1.0]], "float32"), np.array([0.0, -1.0, 3.0], "float32")],
         ]
         stateful, sv = self._setup(policy())
         stateless, lv = self._setup(policy())
         for grads in steps:
             stateful.apply(grads, sv)
-            new_vars, new_opt = stateless.stateless_apply([v.value for v in stateless.variables], grads, [v.value for v in lv])
+            new_vars, new_opt = stateless.stateless_apply(
+                [v.value for v in stateless.variables], grads, [v.value for v in lv]
+            )
             for v, value in zip(lv + stateless.variables, list(new_vars) + list(new_opt)):
                 v.assign(value)
         for a, b in zip(sv + stateful.variables, lv + stateless.variables):
-            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path
+            )
         stats = stateless.gradient_statistics()
         assert (stats["steps"], stats["skipped_steps"]) == (3.0, 1.0 if nan else 0.0)
         assert int(keras.ops.convert_to_numpy(stateless.iterations)) == (2 if nan else 3)
@@ -523,10 +617,18 @@ class TestDrivers:
         if BACKEND != "jax":
             pytest.skip("stateless_apply under jit is the JAX trainer's path")
         opt, variables = self._setup(clipping.SkipNonFinite())
-        before = [keras.ops.convert_to_numpy(v) for v in variables + opt.variables if "clipped_optimizer" not in v.path]
+        before = [
+            keras.ops.convert_to_numpy(v)
+            for v in variables + opt.variables
+            if "clipped_optimizer" not in v.path
+        ]
         grads = [np.full((2, 2), np.nan, "float32"), np.ones(3, "float32")]
         _compiled_apply(opt, grads, variables, jit=True)
-        after = [keras.ops.convert_to_numpy(v) for v in variables + opt.variables if "clipped_optimizer" not in v.path]
+        after = [
+            keras.ops.convert_to_numpy(v)
+            for v in variables + opt.variables
+            if "clipped_optimizer" not in v.path
+        ]
         for a, b in zip(before, after):
             np.testing.assert_array_equal(a, b)
         assert opt.gradient_statistics()["skipped_steps"] == 1.0
@@ -536,8 +638,11 @@ class TestDrivers:
             pytest.skip("the TensorFlow backend's rule")
         opt, variables = self._setup(clipping.NoClip())
         with pytest.raises(ValueError, match="Use `apply`"):
-            opt.stateless_apply([v.value for v in opt.variables], [np.ones((2, 2), "float32"), np.ones(3, "float32")],
-                                [v.value for v in variables])
+            opt.stateless_apply(
+                [v.value for v in opt.variables],
+                [np.ones((2, 2), "float32"), np.ones(3, "float32")],
+                [v.value for v in variables],
+            )
 
     def test_private_keras_attributes_still_mean_what_we_read(self):
         # `_UpdateView` reads these; if Keras renames or changes them, this fails first.
@@ -547,7 +652,9 @@ class TestDrivers:
         assert len(inner._accumulated_gradients) == 1
         assert inner._get_variable_index(v) == 0
         inner.apply([keras.ops.ones((2,))], [v])
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(inner._accumulated_gradients[0]), [1.0, 1.0])
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(inner._accumulated_gradients[0]), [1.0, 1.0]
+        )
         # `_iterations` counts micro-steps; the public `iterations` counts updates.
         assert int(keras.ops.convert_to_numpy(inner._iterations)) == 1
         assert int(keras.ops.convert_to_numpy(inner.iterations)) == 0
@@ -565,7 +672,9 @@ class TestPolicyInputs:
         v = keras.Variable(np.ones((2, 2), "float32"))
         out = clipping.AdaptiveClip(np.float64(0.01))([np.full((2, 2), 5.0, "float32")], [v])
         assert np.all(np.abs(keras.ops.convert_to_numpy(out[0])) < 5.0)
-        opt = ClippedOptimizer(keras.optimizers.SGD(0.1), clipping.ClipByGlobalNorm(np.float64(2.0)))
+        opt = ClippedOptimizer(
+            keras.optimizers.SGD(0.1), clipping.ClipByGlobalNorm(np.float64(2.0))
+        )
         w = keras.Variable(np.zeros(2, "float32"))
         opt.apply([np.array([3.0, 4.0], "float32")], [w])
         np.testing.assert_allclose(keras.ops.convert_to_numpy(w), [-0.12, -0.16], rtol=1e-5)
@@ -583,4 +692,7 @@ def test_enable_gradient_recording_before_or_after_build(built_first):
     optimizer.apply([keras.ops.convert_to_tensor(np.array([3.0, 4.0], "float32"))], [var])
     (gradient,) = optimizer.last_gradients().values()
     np.testing.assert_allclose(gradient, [0.6, 0.8], rtol=1e-6)
-    assert "record_gradients" in optimizer.get_config() and not optimizer.get_config()["record_gradients"]
+    assert (
+        "record_gradients" in optimizer.get_config()
+        and not optimizer.get_config()["record_gradients"]
+    )

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_gradkit import backend
-from keras_gradkit import clipping
+from keras_gradkit import backend, clipping
 from keras_gradkit.optimizers import ClippedOptimizer
 
 sparse = backend.get("sparse")
@@ -48,10 +47,17 @@ class _Case:
         self.embedding.build((BATCH, LENGTH))
         self.dense.build((BATCH, DIM))
         self.bias = keras.Variable(rng.normal(size=(VOCAB,)).astype("float32"), name="token_bias")
-        self.variables = [*self.embedding.trainable_variables, *self.dense.trainable_variables, self.bias]
+        self.variables = [
+            *self.embedding.trainable_variables,
+            *self.dense.trainable_variables,
+            self.bias,
+        ]
         with tf.GradientTape() as tape:
             pooled = ops.mean(self.embedding(self.tokens), axis=1)
-            out = self.dense(pooled) + ops.mean(ops.take(self.bias, self.tokens, axis=0), axis=1)[:, None]
+            out = (
+                self.dense(pooled)
+                + ops.mean(ops.take(self.bias, self.tokens, axis=0), axis=1)[:, None]
+            )
             loss = scale * ops.mean(ops.square(out - targets))
         self.raw = tape.gradient(loss, self.variables)
         self.dense_grads = [_np_dense(g) for g in self.raw]
@@ -70,7 +76,11 @@ class _UserClip(clipping.ClippingPolicy):
         norm = clipping.global_norm(grads)
         factor = ops.minimum(1.0, 0.5 / norm)
         new = [None if g is None else ops.clip(ops.multiply(g, factor), -0.05, 0.05) for g in grads]
-        info = {"threshold": ops.convert_to_tensor(0.5), "clipped": norm > 0.5, "skip": ops.convert_to_tensor(False)}
+        info = {
+            "threshold": ops.convert_to_tensor(0.5),
+            "clipped": norm > 0.5,
+            "skip": ops.convert_to_tensor(False),
+        }
         return new, [], info
 
 
@@ -114,7 +124,9 @@ class TestDeduplicate:
         indices = np.asarray(out.indices)
         assert sorted(indices) == sorted(np.unique(case.tokens))
         assert not case.dense_grads[0][USED:].any()
-        np.testing.assert_allclose(np.asarray(out.values), case.dense_grads[0][indices], rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(
+            np.asarray(out.values), case.dense_grads[0][indices], rtol=1e-5, atol=1e-8
+        )
         np.testing.assert_allclose(_np_dense(out), case.dense_grads[0], rtol=1e-5, atol=1e-8)
         dense = ops.convert_to_numpy(sparse.to_dense(raw))
         np.testing.assert_allclose(dense, case.dense_grads[0], rtol=1e-5, atol=1e-8)
@@ -123,7 +135,9 @@ class TestDeduplicate:
     def test_under_xla(self, case):
         import tensorflow as tf
 
-        norm = tf.function(lambda g: clipping.global_norm(sparse.deduplicate(g)), jit_compile=True)(case.raw)
+        norm = tf.function(lambda g: clipping.global_norm(sparse.deduplicate(g)), jit_compile=True)(
+            case.raw
+        )
         assert float(norm) == pytest.approx(case.norm, rel=1e-5)
 
 
@@ -133,7 +147,9 @@ class TestPoliciesOnSparseGradients:
         import tensorflow as tf
 
         assert float(clipping.global_norm(case.raw)) == pytest.approx(case.norm, rel=1e-5)
-        assert float(clipping.global_norm(sparse.deduplicate(case.raw))) == pytest.approx(case.norm, rel=1e-5)
+        assert float(clipping.global_norm(sparse.deduplicate(case.raw))) == pytest.approx(
+            case.norm, rel=1e-5
+        )
         # The issue: the rows' squares summed as they are, duplicates apart.
         assert float(tf.linalg.global_norm(case.raw)) != pytest.approx(case.norm, rel=1e-2)
 
@@ -152,7 +168,9 @@ class TestPoliciesOnSparseGradients:
             assert [sparse.is_sparse(g) for g in out_s] == [True, False, False, True]
             _assert_same_as_dense(out_s, out_d)
             for a, b in zip(state_s, state_d):
-                np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-5)
+                np.testing.assert_allclose(
+                    ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-5
+                )
             for key in ("threshold", "clipped", "skip"):
                 a, b = ops.convert_to_numpy(info_s[key]), ops.convert_to_numpy(info_d[key])
                 np.testing.assert_allclose(a, b, rtol=1e-5)
@@ -201,9 +219,9 @@ class TestPoliciesOnSparseGradients:
     def test_python_operators_are_not_defined_on_slices(self, case):
         (g,) = sparse.deduplicate(case.raw[:1])
         with pytest.raises(TypeError):
-            g * 0.5  # noqa: B018
+            g * 0.5  # noqa: B015  (the operator must raise)
         with pytest.raises(TypeError):
-            g > 0.5  # noqa: B018
+            g > 0.5  # noqa: B015  (the operator must raise)
 
 
 @pytest.mark.tensorflow_only
@@ -237,7 +255,9 @@ class TestClippedOptimizerOnSparseGradients:
         assert stats["global_norm"] == pytest.approx(case.norm, rel=1e-5)
         assert stats["global_norm_clipped"] == pytest.approx(0.5, rel=1e-5)
         table_norm = np.linalg.norm(case.dense_grads[0])
-        assert stats[f"gradient_norm/{case.variables[0].path}"] == pytest.approx(table_norm, rel=1e-5)
+        assert stats[f"gradient_norm/{case.variables[0].path}"] == pytest.approx(
+            table_norm, rel=1e-5
+        )
 
     def test_keras_global_clipnorm_clips_by_the_rows_as_they_are(self):
         """The issue's contrast: Keras's own `global_clipnorm` misses the dense norm."""

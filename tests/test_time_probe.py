@@ -75,7 +75,11 @@ def float_reference(model, x, y):
 
 
 def token_model(recurrent="simple_rnn"):
-    layer = keras.layers.SimpleRNN(4, name="rnn") if recurrent == "simple_rnn" else keras.layers.LSTM(4, name="rnn")
+    layer = (
+        keras.layers.SimpleRNN(4, name="rnn")
+        if recurrent == "simple_rnn"
+        else keras.layers.LSTM(4, name="rnn")
+    )
     model = keras.Sequential(
         [
             keras.Input((7,), dtype="int32"),
@@ -110,7 +114,10 @@ def by_name(results):
 
 
 def state(model):
-    return [np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables + model.metrics_variables]
+    return [
+        np.array(keras.ops.convert_to_numpy(v.value))
+        for v in model.variables + model.metrics_variables
+    ]
 
 
 def resident_mib():
@@ -164,7 +171,9 @@ class TestTimeProbe:
 
         def loss(seq):
             y_pred = head(lstm(seq, mask=keras.ops.convert_to_tensor(mask)))
-            return keras.ops.sum(keras.ops.mean(keras.ops.square(keras.ops.subtract(y_pred, y)), axis=-1))
+            return keras.ops.sum(
+                keras.ops.mean(keras.ops.square(keras.ops.subtract(y_pred, y)), axis=-1)
+            )
 
         _, (grad,), _ = value_and_gradients(loss, [s])
         expected = step_norms(grad, mask)
@@ -199,7 +208,10 @@ class TestTimeProbe:
     def test_multi_output_model_sums_its_losses(self):
         rng = np.random.default_rng(8)
         x = rng.normal(size=(2, 5, 2)).astype("float32")
-        y = {"a": rng.normal(size=(2, 1)).astype("float32"), "b": rng.normal(size=(2, 2)).astype("float32")}
+        y = {
+            "a": rng.normal(size=(2, 1)).astype("float32"),
+            "b": rng.normal(size=(2, 2)).astype("float32"),
+        }
         inputs = keras.Input((5, 2))
         h = keras.layers.SimpleRNN(3, name="rnn")(inputs)
         outputs = {"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(2, name="b")(h)}
@@ -223,7 +235,12 @@ class TestTimeProbe:
         x[:, -2:] = -9.0  # post-padding
         y = rng.normal(size=(2, 1)).astype("float32")
         model = keras.Sequential(
-            [keras.Input((6, 2)), keras.layers.Masking(-9.0), keras.layers.SimpleRNN(3, name="rnn"), keras.layers.Dense(1)]
+            [
+                keras.Input((6, 2)),
+                keras.layers.Masking(-9.0),
+                keras.layers.SimpleRNN(3, name="rnn"),
+                keras.layers.Dense(1),
+            ]
         )
         model.compile(optimizer="sgd", loss="mse")
         for name, norms, r in probe(model, x, y).compute():
@@ -280,14 +297,18 @@ class TestTimeProbe:
         rng = np.random.default_rng(9)
         x = rng.normal(size=(2, 4, 2)).astype("float32")
         y = rng.normal(size=(2, 1)).astype("float32")
-        model = keras.Sequential([keras.Input((4, 2)), keras.layers.SimpleRNN(2), keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [keras.Input((4, 2)), keras.layers.SimpleRNN(2), keras.layers.Dense(1)]
+        )
         model.compile(optimizer="sgd", loss="mse")
         time_probe = probe(model, x, y)
         mse = time_probe.compute()[0][1]
         model.compile(optimizer="sgd", loss="mae")
         time_probe.check()  # as GradientBoard does at the next `fit`
         mae = time_probe.compute()[0][1]
-        _, (grad,), _ = value_and_gradients(lambda a: keras.ops.sum(keras.ops.abs(keras.ops.subtract(model(a), y))), [x])
+        _, (grad,), _ = value_and_gradients(
+            lambda a: keras.ops.sum(keras.ops.abs(keras.ops.subtract(model(a), y))), [x]
+        )
         np.testing.assert_allclose(mae, step_norms(grad), rtol=1e-4, atol=1e-9)
         assert not np.allclose(mse, mae)
 
@@ -303,10 +324,12 @@ class TestTimeProbe:
         ],
         ids=["image", "float_matrix", "int_features", "bool", "empty"],
     )
+    @pytest.mark.backend_free
     def test_validate_rejects_other_arrays(self, x, message):
         with pytest.raises(ValueError, match=rf"`time_probe`.*{message}"):
             _time_probe.validate_time_probe((x, np.zeros((len(x), 1))))
 
+    @pytest.mark.backend_free
     def test_validate_rejects_wrong_types_and_targets(self):
         with pytest.raises(TypeError, match=r"`time_probe`.*ndarray with shape=\(2, 3, 1\)"):
             _time_probe.validate_time_probe(np.zeros((2, 3, 1)))
@@ -317,45 +340,70 @@ class TestTimeProbe:
         with pytest.raises(ValueError, match=r"`time_probe` must have as many targets.*\(3, 1\)"):
             _time_probe.validate_time_probe((np.zeros((2, 3, 1)), np.zeros((3, 1))))
         with pytest.raises(ValueError, match=r"as many targets"):
-            _time_probe.validate_time_probe((np.zeros((2, 3, 1)), {"a": np.zeros((2, 1)), "b": np.zeros((3,))}))
+            _time_probe.validate_time_probe(
+                (np.zeros((2, 3, 1)), {"a": np.zeros((2, 1)), "b": np.zeros((3,))})
+            )
 
     def test_validate_returns_numpy(self):
         assert _time_probe.validate_time_probe(None) is None
         x, y = _time_probe.validate_time_probe(([[1, 2], [3, 0]], keras.ops.ones((2, 1))))
-        assert isinstance(x, np.ndarray) and x.shape == (2, 2) and np.issubdtype(x.dtype, np.integer)
+        assert (
+            isinstance(x, np.ndarray) and x.shape == (2, 2) and np.issubdtype(x.dtype, np.integer)
+        )
         assert isinstance(y, np.ndarray) and y.shape == (2, 1)
 
     @pytest.mark.parametrize(
         "shape,message",
         [
-            ((4, 10, 3), r"sequences of shape \(4, 10, 3\).*expects inputs of shape \(None, 10, 2\)"),
-            ((4, 12, 2), r"sequences of shape \(4, 12, 2\).*expects inputs of shape \(None, 10, 2\)"),
+            (
+                (4, 10, 3),
+                r"sequences of shape \(4, 10, 3\).*expects inputs of shape \(None, 10, 2\)",
+            ),
+            (
+                (4, 12, 2),
+                r"sequences of shape \(4, 12, 2\).*expects inputs of shape \(None, 10, 2\)",
+            ),
         ],
         ids=["features", "length"],
     )
     def test_check_rejects_probe_the_model_cannot_take(self, shape, message):
         model = float_model(steps=10)
         before = state(model)
-        time_probe = _time_probe.TimeProbe(model, np.zeros(shape, "float32"), np.zeros((4, 2), "float32"))
+        time_probe = _time_probe.TimeProbe(
+            model, np.zeros(shape, "float32"), np.zeros((4, 2), "float32")
+        )
         with pytest.raises(ValueError, match=rf"`time_probe`.*{message}"):
             time_probe.check()
         for old, new in zip(before, state(model)):
             np.testing.assert_array_equal(old, new)
 
     def test_check_accepts_any_length_for_variable_length_models(self):
-        model = keras.Sequential([keras.Input((None, 2)), keras.layers.SimpleRNN(2, name="rnn"), keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [keras.Input((None, 2)), keras.layers.SimpleRNN(2, name="rnn"), keras.layers.Dense(1)]
+        )
         model.compile(optimizer="sgd", loss="mse")
         results = probe(model, np.ones((2, 9, 2), "float32"), np.zeros((2, 1), "float32")).compute()
-        assert [(name, norms.shape) for name, norms, _ in results] == [("input", (9,)), ("rnn", (9,))]
+        assert [(name, norms.shape) for name, norms, _ in results] == [
+            ("input", (9,)),
+            ("rnn", (9,)),
+        ]
 
     def test_check_rejects_tokens_without_embedding_and_sequences_for_tokens(self):
-        model = keras.Sequential([keras.Input((7,), dtype="int32"), keras.layers.Dense(2, name="dense")])
+        model = keras.Sequential(
+            [keras.Input((7,), dtype="int32"), keras.layers.Dense(2, name="dense")]
+        )
         model.compile(optimizer="sgd", loss="mse")
         ids = np.ones((4, 7), "int32")
-        with pytest.raises(ValueError, match=r"`time_probe` holds token ids of shape \(4, 7\).*Embedding.*`dense`"):
+        with pytest.raises(
+            ValueError, match=r"`time_probe` holds token ids of shape \(4, 7\).*Embedding.*`dense`"
+        ):
             _time_probe.TimeProbe(model, ids, np.zeros((4, 2))).check()
-        with pytest.raises(ValueError, match=r"`time_probe` holds sequences of shape \(4, 7, 3\).*\(None, 7\)"):
-            _time_probe.TimeProbe(token_model(), np.ones((4, 7, 3), "float32"), np.zeros((4, 2))).check()
+        with pytest.raises(
+            ValueError, match=r"`time_probe` holds sequences of shape \(4, 7, 3\).*\(None, 7\)"
+        ):
+            _time_probe.TimeProbe(
+                token_model(), np.ones((4, 7, 3), "float32"), np.zeros((4, 2))
+            ).check()
 
     def test_check_rejects_subclassed_misfits(self):
         class Net(keras.Model):
@@ -371,21 +419,30 @@ class TestTimeProbe:
         model.compile(optimizer="sgd", loss="mse")
         model(np.zeros((1, 4, 2), "float32"))
         y = np.zeros((2, 1), "float32")
-        with pytest.raises(ValueError, match=r"`time_probe` holds sequences of shape \(2, 5, 2\).*(cannot take|fails)"):
+        with pytest.raises(
+            ValueError,
+            match=r"`time_probe` holds sequences of shape \(2, 5, 2\).*(cannot take|fails)",
+        ):
             _time_probe.TimeProbe(model, np.zeros((2, 5, 2), "float32"), y).check()
-        with pytest.raises(ValueError, match=r"`time_probe` holds token ids.*functional or Sequential"):
+        with pytest.raises(
+            ValueError, match=r"`time_probe` holds token ids.*functional or Sequential"
+        ):
             _time_probe.TimeProbe(model, np.zeros((2, 8), "int32"), y).check()
 
     def test_check_rejects_models_with_two_inputs(self):
         a, b = keras.Input((4, 2)), keras.Input((4, 2))
-        model = keras.Model([a, b], keras.layers.Dense(1)(keras.layers.SimpleRNN(2)(keras.layers.Add()([a, b]))))
+        model = keras.Model(
+            [a, b], keras.layers.Dense(1)(keras.layers.SimpleRNN(2)(keras.layers.Add()([a, b])))
+        )
         model.compile(optimizer="sgd", loss="mse")
         with pytest.raises(ValueError, match=r"`time_probe` holds sequences.*takes 2 inputs"):
             _time_probe.TimeProbe(model, np.zeros((2, 4, 2), "float32"), np.zeros((2, 1))).check()
 
     def test_check_rejects_targets_the_loss_cannot_take(self):
         x = np.zeros((2, 10, 2), "float32")
-        with pytest.raises(ValueError, match=r"`time_probe`.*targets of shape \(2, 5\).*(cannot take|fails)"):
+        with pytest.raises(
+            ValueError, match=r"`time_probe`.*targets of shape \(2, 5\).*(cannot take|fails)"
+        ):
             _time_probe.TimeProbe(float_model(), x, np.zeros((2, 5), "float32")).check()
 
     # -------------------------------------------------- reach and plot
@@ -399,9 +456,13 @@ class TestTimeProbe:
             ([0.0, 0.0], 0),
         ],
     )
+    @pytest.mark.backend_free
     def test_reach_skips_masked_steps(self, norms, expected):
         assert _time_probe.reach(np.array(norms)) == expected
 
+    @pytest.mark.backend_free
     def test_plot_with_masked_steps(self):
-        png, width, height = _time_probe.plot_png(np.array([np.nan, 1e-6, 0.0, 1.0, 0.5, np.nan]), "m: input")
+        png, width, height = _time_probe.plot_png(
+            np.array([np.nan, 1e-6, 0.0, 1.0, 0.5, np.nan]), "m: input"
+        )
         assert png.startswith(b"\x89PNG") and width > 100 and height > 100

@@ -61,9 +61,11 @@ def test_load_digits_sequences_rows_and_pixels():
     # Every image exactly once, scaled by 1/16: the split is a partition of the data set.
     everything = np.concatenate([x_train, x_test]).reshape(len(digits.images), -1)
     expected = (digits.images / 16.0).reshape(len(digits.images), -1)
-    order = lambda a: a[np.lexsort(a.T)]  # noqa: E731
+    order = lambda a: a[np.lexsort(a.T)]
     np.testing.assert_array_equal(order(everything), order(expected.astype("float32")))
-    np.testing.assert_array_equal(np.bincount(np.concatenate([y_train, y_test])), np.bincount(digits.target))
+    np.testing.assert_array_equal(
+        np.bincount(np.concatenate([y_train, y_test])), np.bincount(digits.target)
+    )
     # Pixels mode: the same split, read one pixel per step.
     px_train, py_train, px_test, py_test = tes.load_digits_sequences("pixels", seed=0)
     assert px_train.shape == (1347, 64, 1)
@@ -130,7 +132,9 @@ def test_save_and_reload_is_identical(tmp_path, test_data):
     assert diff == 0.0
     for a, b in zip(model.get_weights(), reloaded_model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(_predict(reloaded_model, x_test[:32]), _predict(model, x_test[:32]))
+    np.testing.assert_array_equal(
+        _predict(reloaded_model, x_test[:32]), _predict(model, x_test[:32])
+    )
 
 
 def test_parse_cli_signature():
@@ -142,7 +146,10 @@ def test_parse_cli_signature():
         "    outputs['output_0'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1, 10)\n"
         "signature_def['other']:\n    inputs['y'] tensor_info:\n        shape: (3)\n"
     )
-    assert tes.parse_cli_signature(text) == {"inputs": {"x": (-1, -1, 8)}, "outputs": {"output_0": (-1, 10)}}
+    assert tes.parse_cli_signature(text) == {
+        "inputs": {"x": (-1, -1, 8)},
+        "outputs": {"output_0": (-1, 10)},
+    }
     with pytest.raises(RuntimeError, match="'missing' not found"):
         tes.parse_cli_signature(text, "missing")
 
@@ -166,7 +173,10 @@ def test_keras_file_reloads_identically(run):
 def test_export_signature_accepts_any_batch_and_length(run):
     result, _ = run
     assert result["signature"] == {
-        "input_name": "x", "input_shape": (None, None, 8), "output_name": "output_0", "output_shape": (None, 10),
+        "input_name": "x",
+        "input_shape": (None, None, 8),
+        "output_name": "output_0",
+        "output_shape": (None, 10),
     }
     assert pathlib.Path(result["export_dir"]).parts[-2:] == ("digits", "1")
     assert os.path.isfile(os.path.join(result["export_dir"], "saved_model.pb"))
@@ -200,7 +210,9 @@ def test_saved_model_cli_run_matches_keras(run, reloaded, test_data):
     x_test, y_test = test_data
     cli = np.load(out / "cli_outputs" / "output_0.npy")
     np.testing.assert_allclose(cli, _predict(reloaded, x_test), atol=TOL, rtol=0)
-    assert np.mean(np.argmax(cli, axis=-1) == y_test) == pytest.approx(result["cli_accuracy"], abs=1e-12)
+    assert np.mean(np.argmax(cli, axis=-1) == y_test) == pytest.approx(
+        result["cli_accuracy"], abs=1e-12
+    )
 
 
 def test_padded_batch_equals_unpadded_examples_keras_and_served(run, reloaded):
@@ -212,11 +224,13 @@ def test_padded_batch_equals_unpadded_examples_keras_and_served(run, reloaded):
     assert len(set(lengths)) == len(lengths) and max(lengths) == padded.shape[1] == 8
     for row, single in zip(padded, singles):
         np.testing.assert_array_equal(row[: single.shape[1]], single[0])
-        assert np.all(row[single.shape[1]:] == -1.0)
+        assert np.all(row[single.shape[1] :] == -1.0)
     keras_alone = np.concatenate([_predict(reloaded, s) for s in singles])
     np.testing.assert_allclose(_predict(reloaded, padded), keras_alone, atol=TOL, rtol=0)
     served_padded = np.load(serving / "served_varlen_padded.npy")
-    served_alone = np.concatenate([np.load(serving / f"served_varlen_single_{i}.npy") for i in range(len(padded))])
+    served_alone = np.concatenate(
+        [np.load(serving / f"served_varlen_single_{i}.npy") for i in range(len(padded))]
+    )
     np.testing.assert_allclose(served_padded, served_alone, atol=TOL, rtol=0)
     np.testing.assert_allclose(served_padded, keras_alone, atol=TOL, rtol=0)
     assert max(result[k] for k in result if k.startswith("varlen_")) <= TOL
@@ -227,13 +241,23 @@ def test_gradient_board_wrote_gradient_norms(run):
     from tensorboard.util import tensor_util
 
     result, _ = run
-    acc = pea.EventAccumulator(os.path.join(result["logdir"], "train"), size_guidance={pea.TENSORS: 0})
+    acc = pea.EventAccumulator(
+        os.path.join(result["logdir"], "train"), size_guidance={pea.TENSORS: 0}
+    )
     acc.Reload()
     tags = set(acc.Tags()["tensors"])
-    assert {"gradient_norm/global", "gradient_norm/global_clipped", "clipping/threshold",
-            "gradients/indrnn_1/ind_rnn_cell/recurrent_kernel", "time_gradient/input/norms"} <= tags
+    assert {
+        "gradient_norm/global",
+        "gradient_norm/global_clipped",
+        "clipping/threshold",
+        "gradients/indrnn_1/ind_rnn_cell/recurrent_kernel",
+        "time_gradient/input/norms",
+    } <= tags
     events = acc.Tensors("gradient_norm/global")
-    assert [e.step for e in events] == [0, 1]  # epoch-level writes at the epoch, as Keras's epoch_loss
+    assert [e.step for e in events] == [
+        0,
+        1,
+    ]  # epoch-level writes at the epoch, as Keras's epoch_loss
     norms = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events]
     assert all(math.isfinite(n) and n > 0 for n in norms)
     assert norms[-1] == pytest.approx(result["global_norm"], rel=1e-6)

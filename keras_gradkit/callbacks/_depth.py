@@ -10,7 +10,9 @@ import numpy as np
 from keras_gradkit.callbacks import _plots
 
 PLUGIN = "keras_gradkit_gradient_depth"
-DESCRIPTION = "L2 norm of the applied gradient of each layer's trainable variables, first layer first."
+DESCRIPTION = (
+    "L2 norm of the applied gradient of each layer's trainable variables, first layer first."
+)
 
 
 def layer_gradient_norms(model, gradients):

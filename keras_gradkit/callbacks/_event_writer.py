@@ -18,16 +18,12 @@ import os
 import socket
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 from google.protobuf import message
-from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.proto import summary_pb2
-from tensorboard.compat.proto import tensor_pb2
-from tensorboard.compat.proto import tensor_shape_pb2
-from tensorboard.compat.proto import types_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.plugins.histogram import summary_v2 as histogram_summary
 from tensorboard.plugins.image import metadata as image_metadata
@@ -45,7 +41,9 @@ _file_ids = itertools.count()
 
 # ------------------------------------------------------------ summary values
 def _shape(dims):
-    return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
+    return tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]
+    )
 
 
 def scalar_values(values):
@@ -55,7 +53,9 @@ def scalar_values(values):
         summary_pb2.Summary.Value(
             tag=tag,
             metadata=plugin,
-            tensor=tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[value], tensor_shape=_shape([])),
+            tensor=tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_FLOAT, float_val=[value], tensor_shape=_shape([])
+            ),
         )
         for tag, value in values.items()
     ]
@@ -83,7 +83,9 @@ def tensor_value(tag, values, plugin_name, description):
     metadata = summary_pb2.SummaryMetadata(summary_description=description)
     metadata.plugin_data.plugin_name = plugin_name
     tensor = tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_FLOAT, tensor_shape=_shape([values.size]), tensor_content=values.tobytes()
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=_shape([values.size]),
+        tensor_content=values.tobytes(),
     )
     return summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)
 
@@ -114,16 +116,17 @@ def _file_system(path):
     path = os.fspath(path)
     if not is_remote(path):
         return _LOCAL
+    # Imported here: the writer alone (a local path) imports nothing of keras_gradkit.
+    from keras_gradkit.backend.tensorflow import gfile
+
     try:
-        import tensorflow as tf
+        return _FileSystem(*gfile.file_system())
     except ImportError as e:
         scheme = path.split("://", 1)[0] + "://"
         raise ValueError(
             f"Argument `log_dir` is a remote path ({scheme}), which needs TensorFlow's file system "
             f"(`tf.io.gfile`); install tensorflow or use a local directory. Received: log_dir={path!r}"
         ) from e
-    gfile = tf.io.gfile
-    return _FileSystem(gfile.GFile, gfile.glob, gfile.makedirs, (tf.errors.OpError, OSError))
 
 
 def makedirs(path):
@@ -163,7 +166,9 @@ class EventWriter:
         # creation order within a second too.
         name = f"{EVENT_FILE_PREFIX}.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_ids):06d}"
         writer = RecordWriter(files.open(os.path.join(self.run_dir, name), "ab"))
-        writer.write(event_pb2.Event(wall_time=time.time(), file_version=FILE_VERSION).SerializeToString())
+        writer.write(
+            event_pb2.Event(wall_time=time.time(), file_version=FILE_VERSION).SerializeToString()
+        )
         return writer
 
     def flush(self):

@@ -34,5 +34,11 @@ def mark_zeros(ax, x, values):
     if positive.all():
         return
     floor = values[positive].min() if positive.any() else 1.0
-    ax.plot(np.asarray(x)[~positive], np.full((~positive).sum(), floor), "|", color="tab:gray", ms=6,
-            label=f"exactly 0 at {(~positive).sum()} points")
+    ax.plot(
+        np.asarray(x)[~positive],
+        np.full((~positive).sum(), floor),
+        "|",
+        color="tab:gray",
+        ms=6,
+        label=f"exactly 0 at {(~positive).sum()} points",
+    )

@@ -8,9 +8,8 @@ assigns no variable.
 """
 
 import warnings
-from typing import Any
-from typing import Callable
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -56,9 +55,17 @@ def validate_time_probe(time_probe):
     x, y = time_probe
     x = np.asarray(x)
     if x.dtype == object:
-        raise TypeError(f"Argument `time_probe` must hold {_SHAPES}. Received: time_probe[0] of type {type(x).__name__}")
+        raise TypeError(
+            f"Argument `time_probe` must hold {_SHAPES}. Received: time_probe[0] of type {type(x).__name__}"
+        )
     dtype = keras.backend.standardize_dtype(x.dtype)
-    kind = "float" if keras.backend.is_float_dtype(dtype) else "int" if keras.backend.is_int_dtype(dtype) else None
+    kind = (
+        "float"
+        if keras.backend.is_float_dtype(dtype)
+        else "int"
+        if keras.backend.is_int_dtype(dtype)
+        else None
+    )
     if (kind, x.ndim) not in (("float", 3), ("int", 2)) or x.shape[0] == 0:
         hint = " (cast token ids to an integer dtype)" if (kind, x.ndim) == ("float", 2) else ""
         raise ValueError(
@@ -104,7 +111,11 @@ def recurrent_layers(model):
     """Top-level recurrent layers of a functional (or Sequential) model."""
     if _model_input(model) is None:
         return []
-    return [layer for layer in model.layers if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))]
+    return [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
+    ]
 
 
 def _model_inputs(model):
@@ -221,18 +232,25 @@ class TimeProbe:
         if self._function is not None and _same(compiled_for, self._compiled_for):
             return
         if getattr(self.model, "compiled", True) is False:
-            raise ValueError("Argument `time_probe` needs a compiled model: the probe differentiates its loss.")
+            raise ValueError(
+                "Argument `time_probe` needs a compiled model: the probe differentiates its loss."
+            )
         if not self.model.built:
             self._try_forward()
         self._check_shape()
         self._targets = self._build_targets()
         self._backend = backend.get("probe")
         function = self._backend.Function(self._gradients, self.model.variables)
-        args = (ops.convert_to_tensor(self.x), keras.tree.map_structure(ops.convert_to_tensor, self.y))
+        args = (
+            ops.convert_to_tensor(self.x),
+            keras.tree.map_structure(ops.convert_to_tensor, self.y),
+        )
         try:
             traced = function.trace(*args)
         except Exception as e:
-            raise ValueError(f"{self._describe(targets=True)}, on which the model or its loss fails: {e}") from e
+            raise ValueError(
+                f"{self._describe(targets=True)}, on which the model or its loss fails: {e}"
+            ) from e
         if not traced:
             self._try_forward()
         self._function, self._args, self._compiled_for = function, args, compiled_for
@@ -259,12 +277,16 @@ class TimeProbe:
     def _check_shape(self):
         inputs = _model_inputs(self.model)
         if len(inputs) > 1:
-            raise ValueError(f"{self._describe()}, but the model takes {len(inputs)} inputs; the probe needs one.")
+            raise ValueError(
+                f"{self._describe()}, but the model takes {len(inputs)} inputs; the probe needs one."
+            )
         expected = _model_input(self.model)
         if expected is None:
             return
         shape = tuple(expected.shape)
-        fits = len(shape) == self.x.ndim and all(e is None or e == d for e, d in zip(shape[1:], self.x.shape[1:]))
+        fits = len(shape) == self.x.ndim and all(
+            e is None or e == d for e, d in zip(shape[1:], self.x.shape[1:])
+        )
         if not fits:
             hint = (
                 "Pass integer token ids of shape (batch, timesteps) to a model that takes tokens, and float "
@@ -272,11 +294,15 @@ class TimeProbe:
                 if len(shape) != self.x.ndim
                 else "Pass a probe with the model's number of time steps and features."
             )
-            raise ValueError(f"{self._describe()}, but the model expects inputs of shape {shape}. {hint}")
+            raise ValueError(
+                f"{self._describe()}, but the model expects inputs of shape {shape}. {hint}"
+            )
 
     def _try_forward(self):
         x = ops.convert_to_tensor(self.x[:1])
-        y = keras.tree.map_structure(lambda a: ops.convert_to_tensor(a[:1] if a.ndim else a), self.y)
+        y = keras.tree.map_structure(
+            lambda a: ops.convert_to_tensor(a[:1] if a.ndim else a), self.y
+        )
         with warnings.catch_warnings(), keras.StatelessScope():
             warnings.simplefilter("ignore")
             try:
@@ -286,7 +312,9 @@ class TimeProbe:
             try:
                 self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
             except Exception as e:
-                raise ValueError(f"{self._describe(targets=True)}, which the model's loss cannot take: {e}") from e
+                raise ValueError(
+                    f"{self._describe(targets=True)}, which the model's loss cannot take: {e}"
+                ) from e
 
     # ----------------------------------------------------------- targets
     def _build_targets(self):
@@ -325,7 +353,10 @@ class TimeProbe:
         consumers = _consumers(self.model, inputs)
         embedded = consumers[0].output if len(consumers) == 1 else None
         if not _is_sequence(embedded, self.x.shape[1]):
-            names = ", ".join(f"`{layer.name}` ({type(layer).__name__})" for layer in consumers) or "none"
+            names = (
+                ", ".join(f"`{layer.name}` ({type(layer).__name__})" for layer in consumers)
+                or "none"
+            )
             raise ValueError(
                 f"{self._describe()}, so the layer that takes the model input must be an Embedding-like layer "
                 "returning float sequences of shape (batch, timesteps, features): the probe differentiates with "

@@ -10,13 +10,9 @@ import re
 import keras
 import numpy as np
 
-from keras_gradkit import _recording
-from keras_gradkit import _validation
-from keras_gradkit import backend
+from keras_gradkit import _recording, _validation, backend
 from keras_gradkit.api_export import keras_gradkit_export
-from keras_gradkit.callbacks import _depth
-from keras_gradkit.callbacks import _event_writer
-from keras_gradkit.callbacks import _time_probe
+from keras_gradkit.callbacks import _depth, _event_writer, _time_probe
 from keras_gradkit.optimizers import ClippedOptimizer
 
 logger = logging.getLogger("keras_gradkit")
@@ -145,7 +141,9 @@ def _compile_token(model):
 
 
 def _same(a, b):
-    return len(a) == len(b) and all(x is y or (not hasattr(x, "__dict__") and x == y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x is y or (not hasattr(x, "__dict__") and x == y) for x, y in zip(a, b)
+    )
 
 
 # Kept on the model (not in a module-level mapping, whose values would keep
@@ -278,9 +276,13 @@ class GradientBoard(keras.callbacks.Callback):
     ):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
-            raise TypeError(f"Argument `log_dir` must be a path (str or os.PathLike). Received: log_dir={log_dir!r}")
+            raise TypeError(
+                f"Argument `log_dir` must be a path (str or os.PathLike). Received: log_dir={log_dir!r}"
+            )
         if not os.fspath(log_dir):
-            raise ValueError(f"Argument `log_dir` must be a non-empty path. Received: log_dir={log_dir!r}")
+            raise ValueError(
+                f"Argument `log_dir` must be a non-empty path. Received: log_dir={log_dir!r}"
+            )
         _validation.non_negative_int("histogram_freq", histogram_freq)
         expected = 'Argument `update_freq` must be "epoch", "batch" or a positive integer. '
         if isinstance(update_freq, str):
@@ -333,7 +335,9 @@ class GradientBoard(keras.callbacks.Callback):
         return os.path.join(self.log_dir, "train")
 
     def _check_log_dir(self):
-        if _event_writer.is_remote(self.log_dir):  # through tf.io.gfile, or a clear error without TensorFlow
+        if _event_writer.is_remote(
+            self.log_dir
+        ):  # through tf.io.gfile, or a clear error without TensorFlow
             _event_writer.makedirs(self._train_dir)
             return
         test_file = os.path.join(self._train_dir, f".gradient_board_write_test_{os.getpid()}")
@@ -378,7 +382,9 @@ class GradientBoard(keras.callbacks.Callback):
         except Exception:
             if what not in self._failures:
                 self._failures.add(what)
-                logger.exception("GradientBoard could not write %s; training continues without them.", what)
+                logger.exception(
+                    "GradientBoard could not write %s; training continues without them.", what
+                )
 
     # ------------------------------------------------------ recording set-up
     def _start_recording(self):
@@ -394,7 +400,9 @@ class GradientBoard(keras.callbacks.Callback):
         model = self.model
         optimizer = model.optimizer
         if optimizer is None:
-            raise ValueError("GradientBoard needs a compiled model: call `model.compile(optimizer=...)` first.")
+            raise ValueError(
+                "GradientBoard needs a compiled model: call `model.compile(optimizer=...)` first."
+            )
         if not optimizer.built:  # as Keras builds it in `apply`: same variable paths
             with _strategy_scope(model), keras.name_scope(optimizer.name, caller=optimizer):
                 optimizer.build(model.trainable_variables)
@@ -452,7 +460,9 @@ class GradientBoard(keras.callbacks.Callback):
         # `batch_*` curves; a re-compiled optimizer that counts from 0 again
         # continues after this callback's last step.
         iterations = self._iterations()
-        self._batch_offset = self._last_batch_step if iterations == 0 and self._last_batch_step > 0 else 0
+        self._batch_offset = (
+            self._last_batch_step if iterations == 0 and self._last_batch_step > 0 else 0
+        )
         if self.time_probe is not None:
             if self._probe is None or self._probe.model is not self.model:
                 self._probe = _time_probe.TimeProbe(self.model, *self.time_probe)
@@ -583,7 +593,9 @@ class GradientBoard(keras.callbacks.Callback):
             if self._loop_offset:
                 logger.warning(
                     "GradientBoard: %r already holds events up to step %d; steps of this loop are written "
-                    "with an offset of %d so that they go forward.", self._train_dir, self._loop_last_step,
+                    "with an offset of %d so that they go forward.",
+                    self._train_dir,
+                    self._loop_last_step,
                     self._loop_offset,
                 )
         step += self._loop_offset
@@ -592,7 +604,9 @@ class GradientBoard(keras.callbacks.Callback):
                 self._failures.add("old steps")
                 logger.warning(
                     "GradientBoard.write_statistics: step %d is not after the last step written (%d); "
-                    "it is ignored (TensorBoard drops events whose steps go back).", step, self._loop_last_step
+                    "it is ignored (TensorBoard drops events whose steps go back).",
+                    step,
+                    self._loop_last_step,
                 )
             return None
         self._loop_last_step = step
@@ -621,7 +635,9 @@ class GradientBoard(keras.callbacks.Callback):
             for i, path in logged:
                 update, weight = float(latest.update_norms[i]), float(latest.weight_norms[i])
                 # 0 / 0 (no update of a zero weight) is written as 0.
-                values[f"update_ratio/{path}"] = update / weight if weight else (0.0 if update == 0 else math.inf)
+                values[f"update_ratio/{path}"] = (
+                    update / weight if weight else (0.0 if update == 0 else math.inf)
+                )
         # Non-finite norms and ratios are written: they are what to look for.
         return values
 
@@ -631,7 +647,9 @@ class GradientBoard(keras.callbacks.Callback):
         if latest is None:
             return
         # All scalars of a step go in one event.
-        self._get_writer().write(_event_writer.scalar_values(self._scalar_values(latest, sources)), step)
+        self._get_writer().write(
+            _event_writer.scalar_values(self._scalar_values(latest, sources)), step
+        )
 
     def _write_histograms(self, step, sources=None):
         sources = sources or self._sources
@@ -650,8 +668,12 @@ class GradientBoard(keras.callbacks.Callback):
         if not norms:
             return
         values = [
-            _event_writer.tensor_value("gradient_depth/norms", norms, _depth.PLUGIN, _depth.DESCRIPTION),
-            *_event_writer.scalar_values({"gradient_depth/first_to_last": _depth.first_to_last(norms)}),
+            _event_writer.tensor_value(
+                "gradient_depth/norms", norms, _depth.PLUGIN, _depth.DESCRIPTION
+            ),
+            *_event_writer.scalar_values(
+                {"gradient_depth/first_to_last": _depth.first_to_last(norms)}
+            ),
         ]
         if self.write_plots:
             png, width, height = _depth.plot_png(names, norms, self.model.name)
@@ -665,7 +687,9 @@ class GradientBoard(keras.callbacks.Callback):
             reach_tag = "time_gradient/reach" if name == "input" else f"{tag}/reach"
             values.append(
                 _event_writer.tensor_value(
-                    f"{tag}/norms", norms, _event_writer.TIME_GRADIENT_PLUGIN,
+                    f"{tag}/norms",
+                    norms,
+                    _event_writer.TIME_GRADIENT_PLUGIN,
                     "Mean over the probe batch of |d loss_i / d x_{i,t}| for each time step t.",
                 )
             )

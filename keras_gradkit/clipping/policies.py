@@ -25,8 +25,7 @@ import re
 import keras
 from keras import ops
 
-from keras_gradkit import _validation
-from keras_gradkit import backend
+from keras_gradkit import _validation, backend
 from keras_gradkit.api_export import keras_gradkit_export
 
 _sparse = backend.get("sparse")
@@ -59,6 +58,13 @@ def global_norm(grads):
     Sparse gradients (`tf.IndexedSlices`) count as their dense tensor:
     duplicate rows are summed before squaring, unlike `tf.linalg.global_norm`
     and Keras's `global_clipnorm`.
+
+    Args:
+        grads: list of gradients (tensors, NumPy arrays, `tf.IndexedSlices`
+            or `None`).
+
+    Returns:
+        A float32 scalar tensor (0 when every entry is `None`).
 
     Example:
 
@@ -129,16 +135,16 @@ class ClippingPolicy:
     ```
     """
 
-    def __init__(self):
-        pass
-
     def state_spec(self, variables):
         """The state this policy keeps: a list of `(name, shape, dtype, initial_value)`."""
         return []
 
     def initial_state(self, variables):
         """The state before the first step, as a list of tensors."""
-        return [ops.full(shape, value, dtype=dtype) for _, shape, dtype, value in self.state_spec(variables)]
+        return [
+            ops.full(shape, value, dtype=dtype)
+            for _, shape, dtype, value in self.state_spec(variables)
+        ]
 
     def apply(self, grads, variables, state):
         """Transforms `grads`.
@@ -376,7 +382,9 @@ class AutoClip(ClippingPolicy):
     def __init__(self, percentile=10.0, history_size=10000):
         _validation.positive_float("percentile", percentile)
         if percentile > 100:
-            raise ValueError(f"Argument `percentile` must be in (0, 100]. Received: percentile={percentile!r}")
+            raise ValueError(
+                f"Argument `percentile` must be in (0, 100]. Received: percentile={percentile!r}"
+            )
         self.percentile = float(percentile)
         self.history_size = _validation.positive_int("history_size", history_size)
 
@@ -436,7 +444,7 @@ class AdaptiveClip(ClippingPolicy):
             weight norm per unit. Defaults to `0.01`.
         epsilon: positive float, the smallest weight norm used, so that
             zero-initialized weights can move. Defaults to `1e-3`.
-        exclude: sequence of regular expressions; variables whose `path`
+        exclude: a regular expression or a list of them; variables whose `path`
             matches one (`re.search`) are not clipped. Defaults to `()`.
 
     Returns:
@@ -458,16 +466,9 @@ class AdaptiveClip(ClippingPolicy):
         clipping = _validation.positive_float("clipping", clipping)
         # 0 would leave zero-initialized weights (biases) stuck at 0.
         epsilon = _validation.positive_float("epsilon", epsilon)
-        if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
-            raise TypeError(f"Argument `exclude` must be a sequence of strings. Received: exclude={exclude!r}")
-        for pattern in exclude:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"Argument `exclude` has an invalid regular expression {pattern!r} ({e}). Received: exclude={exclude!r}") from None
         self.clipping = clipping
         self.epsilon = epsilon
-        self.exclude = tuple(exclude)
+        self.exclude = _validation.patterns("exclude", exclude)
 
     def _excluded(self, variable):
         path = getattr(variable, "path", None) or getattr(variable, "name", "")
@@ -476,7 +477,9 @@ class AdaptiveClip(ClippingPolicy):
     def apply(self, grads, variables, state):
         grads = _tensors(grads)
         if variables is None:
-            raise ValueError("`AdaptiveClip` needs the variables: call it as `policy(grads, variables)`.")
+            raise ValueError(
+                "`AdaptiveClip` needs the variables: call it as `policy(grads, variables)`."
+            )
         new, flags = [], []
         for g, w in zip(grads, variables):
             if g is None or self._excluded(w):
@@ -523,7 +526,9 @@ class SkipNonFinite(ClippingPolicy):
 
     def should_skip(self, grads):
         finite = [ops.all(ops.isfinite(_sparse.values_of(g))) for g in grads if g is not None]
-        return ops.logical_not(ops.all(ops.stack(finite))) if finite else ops.convert_to_tensor(False)
+        return (
+            ops.logical_not(ops.all(ops.stack(finite))) if finite else ops.convert_to_tensor(False)
+        )
 
     def apply(self, grads, variables, state):
         grads = _tensors(grads)
@@ -555,13 +560,18 @@ class Chain(ClippingPolicy):
         policies = list(policies)
         for p in policies:
             if not isinstance(p, ClippingPolicy):
-                raise TypeError(f"Argument `policies` must be a list of clipping policies. Received: policies={policies!r}")
+                raise TypeError(
+                    f"Argument `policies` must be a list of clipping policies. Received: policies={policies!r}"
+                )
         self.policies = policies
 
     def state_spec(self, variables):
         specs = []
         for i, p in enumerate(self.policies):
-            specs += [(f"{i}_{name}", shape, dtype, value) for name, shape, dtype, value in p.state_spec(variables)]
+            specs += [
+                (f"{i}_{name}", shape, dtype, value)
+                for name, shape, dtype, value in p.state_spec(variables)
+            ]
         return specs
 
     def apply(self, grads, variables, state):
@@ -576,7 +586,11 @@ class Chain(ClippingPolicy):
             threshold = ops.where(ops.isnan(info["threshold"]), threshold, info["threshold"])
             clipped.append(info["clipped"])
             skip.append(info["skip"])
-        return grads, new_state, {"threshold": threshold, "clipped": _any(clipped), "skip": _any(skip)}
+        return (
+            grads,
+            new_state,
+            {"threshold": threshold, "clipped": _any(clipped), "skip": _any(skip)},
+        )
 
     def should_skip(self, grads):
         return _any([p.should_skip(grads) for p in self.policies])
@@ -606,6 +620,16 @@ def chain(*policies):
 def get(identifier):
     """Returns a policy from a policy object or its serialized dict.
 
+    Args:
+        identifier: a `ClippingPolicy`, or the dict
+            `keras.saving.serialize_keras_object` made of one.
+
+    Returns:
+        The `ClippingPolicy`.
+
+    Raises:
+        TypeError: `identifier` is neither.
+
     Example:
 
     ```python
@@ -621,4 +645,7 @@ def get(identifier):
         policy = keras.saving.deserialize_keras_object(identifier)
         if isinstance(policy, ClippingPolicy):
             return policy
-    raise TypeError(f"Argument `policy` must be a keras_gradkit.clipping policy. Received: policy={identifier!r}")
+    raise TypeError(
+        "Argument `identifier` must be a keras_gradkit.clipping policy or its serialized dict. "
+        f"Received: identifier={identifier!r}"
+    )

@@ -229,10 +229,20 @@ class CosineDense(_CosineNormBase):
     ):
         units = _validation.positive_int("units", units)
         super().__init__(
-            activation, use_bias, kernel_initializer, bias_initializer,
-            kernel_regularizer, bias_regularizer, activity_regularizer,
-            kernel_constraint, bias_constraint, scale, learn_scale, centered,
-            epsilon, **kwargs,
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            activity_regularizer,
+            kernel_constraint,
+            bias_constraint,
+            scale,
+            learn_scale,
+            centered,
+            epsilon,
+            **kwargs,
         )
         self.units = units
         # As keras.layers.Dense: the mask of a (batch, time, features) input
@@ -292,7 +302,9 @@ class _CosineConv(_CosineNormBase):
         strides = _validation.int_tuple("strides", strides, self.rank)
         dilation_rate = _validation.int_tuple("dilation_rate", dilation_rate, self.rank)
         allowed = ("valid", "same", "causal") if self.rank == 1 else ("valid", "same")
-        padding = _validation.one_of("padding", padding.lower() if isinstance(padding, str) else padding, allowed)
+        padding = _validation.one_of(
+            "padding", padding.lower() if isinstance(padding, str) else padding, allowed
+        )
         if data_format is None:
             data_format = keras.config.image_data_format()
         _validation.one_of("data_format", data_format, ("channels_last", "channels_first"))
@@ -331,8 +343,12 @@ class _CosineConv(_CosineNormBase):
 
     def _conv(self, x, kernel, padding):
         return ops.conv(
-            x, kernel, strides=self.strides, padding=padding,
-            data_format="channels_last", dilation_rate=self.dilation_rate,
+            x,
+            kernel,
+            strides=self.strides,
+            padding=padding,
+            data_format="channels_last",
+            dilation_rate=self.dilation_rate,
         )
 
     def call(self, inputs):
@@ -505,8 +521,15 @@ class CosineConv1D(_CosineConv):
         **kwargs,
     ):
         super().__init__(
-            filters, kernel_size, strides, padding, data_format, dilation_rate, groups,
-            activation=activation, use_bias=use_bias,
+            filters,
+            kernel_size,
+            strides,
+            padding,
+            data_format,
+            dilation_rate,
+            groups,
+            activation=activation,
+            use_bias=use_bias,
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
             kernel_regularizer=kernel_regularizer,
@@ -514,8 +537,11 @@ class CosineConv1D(_CosineConv):
             activity_regularizer=activity_regularizer,
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
-            scale=scale, learn_scale=learn_scale, centered=centered,
-            epsilon=epsilon, **kwargs,
+            scale=scale,
+            learn_scale=learn_scale,
+            centered=centered,
+            epsilon=epsilon,
+            **kwargs,
         )
 
 
@@ -585,8 +611,15 @@ class CosineConv2D(_CosineConv):
         **kwargs,
     ):
         super().__init__(
-            filters, kernel_size, strides, padding, data_format, dilation_rate, groups,
-            activation=activation, use_bias=use_bias,
+            filters,
+            kernel_size,
+            strides,
+            padding,
+            data_format,
+            dilation_rate,
+            groups,
+            activation=activation,
+            use_bias=use_bias,
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
             kernel_regularizer=kernel_regularizer,
@@ -594,8 +627,11 @@ class CosineConv2D(_CosineConv):
             activity_regularizer=activity_regularizer,
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
-            scale=scale, learn_scale=learn_scale, centered=centered,
-            epsilon=epsilon, **kwargs,
+            scale=scale,
+            learn_scale=learn_scale,
+            centered=centered,
+            epsilon=epsilon,
+            **kwargs,
         )
 
 

@@ -105,9 +105,7 @@ class GroupNorm(keras.layers.Layer):
             )
         _validation.integer("axis", axis)
         if axis == 0:
-            raise ValueError(
-                "Argument `axis` must not be the batch axis 0. Received: axis=0"
-            )
+            raise ValueError("Argument `axis` must not be the batch axis 0. Received: axis=0")
         epsilon = _validation.positive_float("epsilon", epsilon)
         _validation.bool_arg("center", center)
         _validation.bool_arg("scale", scale)

@@ -2,24 +2,12 @@
 
 import keras
 
-from keras_gradkit import initializers as gk_initializers
 from keras_gradkit import _validation
+from keras_gradkit import initializers as gk_initializers
 from keras_gradkit.api_export import keras_gradkit_export
-from keras_gradkit.layers.lstm import _check_cell_arguments
-from keras_gradkit.layers.lstm import _check_use_cudnn
-from keras_gradkit.layers.lstm import _cudnn_possible
+from keras_gradkit.layers import _gated
 
 _GRU_GATE_DEFAULTS = {"update_bias": 0.0, "reset_bias": 0.0, "candidate_bias": 0.0}
-
-
-def _gru_gate_config(obj):
-    return {
-        "bias_initializer": keras.initializers.serialize(obj.bias_initializer),
-        "update_bias": obj.update_bias,
-        "reset_bias": obj.reset_bias,
-        "candidate_bias": obj.candidate_bias,
-        "chrono_timesteps": obj.chrono_timesteps,
-    }
 
 
 @keras_gradkit_export
@@ -40,6 +28,11 @@ class GRUCell(keras.layers.GRUCell):
     input biases start at `update_bias`, `reset_bias`, `candidate_bias` and
     the recurrent ones `b'` at 0; with `chrono_timesteps=T`,
     `b_z ~ log(U[1, T - 1])`, the others 0 (Tallec & Ollivier 2018).
+
+    The cell hands the initializer of that bias to Keras's constructor (a
+    `keras_gradkit.initializers.GateBias` or `Chrono`) and Keras's `build`
+    creates the weights, so the attribute `bias_initializer` holds what Keras
+    uses; `get_config` returns the arguments as given.
 
     Args:
         units: int, dimensionality of the output space.
@@ -124,10 +117,22 @@ class GRUCell(keras.layers.GRUCell):
         chrono_timesteps=None,
         **kwargs,
     ):
-        _check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
+        _gated.check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
         _validation.bool_arg("reset_after", reset_after)
-        gates = {"update_bias": update_bias, "reset_bias": reset_bias, "candidate_bias": candidate_bias}
-        gk_initializers._validate_gate_arguments(gates, _GRU_GATE_DEFAULTS, chrono_timesteps, None, bias_initializer)
+        gates = {
+            "update_bias": update_bias,
+            "reset_bias": reset_bias,
+            "candidate_bias": candidate_bias,
+        }
+        gk_initializers._validate_gate_arguments(
+            gates, _GRU_GATE_DEFAULTS, chrono_timesteps, None, bias_initializer
+        )
+        if bias_initializer is None:
+            keras_bias_initializer = _gated.gate_bias_initializer(
+                "gru", reset_after, gates, chrono_timesteps, seed
+            )
+        else:  # Keras's bias argument: Keras's bias
+            keras_bias_initializer = bias_initializer
         super().__init__(
             units,
             activation=activation,
@@ -135,7 +140,7 @@ class GRUCell(keras.layers.GRUCell):
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
+            bias_initializer=keras_bias_initializer,
             kernel_regularizer=kernel_regularizer,
             recurrent_regularizer=recurrent_regularizer,
             bias_regularizer=bias_regularizer,
@@ -152,42 +157,30 @@ class GRUCell(keras.layers.GRUCell):
         self.reset_bias = float(reset_bias)
         self.candidate_bias = float(candidate_bias)
         self.chrono_timesteps = chrono_timesteps
+        # The argument as given, for the config: `bias_initializer` now holds
+        # what Keras's `build` uses.
+        self._bias_initializer_given = bias_initializer is not None
 
     def build(self, input_shape):
-        input_dim = input_shape[-1]
-        if input_dim is None:
-            raise ValueError(f"The last axis of the input must be defined. Received: input_shape={tuple(input_shape)}")
-        self.kernel = self.add_weight(
-            shape=(input_dim, 3 * self.units),
-            name="kernel",
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.recurrent_kernel = self.add_weight(
-            shape=(self.units, 3 * self.units),
-            name="recurrent_kernel",
-            initializer=self.recurrent_initializer,
-            regularizer=self.recurrent_regularizer,
-            constraint=self.recurrent_constraint,
-        )
-        self.bias = None
-        if self.use_bias:
-            gate_values = {"update": self.update_bias, "reset": self.reset_bias, "candidate": self.candidate_bias}
-            initializer = gk_initializers._gate_bias_initializer(
-                "gru", self.reset_after, self.units, gate_values, self.chrono_timesteps, self.seed, None,
-                self.bias_initializer,
-            )
-            self.bias = self.add_weight(
-                shape=(2, 3 * self.units) if self.reset_after else (3 * self.units,),
-                name="bias",
-                initializer=initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
+        _gated.check_input_dim(input_shape)
+        super().build(input_shape)
+
+    def _bias_config(self):
+        """The bias arguments as given to the constructor."""
+        return {
+            "bias_initializer": (
+                keras.initializers.serialize(self.bias_initializer)
+                if self._bias_initializer_given
+                else None
+            ),
+            "update_bias": self.update_bias,
+            "reset_bias": self.reset_bias,
+            "candidate_bias": self.candidate_bias,
+            "chrono_timesteps": self.chrono_timesteps,
+        }
 
     def get_config(self):
-        return {**super().get_config(), **_gru_gate_config(self)}
+        return {**super().get_config(), **self._bias_config()}
 
 
 @keras_gradkit_export
@@ -209,6 +202,10 @@ class GRU(keras.layers.GRU):
     with the input biases starting at `update_bias`, `reset_bias`,
     `candidate_bias` and `b'` at 0, or, with `chrono_timesteps=T`,
     `b_z ~ log(U[1, T - 1])` and the others 0.
+
+    The layer's cell is a `keras_gradkit.layers.GRUCell`; as there, the
+    attribute `bias_initializer` holds what Keras's `build` uses and
+    `get_config` returns the arguments as given.
 
     Args:
         units: int, dimensionality of the output space.
@@ -311,7 +308,11 @@ class GRU(keras.layers.GRU):
         chrono_timesteps=None,
         **kwargs,
     ):
-        _check_use_cudnn(use_cudnn)
+        _gated.check_use_cudnn(use_cudnn)
+        implementation = kwargs.pop("implementation", 2)
+        # Our cell, from the arguments keras.layers.GRU builds its cell from:
+        # built first, so that they are checked before Keras sees them and the
+        # seeds are drawn where keras.layers.GRU draws them.
         cell = GRUCell(
             units,
             activation=activation,
@@ -337,25 +338,26 @@ class GRU(keras.layers.GRU):
             dtype=kwargs.get("dtype", None),
             trainable=kwargs.get("trainable", True),
             name="gru_cell",
-            implementation=kwargs.pop("implementation", 2),
+            implementation=implementation,
         )
-        # keras.layers.GRU.__init__ would build its own cell: go to RNN directly
-        # and repeat the rest of GRU.__init__ (input spec, cuDNN flag).
-        keras.layers.RNN.__init__(
-            self,
-            cell,
+        # Keras's constructor builds a keras.layers.GRUCell from the same
+        # arguments (with the computed bias initializer), which `install_cell`
+        # replaces by ours.
+        super().__init__(
+            units,
+            activity_regularizer=activity_regularizer,
             return_sequences=return_sequences,
             return_state=return_state,
             go_backwards=go_backwards,
             stateful=stateful,
             unroll=unroll,
-            activity_regularizer=activity_regularizer,
+            reset_after=reset_after,
+            use_cudnn=use_cudnn,
+            implementation=implementation,
+            **_gated.cell_arguments(cell),
             **kwargs,
         )
-        self.input_spec = keras.layers.InputSpec(ndim=3)
-        self.use_cudnn = use_cudnn
-        if _cudnn_possible(cell, self.unroll, use_cudnn, reset_after=reset_after):
-            self.supports_jit = False
+        _gated.install_cell(self, cell, reset_after=reset_after)
 
     @property
     def update_bias(self):
@@ -374,4 +376,4 @@ class GRU(keras.layers.GRU):
         return self.cell.chrono_timesteps
 
     def get_config(self):
-        return {**super().get_config(), "use_cudnn": self.use_cudnn, **_gru_gate_config(self)}
+        return {**super().get_config(), "use_cudnn": self.use_cudnn, **self.cell._bias_config()}

@@ -3,22 +3,22 @@
 import keras
 from keras import ops
 
-# Keras's own cells mix this in so that `keras.layers.RNN` creates one dropout
-# mask per sequence before its loop (the mask must be shared over time and the
-# loop must stay stateless). It is not exported publicly; nothing else fits.
-from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
-
 from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
+
+# The mark `keras.layers.RNN` looks for to create a cell's dropout masks
+# before its loop and forget them after the call (see `backend/keras_private.py`).
+from keras_gradkit.backend.keras_private import DropoutRNNCell
 from keras_gradkit.constraints import MaxAbs
-from keras_gradkit.layers._ind_recurrence import ind_recurrence
-from keras_gradkit.layers._ind_recurrence import masked_output_repeats_state
+from keras_gradkit.layers._ind_recurrence import ind_recurrence, masked_output_repeats_state
 
 
 def _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout):
     _validation.positive_int("units", units)
     _validation.positive_float(
-        "recurrent_max_abs", recurrent_max_abs, allow_none=True,
+        "recurrent_max_abs",
+        recurrent_max_abs,
+        allow_none=True,
         hint="(it bounds |recurrent_kernel|)",
     )
     _validation.positive_int("timesteps", timesteps, allow_none=True)
@@ -44,7 +44,9 @@ def ind_rnn_arguments(layer):
         "use_bias": layer.use_bias,
         "kernel_initializer": keras.initializers.serialize(layer.kernel_initializer),
         "recurrent_initializer": (
-            None if layer.recurrent_initializer is None else keras.initializers.serialize(layer.recurrent_initializer)
+            None
+            if layer.recurrent_initializer is None
+            else keras.initializers.serialize(layer.recurrent_initializer)
         ),
         "bias_initializer": keras.initializers.serialize(layer.bias_initializer),
         "recurrent_max_abs": layer.recurrent_max_abs,
@@ -153,9 +155,7 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = (
-            None
-            if recurrent_initializer is None
-            else keras.initializers.get(recurrent_initializer)
+            None if recurrent_initializer is None else keras.initializers.get(recurrent_initializer)
         )
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.recurrent_max_abs = recurrent_max_abs
@@ -166,9 +166,10 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.dropout = float(dropout)
-        self.recurrent_dropout = 0.0  # read by DropoutRNNCell; IndRNN has none
+        self.recurrent_dropout = 0.0  # as Keras's cells have it; IndRNN has none
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed=seed)
+        self._dropout_mask = None
         self.state_size = units
         self.output_size = units
 
@@ -199,8 +200,7 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         self.recurrent_kernel = self.add_weight(
             shape=(self.units,),
             name="recurrent_kernel",
-            initializer=self.recurrent_initializer
-            or self._default_recurrent_initializer(),
+            initializer=self.recurrent_initializer or self._default_recurrent_initializer(),
             regularizer=self.recurrent_regularizer,
             constraint=None if bound is None else MaxAbs(bound),
         )
@@ -229,6 +229,33 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
 
     def get_initial_state(self, batch_size=None):
         return [ops.zeros((batch_size, self.units), dtype=self.compute_dtype)]
+
+    # One input dropout mask per sequence, shared by its time steps:
+    # `keras.layers.RNN` asks for the masks before its loop (so the loop draws
+    # no random numbers, which JAX's `lax.scan` requires) and resets them
+    # after each call; `IndRNN.inner_loop` reads the same mask.
+    def get_dropout_mask(self, step_input):
+        """The input dropout mask of the current call, drawn at the first
+        request (shaped like `step_input`, one time step); None without
+        dropout."""
+        if self._dropout_mask is None and self.dropout > 0:
+            ones = ops.ones_like(step_input)
+            self._dropout_mask = keras.random.dropout(
+                ones, rate=self.dropout, seed=self.seed_generator
+            )
+        return self._dropout_mask
+
+    def get_recurrent_dropout_mask(self, step_input):
+        """None: IndRNN has no recurrent dropout."""
+        del step_input
+        return None
+
+    def reset_dropout_mask(self):
+        """Forgets the input dropout mask, so the next call draws a new one."""
+        self._dropout_mask = None
+
+    def reset_recurrent_dropout_mask(self):
+        """Nothing to forget: IndRNN has no recurrent dropout."""
 
     def get_config(self):
         config = ind_rnn_arguments(self)
@@ -373,8 +400,15 @@ class IndRNN(keras.layers.RNN):
         bias = ops.copy(cell.bias) if cell.use_bias else ops.zeros((cell.units,), kernel.dtype)
         u = ops.copy(cell.recurrent_kernel)
         states = ind_recurrence(
-            x, kernel, bias, u, h0, step_mask, cell.activation,
-            last_only=not self.return_sequences, training=training,
+            x,
+            kernel,
+            bias,
+            u,
+            h0,
+            step_mask,
+            cell.activation,
+            last_only=not self.return_sequences,
+            training=training,
         )
         return self._outputs(states, step_mask)
 

@@ -2,84 +2,11 @@
 
 import keras
 
-from keras_gradkit import _validation
 from keras_gradkit import initializers as gk_initializers
 from keras_gradkit.api_export import keras_gradkit_export
+from keras_gradkit.layers import _gated
 
 _LSTM_GATE_DEFAULTS = {"input_bias": 0.0, "forget_bias": 1.0, "cell_bias": 0.0, "output_bias": 0.0}
-
-
-def _check_cell_arguments(units, use_bias, dropout, recurrent_dropout):
-    _validation.positive_int("units", units)
-    _validation.bool_arg("use_bias", use_bias)
-    _validation.fraction("dropout", dropout)
-    _validation.fraction("recurrent_dropout", recurrent_dropout)
-
-
-def _check_use_cudnn(use_cudnn):
-    _validation.one_of("use_cudnn", use_cudnn, ("auto", True, False))
-
-
-def _lstm_gate_values(cell):
-    return {
-        "input": cell.input_bias,
-        "forget": cell.forget_bias,
-        "cell": cell.cell_bias,
-        "output": cell.output_bias,
-    }
-
-
-def _build_lstm_weights(cell, input_shape):
-    """Creates `kernel`, `recurrent_kernel` and `bias` as Keras's LSTMCell
-    does, with the bias initializer chosen by the gate arguments."""
-    input_dim = input_shape[-1]
-    if input_dim is None:
-        raise ValueError(f"The last axis of the input must be defined. Received: input_shape={tuple(input_shape)}")
-    cell.kernel = cell.add_weight(
-        shape=(input_dim, 4 * cell.units),
-        name="kernel",
-        initializer=cell.kernel_initializer,
-        regularizer=cell.kernel_regularizer,
-        constraint=cell.kernel_constraint,
-    )
-    cell.recurrent_kernel = cell.add_weight(
-        shape=(cell.units, 4 * cell.units),
-        name="recurrent_kernel",
-        initializer=cell.recurrent_initializer,
-        regularizer=cell.recurrent_regularizer,
-        constraint=cell.recurrent_constraint,
-    )
-    cell.bias = None
-    if cell.use_bias:
-        initializer = gk_initializers._gate_bias_initializer(
-            "lstm",
-            True,
-            cell.units,
-            _lstm_gate_values(cell),
-            cell.chrono_timesteps,
-            cell.seed,
-            cell.unit_forget_bias,
-            cell.bias_initializer,
-        )
-        cell.bias = cell.add_weight(
-            shape=(4 * cell.units,),
-            name="bias",
-            initializer=initializer,
-            regularizer=cell.bias_regularizer,
-            constraint=cell.bias_constraint,
-        )
-
-
-def _lstm_gate_config(obj):
-    return {
-        "unit_forget_bias": obj.unit_forget_bias,
-        "bias_initializer": keras.initializers.serialize(obj.bias_initializer),
-        "forget_bias": obj.forget_bias,
-        "input_bias": obj.input_bias,
-        "cell_bias": obj.cell_bias,
-        "output_bias": obj.output_bias,
-        "chrono_timesteps": obj.chrono_timesteps,
-    }
 
 
 @keras_gradkit_export
@@ -100,6 +27,12 @@ class LSTMCell(keras.layers.LSTMCell):
     same bias as Keras's default `unit_forget_bias=True`. With
     `chrono_timesteps=T`, `b_f ~ log(U[1, T - 1])` and `b_i = -b_f` (Tallec &
     Ollivier 2018).
+
+    The cell hands the initializer of that bias to Keras's constructor (a
+    `keras_gradkit.initializers.GateBias` or `Chrono`, with
+    `unit_forget_bias=False`) and Keras's `build` creates the weights, so the
+    attributes `bias_initializer` and `unit_forget_bias` hold what Keras
+    uses; `get_config` returns the arguments as given.
 
     Args:
         units: int, dimensionality of the output space.
@@ -193,11 +126,26 @@ class LSTMCell(keras.layers.LSTMCell):
         chrono_timesteps=None,
         **kwargs,
     ):
-        _check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
-        gates = {"forget_bias": forget_bias, "input_bias": input_bias, "cell_bias": cell_bias, "output_bias": output_bias}
+        _gated.check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
+        gates = {
+            "forget_bias": forget_bias,
+            "input_bias": input_bias,
+            "cell_bias": cell_bias,
+            "output_bias": output_bias,
+        }
         gk_initializers._validate_gate_arguments(
             gates, _LSTM_GATE_DEFAULTS, chrono_timesteps, unit_forget_bias, bias_initializer
         )
+        if bias_initializer is None and unit_forget_bias is None:
+            keras_bias_initializer = _gated.gate_bias_initializer(
+                "lstm", True, gates, chrono_timesteps, seed
+            )
+            keras_unit_forget_bias = (
+                False  # the initializer gives the whole bias, forget gate included
+            )
+        else:  # Keras's bias arguments: Keras's bias, with Keras's defaults
+            keras_bias_initializer = "zeros" if bias_initializer is None else bias_initializer
+            keras_unit_forget_bias = True if unit_forget_bias is None else unit_forget_bias
         super().__init__(
             units,
             activation=activation,
@@ -205,8 +153,8 @@ class LSTMCell(keras.layers.LSTMCell):
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            unit_forget_bias=unit_forget_bias,
+            bias_initializer=keras_bias_initializer,
+            unit_forget_bias=keras_unit_forget_bias,
             kernel_regularizer=kernel_regularizer,
             recurrent_regularizer=recurrent_regularizer,
             bias_regularizer=bias_regularizer,
@@ -223,12 +171,33 @@ class LSTMCell(keras.layers.LSTMCell):
         self.cell_bias = float(cell_bias)
         self.output_bias = float(output_bias)
         self.chrono_timesteps = chrono_timesteps
+        # The arguments as given, for the config: `bias_initializer` and
+        # `unit_forget_bias` now hold what Keras's `build` uses.
+        self._bias_initializer_given = bias_initializer is not None
+        self._unit_forget_bias_argument = unit_forget_bias
 
     def build(self, input_shape):
-        _build_lstm_weights(self, input_shape)
+        _gated.check_input_dim(input_shape)
+        super().build(input_shape)
+
+    def _bias_config(self):
+        """The bias arguments as given to the constructor."""
+        return {
+            "bias_initializer": (
+                keras.initializers.serialize(self.bias_initializer)
+                if self._bias_initializer_given
+                else None
+            ),
+            "unit_forget_bias": self._unit_forget_bias_argument,
+            "forget_bias": self.forget_bias,
+            "input_bias": self.input_bias,
+            "cell_bias": self.cell_bias,
+            "output_bias": self.output_bias,
+            "chrono_timesteps": self.chrono_timesteps,
+        }
 
     def get_config(self):
-        return {**super().get_config(), **_lstm_gate_config(self)}
+        return {**super().get_config(), **self._bias_config()}
 
 
 @keras_gradkit_export
@@ -250,6 +219,10 @@ class LSTM(keras.layers.LSTM):
     with `b_f = forget_bias`, `b_i = input_bias`, `b_c = cell_bias`,
     `b_o = output_bias` at initialization, or, with `chrono_timesteps=T`,
     `b_f ~ log(U[1, T - 1])`, `b_i = -b_f`, `b_c = b_o = 0`.
+
+    The layer's cell is a `keras_gradkit.layers.LSTMCell`; as there, the
+    attributes `bias_initializer` and `unit_forget_bias` hold what Keras's
+    `build` uses and `get_config` returns the arguments as given.
 
     Args:
         units: int, dimensionality of the output space.
@@ -362,7 +335,11 @@ class LSTM(keras.layers.LSTM):
         chrono_timesteps=None,
         **kwargs,
     ):
-        _check_use_cudnn(use_cudnn)
+        _gated.check_use_cudnn(use_cudnn)
+        implementation = kwargs.pop("implementation", 2)
+        # Our cell, from the arguments keras.layers.LSTM builds its cell from:
+        # built first, so that they are checked before Keras sees them and the
+        # seeds are drawn where keras.layers.LSTM draws them.
         cell = LSTMCell(
             units,
             activation=activation,
@@ -389,25 +366,26 @@ class LSTM(keras.layers.LSTM):
             dtype=kwargs.get("dtype", None),
             trainable=kwargs.get("trainable", True),
             name="lstm_cell",
-            implementation=kwargs.pop("implementation", 2),
+            implementation=implementation,
         )
-        # keras.layers.LSTM.__init__ would build its own cell: go to RNN directly
-        # and repeat the rest of LSTM.__init__ (input spec, cuDNN flag).
-        keras.layers.RNN.__init__(
-            self,
-            cell,
+        # Keras's constructor builds a keras.layers.LSTMCell from the same
+        # arguments (with the computed bias initializer), which `install_cell`
+        # replaces by ours.
+        super().__init__(
+            units,
+            unit_forget_bias=cell.unit_forget_bias,
+            activity_regularizer=activity_regularizer,
             return_sequences=return_sequences,
             return_state=return_state,
             go_backwards=go_backwards,
             stateful=stateful,
             unroll=unroll,
-            activity_regularizer=activity_regularizer,
+            use_cudnn=use_cudnn,
+            implementation=implementation,
+            **_gated.cell_arguments(cell),
             **kwargs,
         )
-        self.input_spec = keras.layers.InputSpec(ndim=3)
-        self.use_cudnn = use_cudnn
-        if _cudnn_possible(cell, self.unroll, use_cudnn):
-            self.supports_jit = False
+        _gated.install_cell(self, cell)
 
     @property
     def forget_bias(self):
@@ -430,13 +408,4 @@ class LSTM(keras.layers.LSTM):
         return self.cell.chrono_timesteps
 
     def get_config(self):
-        return {**super().get_config(), "use_cudnn": self.use_cudnn, **_lstm_gate_config(self)}
-
-
-def _cudnn_possible(cell, unroll, use_cudnn, reset_after=None):
-    """Keras's test for disabling XLA when the cuDNN kernel may be used."""
-    if keras.backend.backend() != "tensorflow" or use_cudnn not in (True, "auto"):
-        return False
-    from keras.src.backend.tensorflow.rnn import cudnn_ok  # the same test keras.layers.LSTM uses
-
-    return cudnn_ok(cell.activation, cell.recurrent_activation, unroll, cell.use_bias, reset_after=reset_after)
+        return {**super().get_config(), "use_cudnn": self.use_cudnn, **self.cell._bias_config()}

@@ -5,8 +5,7 @@ from keras import ops
 
 from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
-from keras_gradkit.layers.ind_rnn import IndRNN
-from keras_gradkit.layers.ind_rnn import ind_rnn_arguments
+from keras_gradkit.layers.ind_rnn import IndRNN, ind_rnn_arguments
 
 _BATCH_NORM_PLACES = ("before", "after", None)
 
@@ -151,9 +150,7 @@ class ResidualIndRNN(keras.layers.Layer):
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = (
-            None
-            if recurrent_initializer is None
-            else keras.initializers.get(recurrent_initializer)
+            None if recurrent_initializer is None else keras.initializers.get(recurrent_initializer)
         )
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.recurrent_max_abs = recurrent_max_abs

@@ -140,8 +140,12 @@ class WeightNormalization(keras.layers.Wrapper):
 
     def _add_state(self, name, shape, initializer, dtype):
         return self.add_weight(
-            shape=shape, name=name, initializer=initializer, dtype=dtype,
-            trainable=False, autocast=False,
+            shape=shape,
+            name=name,
+            initializer=initializer,
+            dtype=dtype,
+            trainable=False,
+            autocast=False,
         )
 
     def _reduce_axes(self, rank, unit_axis):
@@ -162,7 +166,9 @@ class WeightNormalization(keras.layers.Wrapper):
         """`v / ||v||` per unit, float32."""
         v = ops.cast(ops.convert_to_tensor(self.layer.kernel), "float32")
         rank = len(v.shape)
-        norm = ops.reshape(self._kernel_norm(v), self._unit_shape(rank, self._kernel_unit_axis() % rank))
+        norm = ops.reshape(
+            self._kernel_norm(v), self._unit_shape(rank, self._kernel_unit_axis() % rank)
+        )
         return v / norm
 
     def _linear(self, inputs, kernel):
@@ -172,8 +178,12 @@ class WeightNormalization(keras.layers.Wrapper):
             return ops.matmul(inputs, kernel)
         if isinstance(layer, _TRANSPOSED):
             return ops.conv_transpose(
-                inputs, kernel, strides=list(layer.strides), padding=layer.padding,
-                output_padding=layer.output_padding, dilation_rate=layer.dilation_rate,
+                inputs,
+                kernel,
+                strides=list(layer.strides),
+                padding=layer.padding,
+                output_padding=layer.output_padding,
+                dilation_rate=layer.dilation_rate,
                 data_format=layer.data_format,
             )
         padding = layer.padding
@@ -185,8 +195,12 @@ class WeightNormalization(keras.layers.Wrapper):
             inputs = ops.pad(inputs, pads)
             padding = "valid"
         return ops.conv(
-            inputs, kernel, strides=list(layer.strides), padding=padding,
-            dilation_rate=layer.dilation_rate, data_format=layer.data_format,
+            inputs,
+            kernel,
+            strides=list(layer.strides),
+            padding=padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
         )
 
     def _bias(self):

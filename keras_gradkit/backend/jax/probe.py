@@ -36,7 +36,9 @@ class Function:
     def trace(self, *args):
         """Traces for these arguments without running; True (a call with
         arguments of the same shapes reuses the trace)."""
-        trace = getattr(self._function, "trace", None) or self._function.lower  # `trace` is JAX >= 0.4.36
+        trace = (
+            getattr(self._function, "trace", None) or self._function.lower
+        )  # `trace` is JAX >= 0.4.36
         trace([v.value for v in self._variables], *args)
         return True
 

@@ -51,7 +51,10 @@ class Sink:
         return {
             "published": np.zeros((), "bool"),
             "totals": np.zeros(3, "float32") if totals is None else totals,
-            "values": {name: [np.zeros(s, "float32") for s in shapes] for name, shapes in self._shapes.items()},
+            "values": {
+                name: [np.zeros(s, "float32") for s in shapes]
+                for name, shapes in self._shapes.items()
+            },
         }
 
     @property
@@ -64,13 +67,20 @@ class Sink:
         self._newest = "device"
 
     def publish(self, when, values, counts):
-        if _collecting is not None and self in _collecting and _traced_with(_collecting.trace, (when, values, counts)):
+        if (
+            _collecting is not None
+            and self in _collecting
+            and _traced_with(_collecting.trace, (when, values, counts))
+        ):
             old = _collecting[self]
             _collecting[self] = {
                 "published": ops.logical_or(old["published"], when),
                 "totals": old["totals"] + ops.where(when, counts, ops.zeros_like(counts)),
                 "values": {
-                    name: [ops.where(when, ops.cast(v, "float32"), o) for v, o in zip(tensors, old["values"][name])]
+                    name: [
+                        ops.where(when, ops.cast(v, "float32"), o)
+                        for v, o in zip(tensors, old["values"][name])
+                    ]
                     for name, tensors in values.items()
                 },
             }
@@ -81,7 +91,9 @@ class Sink:
     def _store(self, when, values, counts):
         if not bool(np.asarray(when)):
             return
-        self._host = {name: [np.array(v, copy=True) for v in tensors] for name, tensors in values.items()}
+        self._host = {
+            name: [np.array(v, copy=True) for v in tensors] for name, tensors in values.items()
+        }
         self._host_totals = self._host_totals + np.asarray(counts, "float64")
         self._newest = "host"
 
@@ -97,7 +109,9 @@ class Sink:
         elif self._carried_totals is not None:
             totals = totals + np.asarray(jax.device_get(self._carried_totals), "float64")
         if self._newest == "device" and device is not None and bool(device["published"]):
-            values = {name: [np.asarray(v) for v in tensors] for name, tensors in device["values"].items()}
+            values = {
+                name: [np.asarray(v) for v in tensors] for name, tensors in device["values"].items()
+            }
             return values, totals
         return self._host, totals
 
@@ -134,7 +148,9 @@ def install(optimizer, monitor):
             if not monitor.active:
                 return original(optimizer_variables, grads, trainable_variables)
             tvs = optimizer._trainable_variables
-            mapping = list(zip(tvs, trainable_variables)) + list(zip(optimizer.variables, optimizer_variables))
+            mapping = list(zip(tvs, trainable_variables)) + list(
+                zip(optimizer.variables, optimizer_variables)
+            )
             with keras.StatelessScope(state_mapping=mapping):
                 pending = monitor.before_update(list(grads), tvs)
             new_tvs, new_values = original(optimizer_variables, grads, trainable_variables)

@@ -2,7 +2,6 @@
 and the monitor's hook on the optimizer's `apply` (private)."""
 
 import tensorflow as tf
-from keras import ops
 
 from keras_gradkit import _recording
 

@@ -24,7 +24,9 @@ class Function:
         # that lead up to the differentiated sequence.
         with torch.no_grad(), keras.StatelessScope():
             outputs = self._fn(*args)
-        return keras.tree.map_structure(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, outputs)
+        return keras.tree.map_structure(
+            lambda t: t.detach() if isinstance(t, torch.Tensor) else t, outputs
+        )
 
     def trace(self, *args):
         """False: nothing is traced, so the caller checks eagerly."""

@@ -1,0 +1,375 @@
+"""The IndRNN recurrence in `keras.ops` (private): the loops that the
+backend engines (`keras_gradkit/backend/<name>/ind_recurrence.py`) share.
+
+- `chunked_recurrence`: chunks of steps per loop iteration and a
+  hand-written backward pass (TensorFlow's engine, compiled by XLA in
+  training with `written_forward` as its forward loop);
+- `scanned_recurrence`: `ops.scan` over the steps, differentiated by the
+  backend (JAX's engine, and every backend's for activations without a
+  hand-written derivative).
+
+Nothing here depends on the backend; `benchmarks/README.md` has the
+measurements behind the choices.
+"""
+
+import keras
+from keras import ops
+
+# Time steps handled per iteration of the chunked loops: fewer loop
+# iterations, same arithmetic. The largest divisor of the sequence length up to
+# this value is used.
+MAX_CHUNK = 32
+# Below this chunk size, a sequence is padded to a multiple of _PAD_CHUNK.
+_MIN_CHUNK = 8
+_PAD_CHUNK = 16
+# Loop iterations that may overlap (TensorFlow's `parallel_iterations`); the
+# steps `ops.scan` unrolls unless an engine chooses otherwise.
+PARALLEL = 8
+
+
+def _relu_slope(h):
+    """relu'(pre) from h = relu(pre)."""
+    return ops.cast(h > 0, h.dtype)
+
+
+def _tanh_slope(h):
+    """tanh'(pre) from h = tanh(pre)."""
+    return 1 - h * h
+
+
+def _sigmoid_slope(h):
+    """sigmoid'(pre) from h = sigmoid(pre)."""
+    return h * (1 - h)
+
+
+def _linear_slope(h):
+    """1, the derivative of the identity."""
+    return ops.ones_like(h)
+
+
+# Activations whose derivative `act'(pre)` is a function of their output
+# `h = act(pre)`, so the backward pass needs only the stored states.
+_SLOPES = {
+    "relu": _relu_slope,
+    "tanh": _tanh_slope,
+    "sigmoid": _sigmoid_slope,
+    "linear": _linear_slope,
+}
+
+
+def slope_for(activation):
+    """The derivative of `activation` as a function of its output, or None
+    when it has no hand-written one (only Keras's relu, tanh, sigmoid and
+    linear do)."""
+    name = getattr(activation, "__name__", None)
+    if name in _SLOPES and keras.activations.get(name) is activation:
+        return _SLOPES[name]
+    return None
+
+
+def _chunk_size(steps, max_chunk=MAX_CHUNK):
+    """The largest divisor of `steps` up to `max_chunk` (1 for an unknown length)."""
+    if not isinstance(steps, int):
+        # Unknown, or symbolic under JAX export, where `min` is inconclusive.
+        return 1
+    for size in range(min(max_chunk, steps), 0, -1):
+        if steps % size == 0:
+            return size
+    return 1
+
+
+def _chunked(x, chunk):
+    """(T, ...) -> (T // chunk, chunk, ...), keeping a static T static."""
+    shape = ops.shape(x)
+    steps = x.shape[0]
+    return ops.reshape(x, (-1 if steps is None else steps // chunk, chunk) + tuple(shape[1:]))
+
+
+def _scan(step, init, inputs, reverse=False, unroll=PARALLEL):
+    """`ops.scan` over a tuple of inputs.
+
+    Keras's TensorFlow `scan` cannot check several inputs whose leading
+    (time) axis is unknown, so in that case the inputs travel packed in one
+    float tensor and are unpacked inside the loop.
+    """
+    steps = inputs[0].shape[0]
+    if steps is not None and not isinstance(steps, int):
+        # A symbolic length (JAX export): `lax.scan` cannot split it into
+        # unrolled iterations plus a remainder.
+        return ops.scan(step, init, inputs, reverse=reverse)
+    if len(inputs) == 1 or steps is not None:
+        return ops.scan(step, init, inputs, reverse=reverse, unroll=unroll)
+    dtype = init[0].dtype if isinstance(init, tuple) else init.dtype
+    shapes = [ops.shape(x)[1:] for x in inputs]
+    dtypes = [x.dtype for x in inputs]
+    flat = [ops.reshape(ops.cast(x, dtype), (ops.shape(x)[0], -1)) for x in inputs]
+    sizes = [ops.shape(f)[1] for f in flat]
+    packed = ops.concatenate(flat, axis=1)
+
+    def packed_step(carry, row):
+        parts, start = [], 0
+        for shape, size, original in zip(shapes, sizes, dtypes):
+            part = ops.reshape(row[start : start + size], shape)
+            if original == "bool":
+                part = part > 0.5
+            parts.append(part)
+            start = start + size
+        return step(carry, tuple(parts))
+
+    return ops.scan(packed_step, init, packed, reverse=reverse, unroll=unroll)
+
+
+def _project(x_chunk, kernel, bias):
+    """`(chunk, batch, features) @ kernel + bias` as one matrix product."""
+    shape = ops.shape(x_chunk)
+    flat = ops.matmul(ops.reshape(x_chunk, (-1, shape[-1])), kernel) + bias
+    return ops.reshape(flat, (shape[0], shape[1], -1))
+
+
+def _next_state(h, x_row, keep, u, activation):
+    """One step, `act(x_row + u * h)`, keeping `h` where `keep` is False."""
+    new = activation(x_row + u * h)
+    return new if keep is None else ops.where(keep, new, h)
+
+
+def _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk):
+    """States of `h_t = act(x_t @ kernel + bias + u * h_{t-1})` (kept where
+    `mask` is False) for time-major `x`, as `(T, batch, units)`. The input
+    projection is one matrix product per chunk of steps, so the projected
+    sequence is never stored."""
+
+    def step(carry, inputs):
+        h = carry[-1]
+        x_rows = ops.unstack(_project(inputs[0], kernel, bias), num=chunk)
+        m_rows = None if mask is None else ops.unstack(inputs[1], num=chunk)
+        rows = []
+        for j in range(chunk):
+            h = _next_state(h, x_rows[j], None if mask is None else m_rows[j], u, activation)
+            rows.append(h)
+        out = ops.stack(rows)
+        return out, out
+
+    inputs = (_chunked(x, chunk),)
+    if mask is not None:
+        inputs += (_chunked(mask, chunk),)
+    init = ops.repeat(ops.expand_dims(h0, 0), chunk, axis=0)
+    _, states = _scan(step, init, inputs)
+    return ops.reshape(states, (-1,) + tuple(ops.shape(h0)))
+
+
+def written_forward(x, kernel, bias, u, h0, mask, activation, chunk):
+    """`_scan_forward` for XLA (TensorFlow in training): the same states,
+    each written into the `(T, batch, units)` buffer as soon as it is computed
+    and read back from it for the next step.
+
+    Reading the state back keeps XLA from fusing each step into the next: in
+    `_scan_forward` every stored state of a chunk is its own fusion that
+    recomputes the chunk's earlier steps, work growing with the square of the
+    chunk. The read goes through a clamped index, which XLA cannot prove equal
+    to the written one, so it does not fold the read into the write, and
+    each step is computed once. Needs a known length; falls back to
+    `_scan_forward` otherwise."""
+    steps = x.shape[0]
+    if not isinstance(steps, int):
+        return _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk)
+    x_chunks = _chunked(x, chunk)
+    m_chunks = None if mask is None else _chunked(mask, chunk)
+    row_shape = (1,) + tuple(ops.shape(h0))
+
+    def body(i, carry):
+        h, states = carry
+        x_rows = ops.unstack(_project(x_chunks[i], kernel, bias), num=chunk)
+        m_rows = None if mask is None else ops.unstack(m_chunks[i], num=chunk)
+        for j in range(chunk):
+            h = _next_state(h, x_rows[j], None if mask is None else m_rows[j], u, activation)
+            t = i * chunk + j
+            states = ops.slice_update(states, (t, 0, 0), ops.expand_dims(h, 0))
+            h = ops.slice(states, (ops.minimum(t, steps - 1), 0, 0), row_shape)[0]
+        return h, states
+
+    states = ops.zeros((steps,) + tuple(ops.shape(h0)), h0.dtype)
+    return ops.fori_loop(0, steps // chunk, body, (h0, states))[1]
+
+
+def _backward_chunk(c, inputs, kernel, u, slope_of, chunk, has_grads, has_mask):
+    """One chunk of the backward pass, from its last step to its first.
+
+    With `a_t = act'(pre_t)`: `g_t = grad_t + c_t`, `dpre_t = g_t * a_t` and
+    `c_{t-1} = g_t * a_t * u` (`= g_t` at a masked step). The factor
+    `a_t * u` is computed for the whole chunk first, so the loop costs one
+    multiplication per step (two with per-step gradients)."""
+    h_chunk, h_before, x_chunk = inputs[:3]
+    slope = slope_of(h_chunk)
+    decay = slope * u
+    if has_mask:
+        keep = inputs[-1]
+        slope = ops.where(keep, slope, ops.zeros_like(slope))
+        decay = ops.where(keep, decay, ops.ones_like(decay))
+    decay_rows = ops.unstack(decay, num=chunk)
+    grad_rows = ops.unstack(inputs[3], num=chunk) if has_grads else None
+    g_rows = [None] * chunk
+    for j in reversed(range(chunk)):
+        g = c if grad_rows is None else grad_rows[j] + c
+        g_rows[j] = g
+        c = g * decay_rows[j]
+    dpre = ops.stack(g_rows) * slope
+    h_prev = ops.concatenate([ops.expand_dims(h_before, 0), h_chunk[:-1]], axis=0)
+    return c, dpre, _weight_gradients(dpre, h_prev, x_chunk, kernel)
+
+
+def _weight_gradients(dpre, h_prev, x_chunk, kernel):
+    """The chunk's gradients w.r.t. `x`, `kernel`, `bias` and `u` from the
+    gradients of its pre-activations."""
+    features, units = ops.shape(kernel)[0], ops.shape(kernel)[1]
+    x_flat = ops.reshape(x_chunk, (-1, features))
+    dpre_flat = ops.reshape(dpre, (-1, units))
+    dx = ops.reshape(ops.matmul(dpre_flat, ops.transpose(kernel)), ops.shape(x_chunk))
+    dkernel = ops.matmul(ops.transpose(x_flat), dpre_flat)
+    return dx, dkernel, ops.sum(dpre_flat, axis=0), ops.sum(dpre * h_prev, axis=(0, 1))
+
+
+def _scan_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, slope_of, chunk):
+    """Gradients w.r.t. `x`, `kernel`, `bias`, `u` and `h0`, given the
+    gradient w.r.t. every state (`grad_states`) or, when only the last state
+    is used, w.r.t. the last state (`grad_last`, `grad_states=None`)."""
+    state_chunks = _chunked(states, chunk)
+    # The state just before each chunk: h0, then each chunk's last state.
+    previous = ops.concatenate([ops.expand_dims(h0, 0), state_chunks[:-1, -1]], axis=0)
+    inputs = (state_chunks, previous, _chunked(x, chunk))
+    if grad_states is not None:
+        inputs += (_chunked(grad_states, chunk),)
+    if mask is not None:
+        inputs += (_chunked(mask, chunk),)
+
+    def step(carry, inputs):
+        c, _, (dx, dkernel, dbias, du) = _backward_chunk(
+            carry[1], inputs, kernel, u, slope_of, chunk, grad_states is not None, mask is not None
+        )
+        out = (dx, c, du, dkernel, dbias)
+        return out, out
+
+    zeros = ops.zeros_like
+    init = (
+        zeros(inputs[2][0]),
+        zeros(h0) if grad_last is None else grad_last,
+        zeros(u),
+        zeros(kernel),
+        zeros(u),
+    )
+    final, (dx, _, du, dkernel, dbias) = _scan(step, init, inputs, reverse=True)
+    return (
+        ops.reshape(dx, ops.shape(x)),
+        ops.sum(dkernel, axis=0),
+        ops.sum(dbias, axis=0),
+        ops.sum(du, axis=0),
+        final[1],
+    )
+
+
+def chunked_recurrence(
+    x,
+    kernel,
+    bias,
+    u,
+    h0,
+    mask,
+    activation,
+    last_only,
+    chunk=None,
+    max_chunk=MAX_CHUNK,
+    backward_max_chunk=None,
+    forward=_scan_forward,
+):
+    """TensorFlow's engine: chunks of `chunk` steps per loop iteration (one
+    input projection per chunk) and a hand-written backward pass. `chunk`
+    must divide `timesteps`; it defaults to the largest divisor up to
+    `max_chunk`, and the sequence is padded with masked steps when there is
+    no divisor of at least 8. The backward loop takes the largest divisor up
+    to `backward_max_chunk` when that is longer (and the length is known).
+    `forward` runs the forward loop (`written_forward` under XLA)."""
+    steps = x.shape[0]
+    if chunk is None:
+        chunk = _chunk_size(steps, max_chunk)
+    if chunk < _MIN_CHUNK and (steps is None or steps > max_chunk):
+        # No good divisor (or an unknown length): pad with masked steps, which
+        # keep the state, rather than loop one step at a time.
+        return _padded_recurrence(
+            x, kernel, bias, u, h0, mask, activation, last_only, backward_max_chunk, forward
+        )
+    backward_chunk = chunk
+    if backward_max_chunk is not None and isinstance(steps, int):
+        backward_chunk = max(chunk, _chunk_size(steps, backward_max_chunk))
+    slope_of = slope_for(activation)
+
+    @ops.custom_gradient
+    def recurrence(x, kernel, bias, u, h0):
+        states = forward(x, kernel, bias, u, h0, mask, activation, chunk)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            grad_states, grad_last = (None, upstream) if last_only else (upstream, None)
+            return _scan_backward(
+                grad_states, grad_last, states, x, kernel, u, h0, mask, slope_of, backward_chunk
+            )
+
+        return (states[-1] if last_only else states), grad
+
+    return recurrence(x, kernel, bias, u, h0)
+
+
+def _padded_recurrence(
+    x,
+    kernel,
+    bias,
+    u,
+    h0,
+    mask,
+    activation,
+    last_only,
+    backward_max_chunk=None,
+    forward=_scan_forward,
+):
+    """`chunked_recurrence` on the sequence padded with masked steps (which
+    keep the state) to a multiple of `_PAD_CHUNK`; the padding's states are
+    dropped."""
+    steps = ops.shape(x)[0]
+    padding = (-steps) % _PAD_CHUNK
+    pad_shape = (padding,) + tuple(ops.shape(x)[1:-1])
+    x = ops.concatenate([x, ops.zeros(pad_shape + (ops.shape(x)[-1],), x.dtype)], axis=0)
+    if mask is None:
+        mask = ops.ones(tuple(ops.shape(h0)[:1]) + (1,), "bool")
+        mask = ops.broadcast_to(mask, (steps,) + tuple(ops.shape(mask)))
+    mask = ops.concatenate([mask, ops.zeros(pad_shape + (1,), "bool")], axis=0)
+    states = chunked_recurrence(
+        x,
+        kernel,
+        bias,
+        u,
+        h0,
+        mask,
+        activation,
+        last_only,
+        chunk=_PAD_CHUNK,
+        backward_max_chunk=backward_max_chunk,
+        forward=forward,
+    )
+    return states if last_only else states[:steps]
+
+
+def scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, unroll=PARALLEL):
+    """JAX's engine (and every backend's for activations without a
+    hand-written derivative): `ops.scan` over the steps, differentiated
+    automatically, `unroll` steps unrolled per loop iteration. The input
+    projection stays inside the step, which XLA fuses: projecting the whole
+    sequence before the loop is slower, as the projected sequence and its
+    gradient then travel through memory."""
+
+    def step(h, inputs):
+        keep = None if mask is None else inputs[1]
+        h = _next_state(h, ops.matmul(inputs[0], kernel) + bias, keep, u, activation)
+        return h, h
+
+    inputs = (x,) if mask is None else (x, mask)
+    last, states = _scan(step, h0, inputs, unroll=unroll)
+    return last if last_only else states
