@@ -766,3 +766,131 @@ def test_docstring_args_exist_in_signature():
         assert names, cls
         for name in names:
             assert name in parameters, (cls.__name__, name)
+
+
+SLOPES = {
+    "relu": lambda z: (z > 0).astype("float64"),
+    "tanh": lambda z: 1.0 - np.tanh(z) ** 2,
+    "elu": lambda z: np.where(z > 0, 1.0, np.exp(np.minimum(z, 0))),
+}
+
+
+def numpy_clipped_bptt(x, weights, h0, activation, clip, mask=None, last_only=False):
+    """Outputs and gradients of `weighted_loss` for the recurrence with
+    Lasagne's `grad_clipping`, backpropagation through time written out from
+    its definition: the gradient w.r.t. each step's pre-activation,
+    `clip(g_t * act'(pre_t))`, is what reaches the weights and the step
+    before. Masked steps keep the state (their output is zero, Keras's
+    `zero_output_for_mask`). Returns the outputs, the gradients w.r.t.
+    `weights`, `x` and `h0`, the fraction of pre-activation gradients the
+    clip changed, and the gradients had only the final ones been clipped."""
+    kernel, u, bias = weights if len(weights) == 3 else (None,) + tuple(weights)
+    x = x.astype("float64")
+    batch, steps, _ = x.shape
+    keep = np.ones((batch, steps, 1), bool) if mask is None else mask[..., None]
+    projected = x if kernel is None else x @ kernel
+    h, states, pres = h0.astype("float64"), [h0.astype("float64")], []
+    for t in range(steps):
+        pres.append(projected[:, t] + u * h + bias)
+        h = np.where(keep[:, t], ACTIVATIONS[activation](pres[-1]), h)
+        states.append(h)
+    outputs = np.stack(states[1:], axis=1) * keep
+    scale = np.linspace(0.5, 1.5, u.shape[0])
+    if last_only:
+        direct = np.zeros_like(outputs)
+        direct[:, -1] = scale + 2 * states[-1]
+        outputs = states[-1]
+    else:
+        direct = (scale + 2 * outputs) * keep
+
+    def backward(limit):
+        carry, dpre, changed = np.zeros_like(h), np.zeros_like(direct), []
+        for t in reversed(range(steps)):
+            g = direct[:, t] + carry
+            raw = g * SLOPES[activation](pres[t])
+            d = raw if limit is None else np.clip(raw, -limit, limit)
+            changed.append((d != raw)[keep[:, t, 0]])
+            dpre[:, t] = np.where(keep[:, t], d, 0.0)
+            carry = np.where(keep[:, t], dpre[:, t] * u, g)
+        previous = np.stack(states[:-1], axis=1)
+        grads = [] if kernel is None else [np.einsum("btf,btu->fu", x, dpre)]
+        grads += [np.sum(dpre * previous, axis=(0, 1)), np.sum(dpre, axis=(0, 1))]
+        dx = dpre if kernel is None else dpre @ kernel.T
+        return grads + [dx, carry], np.concatenate(changed).mean()
+
+    grads, fraction = backward(clip)
+    unclipped, _ = backward(None)
+    final_only = [np.clip(g, -clip, clip) for g in unclipped]
+    return outputs, grads, fraction, final_only
+
+
+class TestGradClipping:
+    # (layer, activation, use_kernel, masked, last_only, steps, training):
+    # every engine (TensorFlow's compiled one in training and its chunked one
+    # otherwise, padded for a prime length; JAX's scan; PyTorch's autograd
+    # function; the scanned fallback for an activation without a written
+    # derivative) and keras.layers.RNN over the cell.
+    CASES = {
+        "fast_relu_masked_inference": ("fast", "relu", True, True, False, 9, False),
+        "fast_relu_masked_training": ("fast", "relu", True, True, False, 9, True),
+        "fast_tanh_recurrence_only_prime_length": ("fast", "tanh", False, False, True, 37, False),
+        "fast_tanh_recurrence_only_training": ("fast", "tanh", False, False, True, 37, True),
+        "fast_elu_scanned_fallback": ("fast", "elu", True, True, False, 9, True),
+        "cell_in_keras_rnn": ("cell", "relu", True, True, False, 9, True),
+    }
+
+    @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+    def test_matches_numpy_backpropagation_with_the_clip(self, case):
+        kind, activation, use_kernel, masked, last_only, steps, training = self.CASES[case]
+        rng = np.random.default_rng(23)
+        units = 3
+        features = 2 if use_kernel else units
+        x = rng.normal(size=(3, steps, features)).astype("float32")
+        h0 = rng.normal(size=(3, units)).astype("float32")
+        weights = random_weights(rng, features, units, recurrent_scale=1.0)
+        weights[1] = np.array([0.95, -0.9, 0.8], "float32")
+        if not use_kernel:
+            weights = weights[1:]
+        mask = ragged_mask(3, steps) if masked else None
+        clip = 0.5 if last_only else 1.5  # binds at some steps, not at others
+        options = dict(
+            activation=activation,
+            use_kernel=use_kernel,
+            grad_clipping=clip,
+            return_sequences=not last_only,
+        )
+        if kind == "fast":
+            layer = gk.layers.IndRNN(units, zero_output_for_mask=True, **options)
+        else:
+            return_sequences = options.pop("return_sequences")
+            cell = gk.layers.IndRNNCell(units, **options)
+            layer = keras.layers.RNN(
+                cell, return_sequences=return_sequences, zero_output_for_mask=True
+            )
+        layer(x)
+        layer.set_weights(weights)
+        outputs, grads = outputs_and_grads(layer, x, h0, mask, training=training)
+        expected, expected_grads, fraction, final_only = numpy_clipped_bptt(
+            x, weights, h0, activation, clip, mask, last_only
+        )
+        # The clip binds at some steps and not at others, and clipping only
+        # the final gradients would give another answer.
+        assert 0 < fraction < 0.95, fraction
+        assert any(not np.allclose(a, b, atol=1e-3) for a, b in zip(final_only, expected_grads))
+        assert_close_relative(outputs[0], expected, 1e-5)
+        assert len(grads) == len(expected_grads)
+        for got, want in zip(grads, expected_grads):
+            assert_close_relative(to_numpy(got), want, 1e-5)
+
+    def test_without_the_clip_nothing_changes(self):
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(2, 6, 2)).astype("float32")
+        weights = random_weights(rng, 2, 3)
+        results = []
+        for clip in (None, 1e6):
+            layer = gk.layers.IndRNN(3, grad_clipping=clip, return_sequences=True)
+            layer(x)
+            layer.set_weights(weights)
+            results.append(outputs_and_grads(layer, x, training=True))
+        for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+            np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-6)

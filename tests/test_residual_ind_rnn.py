@@ -2,6 +2,7 @@
 block's invariants (zero weights, depth, padding) and serialization."""
 
 import inspect
+import pathlib
 
 import keras
 import numpy as np
@@ -17,6 +18,7 @@ import keras_gradkit as gk
 from keras_gradkit._gradients import value_and_gradients
 
 EPSILON = 1e-3
+DATA = pathlib.Path(__file__).parent / "data"
 
 
 def _np(x):
@@ -39,20 +41,22 @@ def np_batch_norm(x, weights, mask, training):
 
 
 def np_ind_rnn(x, weights, mask, activation):
-    kernel, u, bias = weights
-    h = np.zeros((x.shape[0], kernel.shape[1]))
-    outputs = np.zeros(x.shape[:2] + (kernel.shape[1],))
+    """`h_t = act(x_t + u * h_{t-1})` (the official recurrence, weights `[u]`),
+    or `act(x_t @ kernel + u * h_{t-1} + bias)` for the four-matrix block's."""
+    kernel, u, bias = weights if len(weights) == 3 else (None, weights[0], 0.0)
+    projected = x if kernel is None else x @ kernel + bias
+    h = np.zeros((x.shape[0], u.shape[0]))
+    outputs = np.zeros(x.shape[:2] + (u.shape[0],))
     for t in range(x.shape[1]):
-        new = activation(x[:, t] @ kernel + u * h + bias)
+        new = activation(projected[:, t] + u * h)
         h = np.where(mask[:, t, None], new, h)  # masked steps keep the state
         outputs[:, t] = h
     return outputs
 
 
-def np_block(
-    x, weights, mask, training, batch_norm="before", activation=lambda z: np.maximum(z, 0)
-):
-    """y = x + W_2 IndRNN_2(BN_2(W_1 IndRNN_1(BN_1(x)))), F zero at masked steps."""
+def np_block(x, weights, mask, training, batch_norm="after", activation=lambda z: np.maximum(z, 0)):
+    """y = x + W_2 BN_2(R_2(W_1 BN_1(R_1(x)))) (batch_norm="after"), or with
+    each BN before its recurrence R; F zero at masked steps."""
     r = x.astype("float64")
     for i in range(2):
         if batch_norm == "before":
@@ -81,14 +85,7 @@ def random_block_weights(rng, units):
             ]
             for _ in range(2)
         ],
-        "ind_rnn": [
-            [
-                normal(units, units),
-                rng.uniform(-0.9, 0.9, size=units).astype("float32"),
-                normal(units, scale=0.1),
-            ]
-            for _ in range(2)
-        ],
+        "ind_rnn": [[rng.uniform(-0.9, 0.9, size=units).astype("float32")] for _ in range(2)],
         "weight": [[normal(units, units), normal(units, scale=0.1)] for _ in range(2)],
     }
 
@@ -139,7 +136,7 @@ class TestEquation:
     def test_moving_statistics_use_unmasked_steps(self):
         rng = np.random.default_rng(3)
         x, mask = sequences(rng)
-        layer = build_block(4, x, momentum=0.5)
+        layer = build_block(4, x, momentum=0.5, batch_norm="before")
         layer(x, mask=keras.ops.convert_to_tensor(mask), training=True)
         real = x[mask]
         moving_mean, moving_variance = (_np(v) for v in layer.batch_norms[0].non_trainable_weights)
@@ -164,19 +161,93 @@ class TestEquation:
         assert np.abs(y[mask] - x[mask]).max() > 1e-2
 
     def test_dropout_mask_is_shared_over_time(self):
-        # Linear recurrences with identity kernels and u = 0, identity weights:
+        # Linear recurrences with u = 0 and identity weights:
         # F(x) = D_2(D_1(x)), so F / x shows the dropout masks step by step.
         units, eye, zeros = 6, np.eye(6, dtype="float32"), np.zeros(6, "float32")
         x = np.ones((4, 5, units), "float32")
         layer = build_block(units, x, activation="linear", batch_norm=None, dropout=0.5, seed=3)
-        set_block_weights(
-            layer, {"ind_rnn": [[eye, zeros, zeros]] * 2, "weight": [[eye, zeros]] * 2}
-        )
+        set_block_weights(layer, {"ind_rnn": [[zeros]] * 2, "weight": [[eye, zeros]] * 2})
         np.testing.assert_allclose(_np(layer(x, training=False)), 2 * x)
         kept = _np(layer(x, training=True)) - x
         np.testing.assert_allclose(kept, np.broadcast_to(kept[:, :1], kept.shape))
         assert set(np.unique(np.round(kept, 4))) <= {0.0, 2.0, 4.0}
         assert 0 < np.mean(kept == 0) < 1
+
+
+class TestOfficialLayout:
+    def test_two_matrices_and_the_papers_parameter_count(self):
+        # Per block at 8 units: two (8, 8) weights with biases, two recurrent
+        # vectors, two batch normalizations: 2 * (64 + 8) + 2 * 8 + 2 * 16.
+        layer = build_block(8, np.zeros((2, 5, 8), "float32"))
+        matrices = [w for w in layer.trainable_weights if len(w.shape) == 2]
+        assert [tuple(w.shape) for w in matrices] == [(8, 8), (8, 8)]
+        assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == 192
+        assert all(r.cell.kernel is None and r.cell.bias is None for r in layer.recurrences)
+
+    def test_default_is_batch_norm_after(self):
+        assert gk.layers.ResidualIndRNN(4).batch_norm == "after"
+
+    @pytest.mark.parametrize("training", [False, True])
+    def test_a_file_of_the_four_matrix_block_loads_as_it_was_saved(self, training, tmp_path):
+        # Saved by keras_gradkit before the official layout (batch_norm
+        # "before", dropout 0.1, random weights); its config has no
+        # `_input_kernels` key.
+        path = DATA / "residual_ind_rnn_four_matrices.keras"
+        model = keras.saving.load_model(path)
+        block = model.get_layer("block")
+        assert block._input_kernels and block.batch_norm == "before"
+        matrices = [w for w in block.trainable_weights if len(w.shape) == 2]
+        assert len(matrices) == 4
+        x, mask = sequences(np.random.default_rng(13), steps=5, lengths=(5, 5, 5))
+        weights = {
+            "batch_norm": [[_np(w) for w in bn.weights] for bn in block.batch_norms],
+            "ind_rnn": [[_np(w) for w in r.weights] for r in block.recurrences],
+            "weight": [[_np(w) for w in d.weights] for d in block.weight_layers],
+        }
+        if training:
+            block.dropout = 0.0
+            for dropout in block.dropouts:
+                dropout.rate = 0.0
+        got = _np(block(x, training=training))
+        expected = np_block(x, weights, mask, training, batch_norm="before")
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+        resaved = tmp_path / "again.keras"
+        model.save(resaved)
+        assert keras.saving.load_model(resaved).get_layer("block")._input_kernels
+
+    def test_float64_end_to_end(self):
+        # u = 0, linear, identity weights: F(x) = D_2(D_1(x)), each kept value
+        # x * 2 or x * 4 exactly in float64; float32 anywhere would round the
+        # 1e-10 offsets away.
+        if keras.backend.standardize_dtype(keras.ops.zeros((), "float64").dtype) != "float64":
+            pytest.skip("JAX computes float64 as float32 unless jax_enable_x64 is set")
+        units = 4
+        x = 1.0 + 1e-10 * np.arange(2 * 3 * units, dtype="float64").reshape(2, 3, units)
+        layer = gk.layers.ResidualIndRNN(
+            units, activation="linear", batch_norm=None, dropout=0.5, seed=2, dtype="float64"
+        )
+        layer.build(x.shape)
+        eye, zeros = np.eye(units), np.zeros(units)
+        set_block_weights(layer, {"ind_rnn": [[zeros]] * 2, "weight": [[eye, zeros]] * 2})
+        out = layer(x, training=True)
+        assert keras.backend.standardize_dtype(out.dtype) == "float64"
+        assert all(d.compute_dtype == "float64" for d in layer.dropouts)
+        ratio = (_np(out) - x) / x
+        np.testing.assert_allclose(ratio, np.round(ratio), atol=1e-13)
+        assert set(np.unique(np.round(ratio))) <= {0.0, 2.0, 4.0}
+
+    def test_float32_block_under_a_global_mixed_policy_stays_finite(self):
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("mixed_float16")
+        try:
+            layer = gk.layers.ResidualIndRNN(
+                4, dtype="float32", batch_norm=None, kernel_initializer="ones"
+            )
+            out = _np(layer(np.full((2, 3, 4), 3e4, "float32"), training=True))
+        finally:
+            keras.config.set_dtype_policy(previous)
+        assert out.dtype == np.float32 and np.all(np.isfinite(out))
+        assert out.max() > 65504
 
 
 class TestMasking:
@@ -207,8 +278,8 @@ class TestMasking:
         x[~mask] = 0.0
         inputs = keras.Input((None, 4))
         h = keras.layers.Masking(0.0)(inputs)
+        h = gk.layers.ResidualIndRNN(4, batch_norm="before")(h)
         h = gk.layers.ResidualIndRNN(4)(h)
-        h = gk.layers.ResidualIndRNN(4, batch_norm="after")(h)
         model = keras.Model(inputs, gk.layers.IndRNN(3)(h))  # last state: needs the mask
         padded = np.concatenate([x, np.zeros((3, 4, 4), "float32")], axis=1)
         np.testing.assert_allclose(_np(model(padded)), _np(model(x)), atol=1e-5)
@@ -235,10 +306,10 @@ class TestDepth:
             return [w for w in block.trainable_weights if w.path.endswith("/kernel")]
 
         watched = kernels(blocks[0]) + kernels(blocks[-1])
-        assert len(watched) == 8
+        assert len(watched) == 4
         _, _, grads = value_and_gradients(loss, [x], watched)
-        first = np.sqrt(sum(np.sum(g**2) for g in grads[:4]))
-        last = np.sqrt(sum(np.sum(g**2) for g in grads[4:]))
+        first = np.sqrt(sum(np.sum(g**2) for g in grads[:2]))
+        last = np.sqrt(sum(np.sum(g**2) for g in grads[2:]))
         assert np.isfinite(first) and last > 0
         assert 1 / 100 < first / last < 100, (first, last)
 
@@ -283,7 +354,7 @@ class TestSerialization:
             },
             x,
             expected_output_shape=(3, 6, 4),
-            expected_num_trainable_weights=14,
+            expected_num_trainable_weights=10,
             expected_num_non_trainable_weights=4,
             tmp_path=tmp_path,
         )
@@ -299,6 +370,7 @@ class TestSerialization:
             batch_norm=None,
             momentum=0.9,
             epsilon=1e-4,
+            grad_clipping=10.0,
         )
         config = layer.get_config()
         for name in inspect.signature(gk.layers.ResidualIndRNN.__init__).parameters:
@@ -306,7 +378,9 @@ class TestSerialization:
                 assert name in config, name
         restored = assert_config_round_trip(layer)
         assert restored.batch_norm is None and restored.seed == 4 and restored.epsilon == 1e-4
+        assert restored.grad_clipping == 10.0
         assert not restored.batch_norms
+        assert config["_input_kernels"] is False and not restored._input_kernels
         assert (
             keras.saving.get_registered_name(gk.layers.ResidualIndRNN)
             == "keras_gradkit>ResidualIndRNN"

@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
+import keras_gradkit
 from keras_gradkit._gradients import value_and_gradients
-from keras_gradkit.layers import WeightNormalization
+from keras_gradkit.layers import IndRNN, LayerNormLSTMCell, WeightNormalization
 from tests.layer_testing import (
     assert_config_round_trip,
     assert_export_serves,
@@ -54,6 +55,43 @@ def _randomize(wrapper, rng):
     g = rng.uniform(0.5, 2.0, size=wrapper.g.shape).astype("float32")
     wrapper.g.assign(g)
     return v, b, g
+
+
+def _outputs(y):
+    """A layer's output(s) as a list of NumPy arrays."""
+    return [_np(t) for t in (y if isinstance(y, (list, tuple)) else [y])]
+
+
+def _random_weights(layer, rng):
+    """Sets non-symmetric random values on every weight of `layer`; returns them."""
+    values = [(rng.normal(size=w.shape) * 0.5 + 0.2).astype("float32") for w in layer.weights]
+    layer.set_weights(values)
+    return values
+
+
+# Recurrent layers the wrapper takes, each with a different option in use.
+_RNN_LAYERS = {
+    "SimpleRNN": lambda: keras.layers.SimpleRNN(4, return_sequences=True),
+    "LSTM": lambda: keras.layers.LSTM(3, return_sequences=True, go_backwards=True),
+    "GRU": lambda: keras.layers.GRU(3, return_state=True),
+    "IndRNN": lambda: IndRNN(4, return_sequences=True),
+    "gradkit_LSTM": lambda: keras_gradkit.layers.LSTM(3, forget_bias=2.0),
+    "gradkit_GRU": lambda: keras_gradkit.layers.GRU(3, return_sequences=True),
+    "RNN_LayerNormLSTMCell": lambda: keras.layers.RNN(LayerNormLSTMCell(3)),
+}
+
+
+class _CellWithoutKernel(keras.layers.Layer):
+    """A cell whose input weights are not called `kernel`."""
+
+    state_size = 2
+
+    def build(self, input_shape):
+        self.weights_in = self.add_weight(shape=(input_shape[-1], 2), name="weights_in")
+
+    def call(self, inputs, states):
+        h = keras.ops.matmul(inputs, self.weights_in) + states[0]
+        return h, [h]
 
 
 def _dense_model(data_init=True, units=3, features=4):
@@ -299,7 +337,12 @@ class TestWeightNormalization:
         "layer, error, pattern",
         [
             (keras.layers.Dropout(0.5), TypeError, "Dropout"),
-            (keras.layers.LSTM(2), TypeError, "LSTM"),
+            (keras.layers.Bidirectional(keras.layers.LSTM(2)), TypeError, "Bidirectional"),
+            (
+                keras.layers.RNN([keras.layers.SimpleRNNCell(2), keras.layers.SimpleRNNCell(2)]),
+                TypeError,
+                "StackedRNNCells",
+            ),
             ("dense", TypeError, "layer"),
             (None, TypeError, "layer"),
         ],
@@ -323,4 +366,277 @@ class TestWeightNormalization:
         x = np.random.default_rng(14).normal(size=(3, 6, 6, 2)).astype("float32")
         model.compile(optimizer="sgd", loss="mse")
         model.fit(x, np.zeros((3, 2)), epochs=1, verbose=0)
+        assert_export_serves(model, x, tmp_path)
+
+    # ---- Recurrent layers: the cell's input kernel is normalized.
+
+    @pytest.mark.parametrize("name", sorted(_RNN_LAYERS))
+    def test_rnn_equals_layer_with_normalized_input_kernel(self, name):
+        """The wrapper computes what the plain layer computes with the input
+        kernel g * v / ||v|| (one norm per column) and the recurrent kernel
+        and biases as they are, under a mask (its first sample has none masked)."""
+        rng = np.random.default_rng(20)
+        x = rng.normal(size=(3, 5, 4)).astype("float32")
+        mask = np.arange(5) < np.array([[5], [3], [2]])
+        wrapper = WeightNormalization(_RNN_LAYERS[name](), data_init=False)
+        wrapper.build(x.shape)
+        assert wrapper.layer.weights[0] is wrapper.layer.cell.kernel
+        weights = _random_weights(wrapper.layer, rng)
+        v = weights[0]
+        g = rng.uniform(0.5, 2.0, size=wrapper.g.shape).astype("float32")
+        assert g.shape == (v.shape[1],)
+        wrapper.g.assign(g)
+        plain = _RNN_LAYERS[name]()
+        plain.build(x.shape)
+        plain.set_weights([(reference_direction(v) * g).astype("float32"), *weights[1:]])
+        got = _outputs(wrapper(x, mask=mask))
+        expected = _outputs(plain(x, mask=mask))
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+        # The normalization matters here, and the cell's variable is back in place.
+        assert np.all(np.abs(np.linalg.norm(v, axis=0) - g) > 1e-2)
+        assert wrapper.layer.cell.kernel is wrapper.layer.weights[0]
+        np.testing.assert_array_equal(_np(wrapper.layer.cell.kernel), v)
+
+    def test_simple_rnn_matches_numpy_recurrence(self):
+        """h_t = tanh(x_t . (g v / ||v||) + h_{t-1} . U + b) from a given initial state."""
+        rng = np.random.default_rng(21)
+        x = rng.normal(size=(2, 4, 3)).astype("float32")
+        h0 = rng.normal(size=(2, 5)).astype("float32")
+        wrapper = WeightNormalization(keras.layers.SimpleRNN(5, return_sequences=True))
+        wrapper.build(x.shape)
+        v, u, b = _random_weights(wrapper.layer, rng)
+        g = rng.uniform(0.5, 2.0, size=(5,)).astype("float32")
+        wrapper.g.assign(g)
+        w = reference_direction(v) * g
+        h, expected = h0.astype(np.float64), []
+        for t in range(x.shape[1]):
+            h = np.tanh(x[:, t] @ w + h @ u + b)
+            expected.append(h)
+        got = _np(wrapper(x, initial_state=[h0]))
+        np.testing.assert_allclose(got, np.stack(expected, axis=1), atol=1e-5, rtol=1e-5)
+
+    @pytest.mark.parametrize("name", ["LSTM", "IndRNN"])
+    def test_rnn_gradients_follow_the_paper(self, name):
+        """dL/dg = dL/dw . v / ||v|| and dL/dv = g / ||v|| (dL/dw - (dL/dg) v / ||v||) per
+        column, with dL/dw the plain layer's kernel gradient; the recurrent kernel
+        gets its own gradient. `training=True` runs IndRNN's training engine."""
+        rng = np.random.default_rng(22)
+        x = rng.normal(size=(2, 5, 3)).astype("float32")
+        make = _RNN_LAYERS[name]
+        wrapper = WeightNormalization(make(), data_init=False)
+        wrapper.build(x.shape)
+        weights = _random_weights(wrapper.layer, rng)
+        v = weights[0]
+        g = rng.uniform(0.5, 2.0, size=wrapper.g.shape).astype("float32")
+        wrapper.g.assign(g)
+        plain = make()
+        plain.build(x.shape)
+        direction = reference_direction(v)
+        plain.set_weights([(direction * g).astype("float32"), *weights[1:]])
+        out_shape = tuple(_np(plain(x)).shape)
+        target = rng.normal(size=out_shape).astype("float32")
+        cell = wrapper.layer.cell
+
+        def loss_of(layer):
+            return lambda x: keras.ops.sum(keras.ops.multiply(layer(x, training=True), target))
+
+        _, _, (grad_v, grad_g, grad_u) = value_and_gradients(
+            loss_of(wrapper), [x], [cell.kernel, wrapper.g, cell.recurrent_kernel]
+        )
+        _, _, (grad_w, grad_u_plain) = value_and_gradients(
+            loss_of(plain), [x], [plain.cell.kernel, plain.cell.recurrent_kernel]
+        )
+        expected_g = np.sum(grad_w * direction, axis=0)
+        expected_v = g / np.linalg.norm(v, axis=0) * (grad_w - expected_g * direction)
+        np.testing.assert_allclose(grad_g, expected_g, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(grad_v, expected_v, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(np.sum(grad_v * v, axis=0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(grad_u, grad_u_plain, atol=1e-5, rtol=1e-4)
+        assert np.all(np.abs(grad_g) > 0)
+
+    def test_rnn_data_init_sets_g_from_unmasked_steps_and_keeps_biases(self):
+        rng = np.random.default_rng(23)
+        x = (rng.normal(size=(4, 6, 3)) * 2 + 1).astype("float32")
+        mask = np.arange(6) < np.array([[6], [5], [3], [2]])
+        x[~mask] = 50.0  # padding: it would dominate the statistics if counted
+        wrapper = WeightNormalization(keras.layers.LSTM(3, return_sequences=True))
+        wrapper.build(x.shape)
+        cell = wrapper.layer.cell
+        v0, u0, b0 = (_np(w) for w in wrapper.layer.weights)
+        np.testing.assert_array_equal(b0, np.repeat([0.0, 1.0, 0.0, 0.0], 3))  # Keras's init
+        assert len(wrapper.trainable_weights) == 4  # g, kernel, recurrent_kernel, bias
+        assert len(wrapper.non_trainable_weights) == 2  # g_offset, initialized
+        assert not hasattr(wrapper, "bias_offset")
+        wrapper(x, mask=mask, training=True)
+        assert bool(_np(wrapper.initialized))
+        t = x[mask].astype(np.float64) @ reference_direction(v0)  # real steps, (n, 12)
+        g_eff = _np(wrapper.g) + _np(wrapper.g_offset)
+        np.testing.assert_allclose(g_eff, 1.0 / t.std(0), rtol=1e-4)
+        np.testing.assert_array_equal(_np(cell.bias), b0)
+        np.testing.assert_array_equal(_np(wrapper.g), np.linalg.norm(v0, axis=0).astype("float32"))
+        w = reference_direction(v0) * g_eff
+        np.testing.assert_allclose((x[mask] @ w).std(0), 1.0, rtol=1e-3)
+        plain = keras.layers.LSTM(3, return_sequences=True)
+        plain.build(x.shape)
+        plain.set_weights([w.astype("float32"), u0, b0])
+        np.testing.assert_allclose(
+            _np(wrapper(x, mask=mask)), _np(plain(x, mask=mask)), atol=1e-5, rtol=1e-5
+        )
+        offset = _np(wrapper.g_offset)
+        wrapper(x[::-1] * 3.0, training=True)  # later batches do not initialize again
+        np.testing.assert_array_equal(_np(wrapper.g_offset), offset)
+
+    def test_rnn_stateful_carries_the_state(self):
+        rng = np.random.default_rng(24)
+        x = rng.normal(size=(2, 6, 3)).astype("float32")
+        wrapper = WeightNormalization(
+            keras.layers.GRU(4, return_sequences=True, stateful=True), data_init=False
+        )
+        wrapper.build((2, None, 3))
+        weights = _random_weights(wrapper.layer, rng)
+        plain = keras.layers.GRU(4, return_sequences=True)
+        plain.build(x.shape)
+        plain.set_weights([(reference_direction(weights[0]) * _np(wrapper.g)), *weights[1:]])
+        halves = [_np(wrapper(x[:, :4])), _np(wrapper(x[:, 4:]))]
+        np.testing.assert_allclose(
+            np.concatenate(halves, axis=1), _np(plain(x)), atol=1e-5, rtol=1e-5
+        )
+
+    def test_rnn_mixed_precision(self):
+        keras.config.set_dtype_policy("mixed_float16")
+        rng = np.random.default_rng(25)
+        x = rng.normal(size=(2, 4, 3)).astype("float32")
+        wrapper = WeightNormalization(keras.layers.GRU(3), data_init=False)
+        wrapper.build(x.shape)
+        weights = _random_weights(wrapper.layer, rng)
+        # Entries of 1e3: their squares overflow float16, the norm must be float32.
+        wrapper.layer.cell.kernel.assign(weights[0] * 1e3)
+        y = wrapper(x)
+        assert keras.backend.standardize_dtype(y.dtype) == "float16"
+        assert all(
+            keras.backend.standardize_dtype(w.dtype) in ("float32", "bool") for w in wrapper.weights
+        )
+        keras.config.set_dtype_policy("float32")
+        plain = keras.layers.GRU(3)
+        plain.build(x.shape)
+        plain.set_weights([reference_direction(weights[0]) * _np(wrapper.g), *weights[1:]])
+        np.testing.assert_allclose(_np(keras.ops.cast(y, "float32")), _np(plain(x)), atol=1e-2)
+
+    # ---- remove(): a plain layer with the effective kernel and bias.
+
+    @pytest.mark.parametrize(
+        "make_layer, shape",
+        [
+            (lambda: keras.layers.Dense(3, activation="tanh"), (4,)),
+            (lambda: keras.layers.Conv2DTranspose(3, 2, strides=2), (3, 3, 2)),
+            (lambda: keras.layers.LSTM(3, return_sequences=True), (5, 4)),
+            (lambda: IndRNN(4), (5, 3)),
+        ],
+        ids=["Dense", "Conv2DTranspose", "LSTM", "IndRNN"],
+    )
+    def test_remove_matches_the_wrapper_through_training_and_reload(
+        self, make_layer, shape, tmp_path
+    ):
+        rng = np.random.default_rng(26)
+        x = (rng.normal(size=(4, *shape)) + 0.5).astype("float32")
+        inputs = keras.Input(shape)
+        wrapper = WeightNormalization(make_layer())
+        model = keras.Model(inputs, wrapper(inputs))
+        y = rng.normal(size=_np(model(x)).shape).astype("float32")
+        self._check_remove(wrapper, x)  # untrained: the plain layer's own kernel
+        wrapper(x, training=True)  # data-dependent initialization
+        assert bool(_np(wrapper.initialized)) and np.any(_np(wrapper.g_offset) != 0)
+        self._check_remove(wrapper, x)
+        g_before = _np(wrapper.g)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.train_on_batch(x, y)
+        assert not np.allclose(_np(wrapper.g), g_before)
+        self._check_remove(wrapper, x)
+        loaded = assert_keras_file_round_trip(model, x, tmp_path)
+        self._check_remove(loaded.layers[1], x)
+
+    @staticmethod
+    def _check_remove(wrapper, x):
+        """`remove()` gives a new layer of the same class and config, with the kernel
+        g_eff * v / ||v|| and bias b + bias_offset computed here in NumPy, that
+        computes what the wrapper computes; the wrapper is unchanged."""
+        before = [_np(w) for w in wrapper.weights]
+        plain = wrapper.remove()
+        layer = wrapper.layer
+        assert type(plain) is type(layer) and plain.built
+        assert plain.get_config() == layer.get_config()
+        assert {id(w) for w in plain.weights}.isdisjoint(id(w) for w in wrapper.weights)
+        for b, w in zip(before, wrapper.weights):
+            np.testing.assert_array_equal(_np(w), b)
+        is_rnn = isinstance(layer, keras.layers.RNN)
+        source, target = (layer.cell, plain.cell) if is_rnn else (layer, plain)
+        unit_axis = -2 if isinstance(layer, keras.layers.Conv2DTranspose) else -1
+        v = _np(source.kernel)
+        g_eff = _np(wrapper.g) + _np(wrapper.g_offset)
+        g_shape = [1] * v.ndim
+        g_shape[unit_axis] = -1
+        np.testing.assert_allclose(
+            _np(target.kernel),
+            reference_direction(v, unit_axis) * g_eff.reshape(g_shape),
+            atol=1e-6,
+            rtol=1e-5,
+        )
+        expected_bias = _np(source.bias) + (0.0 if is_rnn else _np(wrapper.bias_offset))
+        np.testing.assert_allclose(_np(target.bias), expected_bias, atol=1e-6, rtol=1e-6)
+        np.testing.assert_allclose(_np(plain(x)), _np(wrapper(x)), atol=1e-5, rtol=1e-5)
+
+    def test_remove_without_data_init_or_bias(self):
+        x = np.random.default_rng(27).normal(size=(3, 4)).astype("float32")
+        wrapper = WeightNormalization(keras.layers.Dense(2, use_bias=False), data_init=False)
+        wrapper.build(x.shape)
+        wrapper.g.assign(np.array([0.5, 3.0], "float32"))
+        plain = wrapper.remove()
+        assert plain.bias is None
+        expected = x @ (reference_direction(_np(wrapper.layer.kernel)) * [0.5, 3.0])
+        np.testing.assert_allclose(_np(plain(x)), expected, atol=1e-5, rtol=1e-5)
+
+    @pytest.mark.backend_free
+    def test_remove_before_build_is_an_error(self):
+        wrapper = WeightNormalization(keras.layers.Dense(2, name="head"))
+        with pytest.raises(ValueError, match="call the wrapper .* first.*'head'"):
+            wrapper.remove()
+
+    # ---- Bad recurrent layers.
+
+    @pytest.mark.parametrize(
+        "make_layer, shape, pattern",
+        [
+            (lambda: keras.layers.RNN(_CellWithoutKernel()), (2, 3, 4), "_CellWithoutKernel"),
+            (lambda: keras.layers.ConvLSTM1D(2, 2), (2, 3, 5, 2), "ConvLSTMCell"),
+        ],
+        ids=["no_kernel", "conv_kernel"],
+    )
+    def test_rnn_cell_without_an_input_kernel_is_rejected(self, make_layer, shape, pattern):
+        wrapper = WeightNormalization(make_layer())
+        with pytest.raises(ValueError, match=f"Argument `layer`.*{pattern}"):
+            wrapper.build(shape)
+
+    def test_initial_state_only_for_rnn(self):
+        wrapper = WeightNormalization(keras.layers.Dense(2), data_init=False)
+        x = np.ones((2, 3), "float32")
+        with pytest.raises(ValueError, match="Argument `initial_state`.*Dense"):
+            wrapper(x, initial_state=[x])
+
+    def test_rnn_config_round_trip(self):
+        wrapper = WeightNormalization(IndRNN(3, timesteps=10), data_init=False, name="wn_ind")
+        restored = assert_config_round_trip(wrapper)
+        assert isinstance(restored.layer, IndRNN) and restored.layer.cell.timesteps == 10
+        assert restored.data_init is False
+
+    @pytest.mark.tensorflow_only
+    def test_rnn_export_serves(self, tmp_path):
+        inputs = keras.Input((5, 3))
+        hidden = WeightNormalization(keras.layers.LSTM(4, return_sequences=True))(inputs)
+        outputs = WeightNormalization(IndRNN(3))(hidden)
+        model = keras.Model(inputs, outputs)
+        x = np.random.default_rng(28).normal(size=(2, 5, 3)).astype("float32")
+        model.compile(optimizer="sgd", loss="mse")
+        model.train_on_batch(x, np.zeros((2, 3), "float32"))  # data init and one step
         assert_export_serves(model, x, tmp_path)

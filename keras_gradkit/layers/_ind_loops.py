@@ -120,15 +120,38 @@ def _scan(step, init, inputs, reverse=False, unroll=PARALLEL):
 
 
 def _project(x_chunk, kernel, bias):
-    """`(chunk, batch, features) @ kernel + bias` as one matrix product."""
+    """`(chunk, batch, features) @ kernel + bias` as one matrix product
+    (`x_chunk + bias` without a kernel)."""
+    if kernel is None:
+        return x_chunk + bias
     shape = ops.shape(x_chunk)
     flat = ops.matmul(ops.reshape(x_chunk, (-1, shape[-1])), kernel) + bias
     return ops.reshape(flat, (shape[0], shape[1], -1))
 
 
-def _next_state(h, x_row, keep, u, activation):
-    """One step, `act(x_row + u * h)`, keeping `h` where `keep` is False."""
-    new = activation(x_row + u * h)
+def clip_gradient(x, limit):
+    """The identity, whose gradient is clipped elementwise to `[-limit, limit]`
+    (Lasagne's `grad_clipping` applied to a step's pre-activation); `x` as it
+    is when `limit` is None."""
+    if limit is None:
+        return x
+
+    @ops.custom_gradient
+    def identity(x):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return ops.clip(upstream, -limit, limit)
+
+        return ops.copy(x), grad
+
+    return identity(x)
+
+
+def _next_state(h, x_row, keep, u, activation, grad_clipping=None):
+    """One step, `act(x_row + u * h)`, keeping `h` where `keep` is False; the
+    gradient w.r.t. the pre-activation clipped to `grad_clipping`."""
+    new = activation(clip_gradient(x_row + u * h, grad_clipping))
     return new if keep is None else ops.where(keep, new, h)
 
 
@@ -191,47 +214,78 @@ def written_forward(x, kernel, bias, u, h0, mask, activation, chunk):
     return ops.fori_loop(0, steps // chunk, body, (h0, states))[1]
 
 
-def _backward_chunk(c, inputs, kernel, u, slope_of, chunk, has_grads, has_mask):
+def _backward_chunk(c, inputs, kernel, u, slope_of, chunk, has_grads, has_mask, clip):
     """One chunk of the backward pass, from its last step to its first.
 
     With `a_t = act'(pre_t)`: `g_t = grad_t + c_t`, `dpre_t = g_t * a_t` and
     `c_{t-1} = g_t * a_t * u` (`= g_t` at a masked step). The factor
     `a_t * u` is computed for the whole chunk first, so the loop costs one
-    multiplication per step (two with per-step gradients)."""
+    multiplication per step (two with per-step gradients). With `clip`,
+    `dpre_t = clip(g_t * a_t)` and `c_{t-1} = dpre_t * u`, the clip inside
+    the recurrence."""
     h_chunk, h_before, x_chunk = inputs[:3]
     slope = slope_of(h_chunk)
-    decay = slope * u
+    keep = inputs[-1] if has_mask else None
     if has_mask:
-        keep = inputs[-1]
         slope = ops.where(keep, slope, ops.zeros_like(slope))
+    grad_rows = ops.unstack(inputs[3], num=chunk) if has_grads else None
+    if clip is None:
+        c, dpre = _unclipped_chain(c, slope, keep, u, grad_rows, chunk)
+    else:
+        c, dpre = _clipped_chain(c, slope, keep, u, grad_rows, chunk, clip)
+    h_prev = ops.concatenate([ops.expand_dims(h_before, 0), h_chunk[:-1]], axis=0)
+    return c, dpre, _weight_gradients(dpre, h_prev, x_chunk, kernel)
+
+
+def _unclipped_chain(c, slope, keep, u, grad_rows, chunk):
+    """The chunk's pre-activation gradients and the carry before it."""
+    decay = slope * u
+    if keep is not None:
         decay = ops.where(keep, decay, ops.ones_like(decay))
     decay_rows = ops.unstack(decay, num=chunk)
-    grad_rows = ops.unstack(inputs[3], num=chunk) if has_grads else None
     g_rows = [None] * chunk
     for j in reversed(range(chunk)):
         g = c if grad_rows is None else grad_rows[j] + c
         g_rows[j] = g
         c = g * decay_rows[j]
-    dpre = ops.stack(g_rows) * slope
-    h_prev = ops.concatenate([ops.expand_dims(h_before, 0), h_chunk[:-1]], axis=0)
-    return c, dpre, _weight_gradients(dpre, h_prev, x_chunk, kernel)
+    return c, ops.stack(g_rows) * slope
+
+
+def _clipped_chain(c, slope, keep, u, grad_rows, chunk, clip):
+    """`_unclipped_chain` with each step's pre-activation gradient clipped
+    to `[-clip, clip]` before it flows into the step before."""
+    slope_rows = ops.unstack(slope, num=chunk)
+    keep_rows = None if keep is None else ops.unstack(keep, num=chunk)
+    d_rows = [None] * chunk
+    for j in reversed(range(chunk)):
+        g = c if grad_rows is None else grad_rows[j] + c
+        d = ops.clip(g * slope_rows[j], -clip, clip)
+        d_rows[j] = d
+        c = d * u if keep_rows is None else ops.where(keep_rows[j], d * u, g)
+    return c, ops.stack(d_rows)
 
 
 def _weight_gradients(dpre, h_prev, x_chunk, kernel):
-    """The chunk's gradients w.r.t. `x`, `kernel`, `bias` and `u` from the
-    gradients of its pre-activations."""
-    features, units = ops.shape(kernel)[0], ops.shape(kernel)[1]
-    x_flat = ops.reshape(x_chunk, (-1, features))
+    """The chunk's gradients w.r.t. `x`, `kernel` (None without one), `bias`
+    and `u` from the gradients of its pre-activations."""
+    units = ops.shape(dpre)[-1]
     dpre_flat = ops.reshape(dpre, (-1, units))
-    dx = ops.reshape(ops.matmul(dpre_flat, ops.transpose(kernel)), ops.shape(x_chunk))
-    dkernel = ops.matmul(ops.transpose(x_flat), dpre_flat)
+    if kernel is None:
+        dx, dkernel = dpre, None
+    else:
+        x_flat = ops.reshape(x_chunk, (-1, ops.shape(kernel)[0]))
+        dx = ops.reshape(ops.matmul(dpre_flat, ops.transpose(kernel)), ops.shape(x_chunk))
+        dkernel = ops.matmul(ops.transpose(x_flat), dpre_flat)
     return dx, dkernel, ops.sum(dpre_flat, axis=0), ops.sum(dpre * h_prev, axis=(0, 1))
 
 
-def _scan_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, slope_of, chunk):
-    """Gradients w.r.t. `x`, `kernel`, `bias`, `u` and `h0`, given the
-    gradient w.r.t. every state (`grad_states`) or, when only the last state
-    is used, w.r.t. the last state (`grad_last`, `grad_states=None`)."""
+def _scan_backward(
+    grad_states, grad_last, states, x, kernel, u, h0, mask, slope_of, chunk, clip=None
+):
+    """Gradients w.r.t. `x`, `kernel` (None without one), `bias`, `u` and
+    `h0`, given the gradient w.r.t. every state (`grad_states`) or, when only
+    the last state is used, w.r.t. the last state (`grad_last`,
+    `grad_states=None`); `clip` clips each step's pre-activation gradient."""
     state_chunks = _chunked(states, chunk)
     # The state just before each chunk: h0, then each chunk's last state.
     previous = ops.concatenate([ops.expand_dims(h0, 0), state_chunks[:-1, -1]], axis=0)
@@ -240,12 +294,21 @@ def _scan_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, slope
         inputs += (_chunked(grad_states, chunk),)
     if mask is not None:
         inputs += (_chunked(mask, chunk),)
+    has_kernel = kernel is not None
 
     def step(carry, inputs):
         c, _, (dx, dkernel, dbias, du) = _backward_chunk(
-            carry[1], inputs, kernel, u, slope_of, chunk, grad_states is not None, mask is not None
+            carry[1],
+            inputs,
+            kernel,
+            u,
+            slope_of,
+            chunk,
+            grad_states is not None,
+            mask is not None,
+            clip,
         )
-        out = (dx, c, du, dkernel, dbias)
+        out = (dx, c, du, dbias) + ((dkernel,) if has_kernel else ())
         return out, out
 
     zeros = ops.zeros_like
@@ -253,13 +316,13 @@ def _scan_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, slope
         zeros(inputs[2][0]),
         zeros(h0) if grad_last is None else grad_last,
         zeros(u),
-        zeros(kernel),
         zeros(u),
-    )
-    final, (dx, _, du, dkernel, dbias) = _scan(step, init, inputs, reverse=True)
+    ) + ((zeros(kernel),) if has_kernel else ())
+    final, outputs = _scan(step, init, inputs, reverse=True)
+    dx, _, du, dbias = outputs[:4]
     return (
         ops.reshape(dx, ops.shape(x)),
-        ops.sum(dkernel, axis=0),
+        ops.sum(outputs[4], axis=0) if has_kernel else None,
         ops.sum(dbias, axis=0),
         ops.sum(du, axis=0),
         final[1],
@@ -279,6 +342,7 @@ def chunked_recurrence(
     max_chunk=MAX_CHUNK,
     backward_max_chunk=None,
     forward=_scan_forward,
+    grad_clipping=None,
 ):
     """TensorFlow's engine: chunks of `chunk` steps per loop iteration (one
     input projection per chunk) and a hand-written backward pass. `chunk`
@@ -286,7 +350,9 @@ def chunked_recurrence(
     `max_chunk`, and the sequence is padded with masked steps when there is
     no divisor of at least 8. The backward loop takes the largest divisor up
     to `backward_max_chunk` when that is longer (and the length is known).
-    `forward` runs the forward loop (`written_forward` under XLA)."""
+    `forward` runs the forward loop (`written_forward` under XLA).
+    `kernel` may be None (the recurrence alone, `x` already projected);
+    `grad_clipping` clips each step's pre-activation gradient."""
     steps = x.shape[0]
     if chunk is None:
         chunk = _chunk_size(steps, max_chunk)
@@ -294,28 +360,53 @@ def chunked_recurrence(
         # No good divisor (or an unknown length): pad with masked steps, which
         # keep the state, rather than loop one step at a time.
         return _padded_recurrence(
-            x, kernel, bias, u, h0, mask, activation, last_only, backward_max_chunk, forward
+            x,
+            kernel,
+            bias,
+            u,
+            h0,
+            mask,
+            activation,
+            last_only,
+            backward_max_chunk,
+            forward,
+            grad_clipping,
         )
     backward_chunk = chunk
     if backward_max_chunk is not None and isinstance(steps, int):
         backward_chunk = max(chunk, _chunk_size(steps, backward_max_chunk))
     slope_of = slope_for(activation)
+    has_kernel = kernel is not None
 
-    @ops.custom_gradient
-    def recurrence(x, kernel, bias, u, h0):
+    def recurrence(*args):
+        # (x, kernel, bias, u, h0), or (x, bias, u, h0) without a kernel.
+        x, bias, u, h0 = args[0], args[-3], args[-2], args[-1]
+        kernel = args[1] if has_kernel else None
         states = forward(x, kernel, bias, u, h0, mask, activation, chunk)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
             grad_states, grad_last = (None, upstream) if last_only else (upstream, None)
-            return _scan_backward(
-                grad_states, grad_last, states, x, kernel, u, h0, mask, slope_of, backward_chunk
+            grads = _scan_backward(
+                grad_states,
+                grad_last,
+                states,
+                x,
+                kernel,
+                u,
+                h0,
+                mask,
+                slope_of,
+                backward_chunk,
+                grad_clipping,
             )
+            return grads if has_kernel else grads[:1] + grads[2:]
 
         return (states[-1] if last_only else states), grad
 
-    return recurrence(x, kernel, bias, u, h0)
+    args = (x, kernel, bias, u, h0) if has_kernel else (x, bias, u, h0)
+    return ops.custom_gradient(recurrence)(*args)
 
 
 def _padded_recurrence(
@@ -329,6 +420,7 @@ def _padded_recurrence(
     last_only,
     backward_max_chunk=None,
     forward=_scan_forward,
+    grad_clipping=None,
 ):
     """`chunked_recurrence` on the sequence padded with masked steps (which
     keep the state) to a multiple of `_PAD_CHUNK`; the padding's states are
@@ -353,21 +445,26 @@ def _padded_recurrence(
         chunk=_PAD_CHUNK,
         backward_max_chunk=backward_max_chunk,
         forward=forward,
+        grad_clipping=grad_clipping,
     )
     return states if last_only else states[:steps]
 
 
-def scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, unroll=PARALLEL):
+def scanned_recurrence(
+    x, kernel, bias, u, h0, mask, activation, last_only, unroll=PARALLEL, grad_clipping=None
+):
     """JAX's engine (and every backend's for activations without a
     hand-written derivative): `ops.scan` over the steps, differentiated
     automatically, `unroll` steps unrolled per loop iteration. The input
     projection stays inside the step, which XLA fuses: projecting the whole
     sequence before the loop is slower, as the projected sequence and its
-    gradient then travel through memory."""
+    gradient then travel through memory. `kernel` may be None;
+    `grad_clipping` clips each step's pre-activation gradient."""
 
     def step(h, inputs):
         keep = None if mask is None else inputs[1]
-        h = _next_state(h, ops.matmul(inputs[0], kernel) + bias, keep, u, activation)
+        row = inputs[0] + bias if kernel is None else ops.matmul(inputs[0], kernel) + bias
+        h = _next_state(h, row, keep, u, activation, grad_clipping)
         return h, h
 
     inputs = (x,) if mask is None else (x, mask)

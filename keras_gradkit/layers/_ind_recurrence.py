@@ -31,6 +31,7 @@ def ind_recurrence(
     activation=keras.activations.relu,
     last_only=False,
     training=False,
+    grad_clipping=None,
 ):
     """Runs `h_t = activation(x_t @ kernel + bias + u * h_{t-1})` over
     time-major inputs, with the engine that is fastest on the backend:
@@ -45,7 +46,8 @@ def ind_recurrence(
 
     Args:
         x: `(timesteps, batch, features)`.
-        kernel: `(features, units)`.
+        kernel: `(features, units)`, or None for the recurrence alone
+            (`x_t + bias + u * h_{t-1}`, `features == units`).
         bias: `(units,)`.
         u: `(units,)`, the recurrent weights.
         h0: `(batch, units)`, the initial state.
@@ -57,9 +59,15 @@ def ind_recurrence(
             the (all-zero) gradients of the other states.
         training: whether the layer trains (TensorFlow then compiles the
             loops with XLA).
+        grad_clipping: positive float or None: during backpropagation the
+            gradient w.r.t. each step's pre-activation is clipped
+            elementwise to `[-grad_clipping, grad_clipping]`, as Lasagne's
+            `grad_clipping`; the forward pass is unchanged.
 
     Returns:
         The states, `(timesteps, batch, units)`, or the last one.
     """
     engine = backend.get("ind_recurrence")
-    return engine.ind_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, training)
+    return engine.ind_recurrence(
+        x, kernel, bias, u, h0, mask, activation, last_only, training, grad_clipping
+    )

@@ -10,11 +10,18 @@ from keras_gradkit.api_export import keras_gradkit_export
 # before its loop and forget them after the call (see `backend/keras_private.py`).
 from keras_gradkit.backend.keras_private import DropoutRNNCell
 from keras_gradkit.constraints import MaxAbs
+from keras_gradkit.layers._ind_loops import clip_gradient
 from keras_gradkit.layers._ind_recurrence import ind_recurrence, masked_output_repeats_state
 
 
-def _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout):
+def _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout, grad_clipping=None):
     _validation.positive_int("units", units)
+    _validation.positive_float(
+        "grad_clipping",
+        grad_clipping,
+        allow_none=True,
+        hint="(it bounds the gradient w.r.t. each step's pre-activation)",
+    )
     _validation.positive_float(
         "recurrent_max_abs",
         recurrent_max_abs,
@@ -23,6 +30,32 @@ def _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout):
     )
     _validation.positive_int("timesteps", timesteps, allow_none=True)
     _validation.fraction("dropout", dropout)
+
+
+def _check_without_kernel(kernel_initializer, kernel_regularizer, kernel_constraint):
+    """`use_kernel=False` leaves no input kernel to initialize, regularize or
+    constrain: a `kernel_*` argument then is a mistake, not a no-op."""
+    given = {
+        "kernel_initializer": kernel_initializer not in (None, "glorot_uniform"),
+        "kernel_regularizer": kernel_regularizer is not None,
+        "kernel_constraint": kernel_constraint is not None,
+    }
+    values = {
+        "kernel_initializer": kernel_initializer,
+        "kernel_regularizer": kernel_regularizer,
+        "kernel_constraint": kernel_constraint,
+    }
+    for name, is_given in given.items():
+        if is_given:
+            raise ValueError(
+                f"With `use_kernel=False` the recurrence has no input kernel, so "
+                f"`{name}` has nothing to act on; drop it, or put it on the layer "
+                f"that projects the input. Received: {name}={values[name]!r}"
+            )
+
+
+def _serialize_or_none(serialize, value):
+    return None if value is None else serialize(value)
 
 
 def recurrent_bound(recurrent_max_abs=None, timesteps=None):
@@ -42,11 +75,11 @@ def ind_rnn_arguments(layer):
         "units": layer.units,
         "activation": keras.activations.serialize(layer.activation),
         "use_bias": layer.use_bias,
-        "kernel_initializer": keras.initializers.serialize(layer.kernel_initializer),
-        "recurrent_initializer": (
-            None
-            if layer.recurrent_initializer is None
-            else keras.initializers.serialize(layer.recurrent_initializer)
+        "kernel_initializer": _serialize_or_none(
+            keras.initializers.serialize, layer.kernel_initializer
+        ),
+        "recurrent_initializer": _serialize_or_none(
+            keras.initializers.serialize, layer.recurrent_initializer
         ),
         "bias_initializer": keras.initializers.serialize(layer.bias_initializer),
         "recurrent_max_abs": layer.recurrent_max_abs,
@@ -73,7 +106,10 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
     keeps it from exploding or vanishing over thousands of steps.
 
     Equation: `h_t = activation(x_t @ kernel + recurrent_kernel * h_{t-1} + bias)`
-    with `recurrent_kernel` a vector of shape `(units,)`.
+    with `recurrent_kernel` a vector of shape `(units,)`; with
+    `use_kernel=False`, the recurrence alone,
+    `h_t = activation(x_t + recurrent_kernel * h_{t-1} + bias)` (the official
+    code's `IndRNN_onlyrecurrent`, after any projection of the input).
 
     The bound `|recurrent_kernel| <= recurrent_max_abs` (or `2 ** (1 / timesteps)`
     when only `timesteps` is given, as in the paper) is enforced by a
@@ -106,6 +142,19 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         dropout: float in `[0, 1)`, fraction of the input units dropped, with
             one mask shared by all time steps of a sequence. Defaults to `0.0`.
         seed: int or None, seed of the dropout mask. Defaults to `None`.
+        use_kernel: bool, whether the input passes through an input kernel.
+            With `False` the cell is the recurrence alone: the input width
+            must equal `units`, and `kernel_initializer`,
+            `kernel_regularizer` and `kernel_constraint` are refused.
+            Defaults to `True`.
+        grad_clipping: positive float or None. During backpropagation
+            through time, the gradient with respect to each step's
+            pre-activation is clipped elementwise to
+            `[-grad_clipping, grad_clipping]` before it flows into the
+            weights and the step before, as Lasagne's `grad_clipping` (used
+            with 10 by the official IndRNN adding-problem code); the forward
+            pass is unchanged. Unlike clipping the final gradient, it bounds
+            what each step passes back. Defaults to `None`.
 
     Call arguments:
         sequence: tensor of shape `(batch, features)`, one time step.
@@ -145,15 +194,24 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         bias_constraint=None,
         dropout=0.0,
         seed=None,
+        use_kernel=True,
+        grad_clipping=None,
         **kwargs,
     ):
-        _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout)
+        _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout, grad_clipping)
         _validation.bool_arg("use_bias", use_bias)
+        _validation.bool_arg("use_kernel", use_kernel)
+        if not use_kernel:
+            _check_without_kernel(kernel_initializer, kernel_regularizer, kernel_constraint)
+            kernel_initializer = None
         super().__init__(**kwargs)
         self.units = units
         self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.use_kernel = use_kernel
+        self.kernel_initializer = (
+            None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
+        )
         self.recurrent_initializer = (
             None if recurrent_initializer is None else keras.initializers.get(recurrent_initializer)
         )
@@ -166,6 +224,7 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.dropout = float(dropout)
+        self.grad_clipping = None if grad_clipping is None else float(grad_clipping)
         self.recurrent_dropout = 0.0  # as Keras's cells have it; IndRNN has none
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed=seed)
@@ -189,13 +248,23 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
                 "IndRNNCell needs a known feature dimension (last axis). "
                 f"Received: input_shape={input_shape}"
             )
-        self.kernel = self.add_weight(
-            shape=(input_dim, self.units),
-            name="kernel",
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
+        if self.use_kernel:
+            self.kernel = self.add_weight(
+                shape=(input_dim, self.units),
+                name="kernel",
+                initializer=self.kernel_initializer,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+            )
+        elif input_dim != self.units:
+            raise ValueError(
+                "With `use_kernel=False` the input is added to the state as it "
+                f"is, so its width must equal `units`. Received: input width="
+                f"{input_dim} (input_shape={tuple(input_shape)}), units={self.units}. "
+                f"Project it first, e.g. with `keras.layers.Dense({self.units})`."
+            )
+        else:
+            self.kernel = None
         bound = self.bound
         self.recurrent_kernel = self.add_weight(
             shape=(self.units,),
@@ -221,10 +290,11 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         dropout_mask = self.get_dropout_mask(sequence)
         if training and dropout_mask is not None:
             sequence = sequence * dropout_mask
-        pre = ops.matmul(sequence, self.kernel) + self.recurrent_kernel * h_prev
+        projected = sequence if self.kernel is None else ops.matmul(sequence, self.kernel)
+        pre = projected + self.recurrent_kernel * h_prev
         if self.use_bias:
             pre = pre + self.bias
-        h = self.activation(pre)
+        h = self.activation(clip_gradient(pre, self.grad_clipping))
         return h, ([h] if nested else h)
 
     def get_initial_state(self, batch_size=None):
@@ -258,7 +328,11 @@ class IndRNNCell(keras.layers.Layer, DropoutRNNCell):
         """Nothing to forget: IndRNN has no recurrent dropout."""
 
     def get_config(self):
-        config = ind_rnn_arguments(self)
+        config = {
+            **ind_rnn_arguments(self),
+            "use_kernel": self.use_kernel,
+            "grad_clipping": self.grad_clipping,
+        }
         return {**super().get_config(), **config}
 
 
@@ -282,7 +356,8 @@ class IndRNN(keras.layers.RNN):
             `recurrent_initializer`, `bias_initializer`, `recurrent_max_abs`,
             `timesteps`, `kernel_regularizer`, `recurrent_regularizer`,
             `bias_regularizer`, `kernel_constraint`, `bias_constraint`,
-            `dropout` and `seed`.
+            `dropout`, `seed`, `use_kernel` and `grad_clipping` (clipped
+            inside the backward pass of every engine).
         return_sequences: bool, return the whole sequence of outputs instead
             of the last one. Defaults to `False`.
         return_state: bool, also return the last state. Defaults to `False`.
@@ -337,6 +412,8 @@ class IndRNN(keras.layers.RNN):
         return_state=False,
         go_backwards=False,
         stateful=False,
+        use_kernel=True,
+        grad_clipping=None,
         **kwargs,
     ):
         if kwargs.pop("unroll", False):
@@ -361,6 +438,8 @@ class IndRNN(keras.layers.RNN):
             bias_constraint=bias_constraint,
             dropout=dropout,
             seed=seed,
+            use_kernel=use_kernel,
+            grad_clipping=grad_clipping,
             dtype=kwargs.get("dtype"),
             trainable=kwargs.get("trainable", True),
             name="ind_rnn_cell",
@@ -396,9 +475,9 @@ class IndRNN(keras.layers.RNN):
             x = ops.flip(x, axis=0)
             step_mask = None if step_mask is None else ops.flip(step_mask, axis=0)
         # Tensors, not variables: the custom gradient must not capture them.
-        kernel = ops.copy(cell.kernel)
-        bias = ops.copy(cell.bias) if cell.use_bias else ops.zeros((cell.units,), kernel.dtype)
+        kernel = None if cell.kernel is None else ops.copy(cell.kernel)
         u = ops.copy(cell.recurrent_kernel)
+        bias = ops.copy(cell.bias) if cell.use_bias else ops.zeros((cell.units,), u.dtype)
         states = ind_recurrence(
             x,
             kernel,
@@ -409,6 +488,7 @@ class IndRNN(keras.layers.RNN):
             cell.activation,
             last_only=not self.return_sequences,
             training=training,
+            grad_clipping=cell.grad_clipping,
         )
         return self._outputs(states, step_mask)
 

@@ -34,21 +34,28 @@ class ResidualIndRNN(keras.layers.Layer):
     `(batch, timesteps, units)`; put a `keras.layers.Dense(units)` (or an
     `IndRNN`) in front of the first block to change the width.
 
-    Equation (pre-activation, identity shortcut), with `BN` batch
-    normalization over batch and time, `IndRNN` the recurrence
-    `h_t = activation(z_t @ kernel + recurrent_kernel * h_{t-1} + bias)`,
-    `D` dropout with one mask per sequence and `W z = z @ w + b` a per-step
-    weight:
+    Equation (the official code's `_residualBlock_preact`, identity
+    shortcut), with `R` the recurrence alone
+    `R(z)_t = activation(z_t + recurrent_kernel * R(z)_{t-1})`
+    (`keras_gradkit.layers.IndRNN(units, use_kernel=False, use_bias=False)`),
+    `BN` batch normalization over batch and time, `D` dropout with one mask
+    per sequence and `W z = z @ w + b` a per-step weight:
 
-        F(x) = W_2 D(IndRNN_2(BN_2(W_1 D(IndRNN_1(BN_1(x))))))
+        batch_norm="after" (default):  F(x) = W_2 D(BN_2(R_2(W_1 D(BN_1(R_1(x))))))
+        batch_norm="before":           F(x) = W_2 D(R_2(BN_2(W_1 D(R_1(BN_1(x))))))
         y = x + F(x)
 
-    With `batch_norm="after"` each `BN` moves behind its recurrence
-    (`W D(BN(IndRNN(.)))`, the paper's other option); with `None` there is
-    none. The last operation of `F` is a weight, so `F` can take either sign.
-    Each recurrence is a full `keras_gradkit.layers.IndRNN` with its own input
-    kernel (the official code's recurrence has none and relies on the weight
-    before it), so a block holds four `(units, units)` matrices.
+    With `batch_norm=None` there is none. A block holds two `(units, units)`
+    matrices (the weights), as the paper's: the input of each recurrence is
+    the weight (or the block's input) before it, so the recurrences need no
+    input kernel of their own. `"after"` is what the official runs use (the
+    default of `pixelMNIST/opts.py`); `"before"` is the pre-activation order
+    of the paper's figure. The last operation of `F` is a weight, so `F` can
+    take either sign.
+
+    Blocks saved by keras_gradkit 0.x before this layout (each recurrence a
+    full `IndRNN` with its own input kernel and bias: four matrices) load as
+    they were saved, and keep computing what they computed.
 
     Masks: batch statistics are computed over the unmasked steps only, the
     recurrence keeps its state through masked steps, `F` is zero at masked
@@ -61,40 +68,48 @@ class ResidualIndRNN(keras.layers.Layer):
             >= 1 and equal the last axis of the input.
         activation: activation of both recurrences. Defaults to `"relu"`, as
             in the paper.
-        use_bias: bool, whether the recurrences and the weights add a bias.
-            Defaults to `True`.
-        kernel_initializer: initializer of the recurrences' input kernels
-            and of the weights `w`. Defaults to `"glorot_uniform"`.
+        use_bias: bool, whether the weights `W` add a bias (the recurrences
+            have none: the weight before each adds it). Defaults to `True`.
+        kernel_initializer: initializer of the weights `w`. Defaults to
+            `"glorot_uniform"`; the official code's is
+            `keras.initializers.VarianceScaling(2 / 65, "fan_in", "uniform")`
+            (PyTorch's `kaiming_uniform_(a=8)`).
         recurrent_initializer: initializer of the recurrent kernels, as in
             `keras_gradkit.layers.IndRNN`. Defaults to `None` (uniform in
             `[0, bound]`).
-        bias_initializer: initializer of the biases. Defaults to `"zeros"`.
+        bias_initializer: initializer of the biases of the weights. Defaults
+            to `"zeros"`.
         recurrent_max_abs: positive float or None, the bound on
             `|recurrent_kernel|`. Defaults to `None`.
         timesteps: positive int or None; without `recurrent_max_abs` it sets
             the bound to `2 ** (1 / timesteps)`. Defaults to `None`.
-        kernel_regularizer: regularizer of the input kernels and the weights
-            `w`. Defaults to `None`.
+        kernel_regularizer: regularizer of the weights `w` (the official code
+            decays them by 1e-4). Defaults to `None`.
         recurrent_regularizer: regularizer of the recurrent kernels.
             Defaults to `None` (the paper applies no weight decay to them).
         bias_regularizer: regularizer of the biases. Defaults to `None`.
-        kernel_constraint: constraint of the input kernels and the weights
-            `w`. Defaults to `None`.
+        kernel_constraint: constraint of the weights `w`. Defaults to `None`.
         bias_constraint: constraint of the biases. Defaults to `None`.
         dropout: float in `[0, 1)`, fraction of each recurrence's outputs
             dropped before its weight, with one mask shared by all time steps
             of a sequence. Defaults to `0.0`.
         seed: int or None, seed of the dropout masks and of the default
             recurrent initializers. Defaults to `None`.
-        batch_norm: `"before"`, `"after"` or None: where batch normalization
-            sits relative to each recurrence. Defaults to `"before"`.
+        batch_norm: `"after"`, `"before"` or None: where batch normalization
+            sits relative to each recurrence. Defaults to `"after"`, as the
+            official runs.
         momentum: float, momentum of the moving statistics of batch
             normalization. With few training steps, lower it (e.g. `0.9`):
             after 200 steps at `0.99` the moving variance still weighs its
             initial value by 0.13, and inference drifts from training.
+            PyTorch's `momentum=0.1`, the official code's, is Keras's `0.9`.
             Defaults to `0.99`.
         epsilon: positive float added to the variance in batch
-            normalization. Defaults to `1e-3`.
+            normalization (the official code's is PyTorch's `1e-5`).
+            Defaults to `1e-3`.
+        grad_clipping: positive float or None, the recurrences'
+            `grad_clipping` (see `keras_gradkit.layers.IndRNNCell`).
+            Defaults to `None`.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -138,12 +153,17 @@ class ResidualIndRNN(keras.layers.Layer):
         bias_constraint=None,
         dropout=0.0,
         seed=None,
-        batch_norm="before",
+        batch_norm="after",
         momentum=0.99,
         epsilon=1e-3,
+        grad_clipping=None,
         **kwargs,
     ):
         _validate_block_arguments(units, dropout, batch_norm, momentum, epsilon, use_bias)
+        _validation.positive_float("grad_clipping", grad_clipping, allow_none=True)
+        # Blocks saved before the official layout have no such key in their
+        # config (`from_config`): each of their recurrences has an input kernel.
+        self._input_kernels = bool(kwargs.pop("_input_kernels", False))
         super().__init__(**kwargs)
         self.units = units
         self.activation = keras.activations.get(activation)
@@ -165,6 +185,7 @@ class ResidualIndRNN(keras.layers.Layer):
         self.batch_norm = batch_norm
         self.momentum = momentum
         self.epsilon = epsilon
+        self.grad_clipping = None if grad_clipping is None else float(grad_clipping)
         self.supports_masking = True
         self.batch_norms = []
         if batch_norm is not None:
@@ -184,30 +205,38 @@ class ResidualIndRNN(keras.layers.Layer):
                 self.dropout,
                 noise_shape=(None, 1, units),
                 seed=_child_seed(seed, i),
+                dtype=self.dtype_policy,
                 name=f"dropout_{i}",
             )
             for i in (1, 2)
         ]
 
     def _make_recurrence(self, index):
+        if self._input_kernels:
+            projection = dict(
+                use_bias=self.use_bias,
+                kernel_initializer=self.kernel_initializer,
+                bias_initializer=self.bias_initializer,
+                kernel_regularizer=self.kernel_regularizer,
+                bias_regularizer=self.bias_regularizer,
+                kernel_constraint=self.kernel_constraint,
+                bias_constraint=self.bias_constraint,
+            )
+        else:
+            projection = dict(use_kernel=False, use_bias=False)
         return IndRNN(
             self.units,
             activation=self.activation,
-            use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer,
             recurrent_initializer=self.recurrent_initializer,
-            bias_initializer=self.bias_initializer,
             recurrent_max_abs=self.recurrent_max_abs,
             timesteps=self.timesteps,
-            kernel_regularizer=self.kernel_regularizer,
             recurrent_regularizer=self.recurrent_regularizer,
-            bias_regularizer=self.bias_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            bias_constraint=self.bias_constraint,
             seed=_child_seed(self.seed, index),
             return_sequences=True,
+            grad_clipping=self.grad_clipping,
             dtype=self.dtype_policy,
             name=f"ind_rnn_{index}",
+            **projection,
         )
 
     def _make_weight(self, index):
@@ -254,7 +283,7 @@ class ResidualIndRNN(keras.layers.Layer):
         return inputs + residual
 
     def _half(self, i, x, training, mask):
-        """`W D(IndRNN(BN(x)))`, or `W D(BN(IndRNN(x)))` with `batch_norm="after"`."""
+        """`W D(BN(R(x)))`, or `W D(R(BN(x)))` with `batch_norm="before"`."""
         if self.batch_norm == "before":
             x = self.batch_norms[i](x, training=training, mask=mask)
         x = self.recurrences[i](x, training=training, mask=mask)
@@ -272,5 +301,12 @@ class ResidualIndRNN(keras.layers.Layer):
             "batch_norm": self.batch_norm,
             "momentum": self.momentum,
             "epsilon": self.epsilon,
+            "grad_clipping": self.grad_clipping,
+            "_input_kernels": self._input_kernels,
         }
         return {**super().get_config(), **config}
+
+    @classmethod
+    def from_config(cls, config):
+        # A config without `_input_kernels` was saved by the four-matrix block.
+        return cls(**{"_input_kernels": True, **config})

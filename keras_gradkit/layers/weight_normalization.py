@@ -13,14 +13,14 @@ _TRANSPOSED = (
     keras.layers.Conv2DTranspose,
     keras.layers.Conv3DTranspose,
 )
-_SUPPORTED = (keras.layers.Dense,) + _CONVS + _TRANSPOSED
+_SUPPORTED = (keras.layers.Dense,) + _CONVS + _TRANSPOSED + (keras.layers.RNN,)
 # Statistics of the first batch: variance floor for units that are constant.
 _INIT_EPSILON = 1e-6
 
 
 @keras_gradkit_export
 class WeightNormalization(keras.layers.Wrapper):
-    """Weight normalization of a `Dense` or convolution layer.
+    """Weight normalization of a `Dense`, convolution or recurrent layer.
 
     Use it to speed up and stabilize the training of deep networks where batch
     normalization does not fit: recurrent or small-batch models, noisy
@@ -38,6 +38,17 @@ class WeightNormalization(keras.layers.Wrapper):
     starts at `||v_j||`, so before any training the wrapper computes exactly
     what the wrapped layer computes.
 
+    A recurrent layer (`keras.layers.SimpleRNN`, `LSTM`, `GRU`,
+    `keras_gradkit.layers.IndRNN`, `LSTM`, `GRU`, or `keras.layers.RNN`
+    around a cell that keeps its input kernel in `cell.kernel`) has its
+    cell's input kernel normalized, `v = .layer.cell.kernel` of shape
+    `(input_dim, k * units)` with one `g` per column (`k = 4` gates for an
+    LSTM, 3 for a GRU, 1 otherwise); the recurrent kernel is left as it is.
+    The wrapped layer runs as usual (masking, `return_sequences`,
+    `return_state`, `go_backwards`, `stateful`, initial states), its cell
+    reading the normalized kernel during the call; Keras's fused LSTM and
+    GRU implementations get it too, as Keras hands them `cell.kernel`.
+
     `data_init=True` is the paper's data-dependent initialization: in the
     first call with `training=True` (the first `fit` step), with
     `t = x . v / ||v||` the pre-activations of that batch, the length and bias
@@ -50,18 +61,27 @@ class WeightNormalization(keras.layers.Wrapper):
     the wrapped layer's bias, because a train step may not write trainable
     variables on every backend; the gradients and optimizer updates are those
     of the paper's `g` and `b`. Without a bias (`use_bias=False`) only the
-    variance is set. The decision is made with `ops.cond` on the flag, so it
-    works under `jit_compile=True`.
+    variance is set. For a recurrent layer only `g` is set, from the
+    variance of `x_t . v / ||v||` over the batch and the (unmasked) time
+    steps; the gate biases keep the values their initializers gave them, and
+    there is no `bias_offset`. The decision is made with `ops.cond` on the
+    flag, so it works under `jit_compile=True`.
 
     The norms are computed in float32 under mixed precision; the product with
     the input runs in the compute dtype. Masks are passed on as the wrapped
-    layer passes them (`Dense` does, convolutions do not).
+    layer passes them (`Dense` and the recurrent layers do, convolutions do
+    not). `remove()` returns a plain layer computing the same outputs.
 
     Args:
-        layer: a `keras.layers.Dense`, `Conv1D`, `Conv2D`, `Conv3D`, or
-            `Conv1DTranspose`/`Conv2DTranspose`/`Conv3DTranspose` (or a
-            subclass), built or not. Its kernel becomes `v`; its bias and
-            activation are used as they are.
+        layer: a `keras.layers.Dense`, `Conv1D`, `Conv2D`, `Conv3D`,
+            `Conv1DTranspose`/`Conv2DTranspose`/`Conv3DTranspose`, or a
+            `keras.layers.RNN` with a single cell whose input kernel is
+            `cell.kernel` of shape `(input_dim, k * units)` (e.g.
+            `keras.layers.SimpleRNN`/`LSTM`/`GRU`,
+            `keras_gradkit.layers.IndRNN`/`LSTM`/`GRU`), or a subclass of
+            these, built or not. Its kernel (the cell's input kernel for a
+            recurrent layer) becomes `v`; its bias and activation are used as
+            they are.
         data_init: bool, whether to apply the data-dependent initialization
             on the first training batch. Defaults to `True`.
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...). The
@@ -69,13 +89,21 @@ class WeightNormalization(keras.layers.Wrapper):
 
     Call arguments:
         inputs: input tensor of the wrapped layer, e.g. `(batch, features)`
-            for `Dense` or `(batch, height, width, channels)` for `Conv2D`.
+            for `Dense`, `(batch, height, width, channels)` for `Conv2D` or
+            `(batch, timesteps, features)` for a recurrent layer.
         training: bool, whether the call is a training step (data
             initialization happens only then).
+        mask: optional mask, passed to a recurrent layer (boolean
+            `(batch, timesteps)`; its masked steps are also left out of the
+            data-dependent initialization). Other layers ignore it, as they
+            do without the wrapper.
+        initial_state: optional list of initial state tensors, for a
+            recurrent layer only.
 
     Returns:
-        The wrapped layer's output for the normalized kernel, same shape as
-        the wrapped layer's output.
+        The wrapped layer's output for the normalized kernel, same shape (or
+        list of outputs and states, for a recurrent layer with
+        `return_state=True`) as the wrapped layer's output.
 
     Example:
 
@@ -87,6 +115,11 @@ class WeightNormalization(keras.layers.Wrapper):
     True
     >>> tuple(layer.g.shape), tuple(layer.layer.kernel.shape)
     ((4,), (3, 4))
+    >>> lstm = keras_gradkit.layers.WeightNormalization(keras.layers.LSTM(5))
+    >>> tuple(lstm(np.random.rand(2, 6, 3).astype("float32")).shape)
+    (2, 5)
+    >>> tuple(lstm.g.shape), tuple(lstm.layer.cell.kernel.shape)  # 4 gates
+    ((20,), (3, 20))
 
     References:
         Salimans & Kingma, [Weight Normalization: A Simple Reparameterization
@@ -95,18 +128,7 @@ class WeightNormalization(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, data_init=True, **kwargs):
-        if not isinstance(layer, keras.layers.Layer):
-            raise TypeError(
-                "Argument `layer` must be a Keras layer with a `kernel` (Dense, "
-                f"Conv1D/2D/3D or their transposed forms). Received: layer={layer!r}"
-            )
-        if not isinstance(layer, _SUPPORTED):
-            raise TypeError(
-                "Argument `layer` must be a Dense, Conv1D/2D/3D or "
-                "Conv1D/2D/3DTranspose layer: WeightNormalization normalizes "
-                f"their `kernel`, and {type(layer).__name__} has none. "
-                f"Received: layer={layer.name!r} of type {type(layer).__name__}"
-            )
+        _check_layer(layer)
         _validation.bool_arg("data_init", data_init)
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
@@ -115,6 +137,10 @@ class WeightNormalization(keras.layers.Wrapper):
         self.autocast = False
         self.supports_masking = layer.supports_masking
         self.input_spec = getattr(layer, "input_spec", None)
+
+    @property
+    def _is_rnn(self):
+        return isinstance(self.layer, keras.layers.RNN)
 
     # Where the output units sit in the kernel and in the outputs.
     def _kernel_unit_axis(self):
@@ -125,16 +151,35 @@ class WeightNormalization(keras.layers.Wrapper):
             return rank - 1
         return 1 if self.layer.data_format == "channels_first" else rank - 1
 
+    def _kernel_variable(self):
+        """`v`: the layer's kernel, or the input kernel of the RNN's cell."""
+        if not self._is_rnn:
+            return self.layer.kernel
+        cell = self.layer.cell
+        kernel = vars(cell).get("kernel")
+        if not isinstance(kernel, keras.Variable) or len(kernel.shape) != 2:
+            got = "missing" if kernel is None else f"a {type(kernel).__name__}"
+            if hasattr(kernel, "shape"):
+                got += f" of shape {tuple(kernel.shape)}"
+            raise ValueError(
+                "Argument `layer` must be an RNN whose cell keeps its input kernel, of shape "
+                "(input_dim, units), in a variable `cell.kernel`: WeightNormalization "
+                "normalizes that kernel. Received: layer="
+                f"{self.layer.name!r} with a {type(cell).__name__} cell whose `kernel` is {got}"
+            )
+        return kernel
+
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        kernel = self.layer.kernel
+        kernel = self._kernel_variable()
         units = kernel.shape[self._kernel_unit_axis()]
         self.g = self.add_weight(shape=(units,), name="g", initializer="ones", autocast=False)
         self.g.assign(self._kernel_norm(ops.convert_to_tensor(kernel)))
         if self.data_init:
             self.g_offset = self._add_state("g_offset", (units,), "zeros", "float32")
-            self.bias_offset = self._add_state("bias_offset", (units,), "zeros", "float32")
+            if not self._is_rnn:
+                self.bias_offset = self._add_state("bias_offset", (units,), "zeros", "float32")
             self.initialized = self._add_state("initialized", (), "zeros", "bool")
         self.built = True
 
@@ -164,12 +209,17 @@ class WeightNormalization(keras.layers.Wrapper):
 
     def _direction(self):
         """`v / ||v||` per unit, float32."""
-        v = ops.cast(ops.convert_to_tensor(self.layer.kernel), "float32")
+        v = ops.cast(ops.convert_to_tensor(self._kernel_variable()), "float32")
         rank = len(v.shape)
         norm = ops.reshape(
             self._kernel_norm(v), self._unit_shape(rank, self._kernel_unit_axis() % rank)
         )
         return v / norm
+
+    def _scaled(self, direction, g):
+        """The normalized kernel `g * v / ||v||`, float32."""
+        rank = len(direction.shape)
+        return direction * ops.reshape(g, self._unit_shape(rank, self._kernel_unit_axis() % rank))
 
     def _linear(self, inputs, kernel):
         """The wrapped layer's product `x . w`, without bias and activation."""
@@ -203,14 +253,24 @@ class WeightNormalization(keras.layers.Wrapper):
             data_format=layer.data_format,
         )
 
-    def _bias(self):
-        if getattr(self.layer, "use_bias", False) and self.layer.bias is not None:
-            return ops.cast(ops.convert_to_tensor(self.layer.bias), "float32")
-        return None
+    def _bias_variable(self):
+        """The bias the offsets apply to; None for RNNs (gate biases stay as set)."""
+        if self._is_rnn or not getattr(self.layer, "use_bias", False):
+            return None
+        return self.layer.bias
 
-    def _first_batch_offsets(self, inputs, direction, g, bias):
+    def _bias(self):
+        bias = self._bias_variable()
+        return None if bias is None else ops.cast(ops.convert_to_tensor(bias), "float32")
+
+    def _first_batch_offsets(self, inputs, direction, g, bias, mask):
         """Offsets that give the batch's pre-activations zero mean, unit variance."""
-        t = ops.cast(self._linear(ops.cast(inputs, "float32"), direction), "float32")
+        inputs = ops.cast(inputs, "float32")
+        if self._is_rnn:
+            t = ops.stop_gradient(ops.matmul(inputs, direction))
+            _, variance = _step_moments(t, mask)
+            return (ops.rsqrt(variance + _INIT_EPSILON) - g,)
+        t = ops.cast(self._linear(inputs, direction), "float32")
         rank = len(t.shape)
         axes = self._reduce_axes(rank, self._output_unit_axis(rank))
         mean, variance = ops.moments(ops.stop_gradient(t), axes=axes)
@@ -218,41 +278,133 @@ class WeightNormalization(keras.layers.Wrapper):
         bias_offset = ops.zeros_like(inv_std) if bias is None else -mean * inv_std - bias
         return inv_std - g, bias_offset
 
-    def _offsets(self, inputs, direction, g, bias, training):
+    def _offset_variables(self):
+        return (self.g_offset,) if self._is_rnn else (self.g_offset, self.bias_offset)
+
+    def _offsets(self, inputs, direction, g, bias, training, mask):
+        """`(g_offset, bias_offset)` for this call (None when there is none)."""
         if not self.data_init:
             return None, None
-        if not training:
-            return ops.convert_to_tensor(self.g_offset), ops.convert_to_tensor(self.bias_offset)
-        g_offset, bias_offset = ops.cond(
-            ops.logical_not(self.initialized),
-            lambda: self._first_batch_offsets(inputs, direction, g, bias),
-            lambda: (ops.convert_to_tensor(self.g_offset), ops.convert_to_tensor(self.bias_offset)),
-        )
-        self.g_offset.assign(g_offset)
-        self.bias_offset.assign(bias_offset)
-        self.initialized.assign(True)
-        return g_offset, bias_offset
+        variables = self._offset_variables()
+        offsets = tuple(ops.convert_to_tensor(v) for v in variables)
+        if training:
+            stored = offsets
+            offsets = tuple(
+                ops.cond(
+                    ops.logical_not(self.initialized),
+                    lambda: self._first_batch_offsets(inputs, direction, g, bias, mask),
+                    lambda: stored,
+                )
+            )
+            for variable, value in zip(variables, offsets):
+                variable.assign(value)
+            self.initialized.assign(True)
+        return offsets[0], (offsets[1] if len(offsets) > 1 else None)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None, initial_state=None):
+        if initial_state is not None and not self._is_rnn:
+            raise ValueError(
+                "Argument `initial_state` is for a wrapped RNN layer only. Received: "
+                f"initial_state (a {type(initial_state).__name__}) for a wrapped "
+                f"{type(self.layer).__name__} layer"
+            )
         direction = self._direction()
         g = ops.cast(ops.convert_to_tensor(self.g), "float32")
         bias = self._bias()
-        g_offset, bias_offset = self._offsets(inputs, direction, g, bias, training)
+        g_offset, bias_offset = self._offsets(inputs, direction, g, bias, training, mask)
         if g_offset is not None:
             g = g + g_offset
-            if bias is not None:
-                bias = bias + bias_offset
-        rank = len(direction.shape)
-        unit_shape = self._unit_shape(rank, self._kernel_unit_axis() % rank)
-        kernel = ops.cast(direction * ops.reshape(g, unit_shape), self.compute_dtype)
-        outputs = self._linear(ops.cast(inputs, self.compute_dtype), kernel)
+        if bias_offset is not None and bias is not None:
+            bias = bias + bias_offset
+        kernel = self._scaled(direction, g)
+        if self._is_rnn:
+            # In the dtype the cell computes in (its policy may differ from ours).
+            kernel = ops.cast(kernel, self.layer.cell.compute_dtype)
+            return self._call_rnn(inputs, kernel, training, mask, initial_state)
+        dtype = self.compute_dtype
+        outputs = self._linear(ops.cast(inputs, dtype), ops.cast(kernel, dtype))
         if bias is not None:
             out_rank = len(outputs.shape)
             bias_shape = self._unit_shape(out_rank, self._output_unit_axis(out_rank))
-            outputs = outputs + ops.reshape(ops.cast(bias, self.compute_dtype), bias_shape)
+            outputs = outputs + ops.reshape(ops.cast(bias, dtype), bias_shape)
         if self.layer.activation is not None:
             outputs = self.layer.activation(outputs)
         return outputs
+
+    def _call_rnn(self, inputs, kernel, training, mask, initial_state):
+        # The cell reads `self.kernel` at each step, and Keras's fused LSTM
+        # and GRU read `cell.kernel`: for this call both see the normalized
+        # tensor, so the gradient reaches `v` and `g` through it. Setting the
+        # instance attribute directly keeps the layer's variable tracking as
+        # it is; the variable is put back even if the call fails.
+        cell = self.layer.cell
+        variable = self._kernel_variable()
+        object.__setattr__(cell, "kernel", kernel)
+        try:
+            return self.layer(inputs, initial_state=initial_state, mask=mask, training=training)
+        finally:
+            object.__setattr__(cell, "kernel", variable)
+
+    def remove(self):
+        """Returns a plain layer that computes what the wrapper computes.
+
+        The new layer is of the wrapped layer's class, made from its config
+        and built for the same input shape. Its kernel (the cell's input
+        kernel, for a recurrent layer) is the normalized `g * v / ||v||` and
+        its bias the one the wrapper adds, both with the data-dependent
+        initialization's offsets included; its other weights are copies of
+        the wrapped layer's. The wrapper and its variables are left
+        unchanged, so it can still be used and trained. Use it to serve or
+        export a model without the wrapper's per-call normalization.
+
+        Returns:
+            A new, built layer of the wrapped layer's class, with the same
+            config and weights holding the effective kernel and bias.
+
+        Raises:
+            ValueError: if the wrapper is not built yet.
+
+        Example:
+
+        >>> import numpy as np, keras, keras_gradkit
+        >>> wrapper = keras_gradkit.layers.WeightNormalization(keras.layers.Dense(3))
+        >>> x = np.random.rand(8, 4).astype("float32")
+        >>> _ = wrapper(x, training=True)  # data init on a first batch
+        >>> dense = wrapper.remove()
+        >>> type(dense).__name__
+        'Dense'
+        >>> y_wrapped = keras.ops.convert_to_numpy(wrapper(x))
+        >>> bool(np.allclose(keras.ops.convert_to_numpy(dense(x)), y_wrapped, atol=1e-5))
+        True
+        """
+        if not self.built:
+            raise ValueError(
+                "WeightNormalization.remove() needs a built wrapper: call the wrapper on a "
+                "batch (or call `build(input_shape)`) first. Received: an unbuilt "
+                f"WeightNormalization of layer {self.layer.name!r}"
+            )
+        kernel, bias = self._effective_weights()
+        replaced = {id(self._kernel_variable()): kernel}
+        if bias is not None:
+            replaced[id(self._bias_variable())] = bias
+        layer = self.layer
+        plain = type(layer).from_config(layer.get_config())
+        plain.build_from_config(layer.get_build_config() or self.get_build_config())
+        for source, target in zip(layer.weights, plain.weights, strict=True):
+            value = replaced.get(id(source))
+            target.assign(ops.convert_to_numpy(source) if value is None else value)
+        return plain
+
+    def _effective_weights(self):
+        """The kernel and bias the (inference) call uses, offsets included, as NumPy."""
+        g = ops.cast(ops.convert_to_tensor(self.g), "float32")
+        bias = self._bias()
+        if self.data_init:
+            g = g + ops.convert_to_tensor(self.g_offset)
+            if bias is not None:
+                bias = bias + ops.convert_to_tensor(self.bias_offset)
+        kernel = ops.convert_to_numpy(self._scaled(self._direction(), g))
+        return kernel, (None if bias is None else ops.convert_to_numpy(bias))
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -268,3 +420,38 @@ class WeightNormalization(keras.layers.Wrapper):
         # Keras's Wrapper pops "layer" from the dict it is given; keep the
         # caller's config intact.
         return super().from_config(dict(config), custom_objects=custom_objects)
+
+
+def _check_layer(layer):
+    """TypeError unless `layer` is a layer WeightNormalization can wrap."""
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(
+            "Argument `layer` must be a Keras layer with a `kernel` (Dense, Conv1D/2D/3D, "
+            f"their transposed forms, or an RNN layer). Received: layer={layer!r}"
+        )
+    if not isinstance(layer, _SUPPORTED):
+        raise TypeError(
+            "Argument `layer` must be a Dense, Conv1D/2D/3D, Conv1D/2D/3DTranspose or RNN "
+            "layer: WeightNormalization normalizes their `kernel` (a recurrent cell's input "
+            f"kernel), and {type(layer).__name__} has none. "
+            f"Received: layer={layer.name!r} of type {type(layer).__name__}"
+        )
+    if isinstance(layer, keras.layers.RNN) and isinstance(layer.cell, keras.layers.StackedRNNCells):
+        raise TypeError(
+            "Argument `layer` must be an RNN with a single cell: a StackedRNNCells has no "
+            "`kernel` of its own. Wrap one `keras.layers.RNN` per cell instead. "
+            f"Received: layer={layer.name!r} with cells "
+            f"{[type(c).__name__ for c in layer.cell.cells]}"
+        )
+
+
+def _step_moments(t, mask):
+    """Mean and variance per unit of `t` `(batch, time, units)` over the batch
+    and the time steps, leaving out the masked steps."""
+    if mask is None:
+        return ops.moments(t, axes=(0, 1))
+    weights = ops.expand_dims(ops.cast(mask, "float32"), -1)
+    count = ops.maximum(ops.sum(weights), 1.0)
+    mean = ops.sum(t * weights, axis=(0, 1)) / count
+    variance = ops.sum(weights * ops.square(t - mean), axis=(0, 1)) / count
+    return mean, variance

@@ -6,6 +6,10 @@ much slower under JAX, whose XLA fuses their backward chain badly;
 `benchmarks/README.md` has the measurements.
 """
 
+import functools
+
+import jax
+
 from keras_gradkit.layers import _ind_loops
 
 # Steps unrolled per iteration of `lax.scan`: a little unrolling speeds the
@@ -13,12 +17,42 @@ from keras_gradkit.layers import _ind_loops
 _JAX_UNROLL = 2
 
 
-def ind_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, training):
+# Jitted so that a layer called outside a jitted step (eagerly, in a custom
+# loop or a test) compiles its scan once per shape, instead of at every call:
+# an eager `lax.scan` traces and compiles its body anew each time. Inside
+# Keras's jitted train step the inner `jit` is inlined.
+@functools.partial(jax.jit, static_argnames=("activation", "last_only", "grad_clipping"))
+def _scanned(x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping):
+    return _ind_loops.scanned_recurrence(
+        x,
+        kernel,
+        bias,
+        u,
+        h0,
+        mask,
+        activation,
+        last_only,
+        unroll=_JAX_UNROLL,
+        grad_clipping=grad_clipping,
+    )
+
+
+def ind_recurrence(
+    x, kernel, bias, u, h0, mask, activation, last_only, training, grad_clipping=None
+):
     """The states of the recurrence (see `keras_gradkit.layers._ind_recurrence.ind_recurrence`),
     by `ops.scan` for every activation; `training` changes nothing."""
     del training
-    return _ind_loops.scanned_recurrence(
-        x, kernel, bias, u, h0, mask, activation, last_only, unroll=_JAX_UNROLL
+    return _scanned(
+        x,
+        kernel,
+        bias,
+        u,
+        h0,
+        mask,
+        activation=activation,
+        last_only=last_only,
+        grad_clipping=grad_clipping,
     )
 
 

@@ -18,45 +18,54 @@ from keras_gradkit.layers import _ind_loops
 _COMPILED_MAX_CHUNK = 16
 _COMPILED_MAX_BACKWARD_CHUNK = 25
 
-# XLA-compiled engines, one per (activation, last_only, masked).
+# XLA-compiled engines, one per (activation, last_only, masked, kernel, clip).
 _COMPILED = {}
 
 
-def _compiled_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
+def _compiled_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping):
     """The training engine: `chunked_recurrence` (its forward and hand-written
     backward loops) in a `tf.function` compiled by XLA, with the forward loop
     that XLA does not fuse across steps (`written_forward`)."""
-    key = (activation, last_only, mask is None)
+    key = (activation, last_only, mask is None, kernel is None, grad_clipping)
     if key not in _COMPILED:
 
-        def run(x, kernel, bias, u, h0, *mask):
+        def run(x, bias, u, h0, kernel=None, mask=None):
             return _ind_loops.chunked_recurrence(
                 x,
                 kernel,
                 bias,
                 u,
                 h0,
-                mask[0] if mask else None,
+                mask,
                 activation,
                 last_only,
                 max_chunk=_COMPILED_MAX_CHUNK,
                 backward_max_chunk=_COMPILED_MAX_BACKWARD_CHUNK,
                 forward=_ind_loops.written_forward,
+                grad_clipping=grad_clipping,
             )
 
         _COMPILED[key] = tf.function(run, jit_compile=True, autograph=False)
-    args = (x, kernel, bias, u, h0) + (() if mask is None else (mask,))
-    return _COMPILED[key](*args)
+    return _COMPILED[key](x, bias, u, h0, kernel=kernel, mask=mask)
 
 
-def ind_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, training):
+def ind_recurrence(
+    x, kernel, bias, u, h0, mask, activation, last_only, training, grad_clipping=None
+):
     """The states of the recurrence (see `keras_gradkit.layers._ind_recurrence.ind_recurrence`):
     compiled by XLA in training, the same loops uncompiled otherwise, and
     `ops.scan` for activations without a hand-written derivative."""
     if _ind_loops.slope_for(activation) is None:
-        return _ind_loops.scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
-    engine = _compiled_recurrence if training is True else _ind_loops.chunked_recurrence
-    return engine(x, kernel, bias, u, h0, mask, activation, last_only)
+        return _ind_loops.scanned_recurrence(
+            x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping=grad_clipping
+        )
+    if training is True:
+        return _compiled_recurrence(
+            x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping
+        )
+    return _ind_loops.chunked_recurrence(
+        x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping=grad_clipping
+    )
 
 
 def masked_output_repeats_state():

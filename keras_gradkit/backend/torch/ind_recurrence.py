@@ -47,13 +47,18 @@ def _torch_states(x, kernel, bias, u, h0, mask, name):
     """Forward loop of the PyTorch engine: each block of steps is projected
     straight into the `(T, batch, units)` states buffer, then updated in place,
     two or three PyTorch operations per step."""
-    steps, units = x.shape[0], kernel.shape[1]
+    steps, units = x.shape[0], h0.shape[-1]
     states = torch.empty((steps,) + tuple(h0.shape), dtype=h0.dtype, device=h0.device)
     rows = states.unbind(0)  # views of the steps, made in one call
     h = h0
     for start, stop in _torch_blocks(steps):
         block = states[start:stop]
-        torch.addmm(bias, x[start:stop].reshape(-1, x.shape[-1]), kernel, out=block.view(-1, units))
+        if kernel is None:
+            torch.add(x[start:stop], bias, out=block)
+        else:
+            torch.addmm(
+                bias, x[start:stop].reshape(-1, x.shape[-1]), kernel, out=block.view(-1, units)
+            )
         for t in range(start, stop):
             out = rows[t]
             new = out.addcmul_(u, h) if mask is None else torch.addcmul(out, u, h)
@@ -65,18 +70,22 @@ def _torch_states(x, kernel, bias, u, h0, mask, name):
     return states
 
 
-def _torch_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, name, need_x):
+def _torch_backward(
+    grad_states, grad_last, states, x, kernel, u, h0, mask, name, need_x, clip=None
+):
     """Backward loop of the PyTorch engine, a block of steps at a time, from
-    the last: the gradients w.r.t. `x` (when `need_x`), `kernel`, `bias`, `u`
-    and `h0`.
+    the last: the gradients w.r.t. `x` (when `need_x`), `kernel` (None
+    without one), `bias`, `u` and `h0`.
 
     With `a_t = act'(pre_t)`, the gradient reaching state `t` is
     `g_t = grad_t + g_{t+1} * a_{t+1} * u` (`g_{t+1}` alone through a masked
     step) and `dpre_t = g_t * a_t` (zero at a masked step). The factors
     `a_t * u` are computed for a whole block at once, so the loop runs one
     PyTorch operation per step; the weight gradients are a few operations per
-    block."""
-    dkernel, dbias, du = torch.zeros_like(kernel), torch.zeros_like(u), torch.zeros_like(u)
+    block. With `clip`, `dpre_t = clip(g_t * a_t)` and the step before
+    receives `dpre_t * u` (a loop of a few operations per step)."""
+    dkernel = None if kernel is None else torch.zeros_like(kernel)
+    dbias, du = torch.zeros_like(u), torch.zeros_like(u)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
     carry = (
         torch.zeros_like(h0) if grad_last is None else grad_last
@@ -96,18 +105,16 @@ def _torch_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, name
             decay.masked_fill_(skip, 1.0)
             slope.masked_fill_(skip, 0.0)
         g_rows, decay_rows = g.unbind(0), decay.unbind(0)
-        if grad_states is None:
-            g_rows[n - 1].copy_(carry)
+        grad_rows = None if grad_states is None else grad_states[start:stop].unbind(0)
+        if clip is None:
+            carry = _block_chain(g_rows, decay_rows, grad_rows, carry, n)
+            dpre = g.mul_(slope).view(-1, g.shape[-1])
         else:
-            torch.add(grad_states[stop - 1], carry, out=g_rows[n - 1])
-            grad_rows = grad_states[start:stop].unbind(0)
-        for j in range(n - 1, 0, -1):
-            if grad_states is None:
-                torch.mul(g_rows[j], decay_rows[j], out=g_rows[j - 1])
-            else:
-                torch.addcmul(grad_rows[j - 1], g_rows[j], decay_rows[j], out=g_rows[j - 1])
-        carry = g_rows[0] * decay_rows[0]
-        dpre = g.mul_(slope).view(-1, g.shape[-1])
+            skip_rows = None if mask is None else skip.unbind(0)
+            carry = _clipped_block_chain(
+                g_rows, slope.unbind(0), skip_rows, grad_rows, carry, u, n, clip
+            )
+            dpre = g.view(-1, g.shape[-1])
         # sum over t and batch of dpre_t * h_{t-1}, in the slope's buffer.
         product = slope
         if start > 0:
@@ -117,13 +124,43 @@ def _torch_backward(grad_states, grad_last, states, x, kernel, u, h0, mask, name
             torch.mul(g[1:], h_block[:-1], out=product[1:])
         du += torch.sum(product.view(-1, g.shape[-1]), dim=0)
         dbias += torch.sum(dpre, dim=0)
-        dkernel.addmm_(x[start:stop].reshape(-1, x.shape[-1]).t(), dpre)
-        if need_x:
+        if kernel is not None:
+            dkernel.addmm_(x[start:stop].reshape(-1, x.shape[-1]).t(), dpre)
+        if need_x and kernel is None:
+            dx[start:stop].view(-1, x.shape[-1]).copy_(dpre)
+        elif need_x:
             torch.mm(dpre, kernel.t(), out=dx[start:stop].view(-1, x.shape[-1]))
     return dx, dkernel, dbias, du, carry
 
 
-def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
+def _block_chain(g_rows, decay_rows, grad_rows, carry, n):
+    """Fills `g_rows` with the gradients reaching the block's states (the
+    per-step gradients `grad_rows` plus what flows back from later steps);
+    returns what flows into the state before the block."""
+    if grad_rows is None:
+        g_rows[n - 1].copy_(carry)
+    else:
+        torch.add(grad_rows[n - 1], carry, out=g_rows[n - 1])
+    for j in range(n - 1, 0, -1):
+        if grad_rows is None:
+            torch.mul(g_rows[j], decay_rows[j], out=g_rows[j - 1])
+        else:
+            torch.addcmul(grad_rows[j - 1], g_rows[j], decay_rows[j], out=g_rows[j - 1])
+    return g_rows[0] * decay_rows[0]
+
+
+def _clipped_block_chain(g_rows, slope_rows, skip_rows, grad_rows, carry, u, n, clip):
+    """`_block_chain` with each step's pre-activation gradient clipped to
+    `[-clip, clip]`: fills `g_rows` with the clipped pre-activation gradients
+    (zero at masked steps, which pass the gradient on unchanged)."""
+    for j in range(n - 1, -1, -1):
+        g = carry if grad_rows is None else grad_rows[j] + carry
+        d = torch.mul(g, slope_rows[j], out=g_rows[j]).clamp_(-clip, clip)
+        carry = d * u if skip_rows is None else torch.where(skip_rows[j], g, d * u)
+    return carry
+
+
+def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, clip):
     """The PyTorch engine: a `torch.autograd.Function` whose forward and
     backward loops run plain PyTorch operations in place, a few per step,
     with the input projection and the weight gradients one matrix product
@@ -152,19 +189,24 @@ def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only):
                 mask,
                 name,
                 ctx.needs_input_grad[0],
+                clip,
             )
 
     return Recurrence.apply(x, kernel, bias, u, h0)
 
 
-def ind_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, training):
+def ind_recurrence(
+    x, kernel, bias, u, h0, mask, activation, last_only, training, grad_clipping=None
+):
     """The states of the recurrence (see `keras_gradkit.layers._ind_recurrence.ind_recurrence`):
     the autograd engine, or `ops.scan` for activations without a hand-written
     derivative; `training` changes nothing."""
     del training
     if _ind_loops.slope_for(activation) is None:
-        return _ind_loops.scanned_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
-    return _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only)
+        return _ind_loops.scanned_recurrence(
+            x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping=grad_clipping
+        )
+    return _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping)
 
 
 def masked_output_repeats_state():
