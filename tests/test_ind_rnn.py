@@ -529,6 +529,20 @@ class TestErrors:
             ({"units": 4, "timesteps": 1.5}, TypeError, "timesteps=1.5"),
             ({"units": 4, "dropout": 1.0}, ValueError, "dropout=1.0"),
             ({"units": 4, "dropout": -0.1}, ValueError, "dropout=-0.1"),
+            ({"units": 4, "grad_clipping": 0.0}, ValueError, "grad_clipping=0.0"),
+            ({"units": 4, "grad_clipping": -1}, ValueError, "grad_clipping=-1"),
+            ({"units": 4, "grad_clipping": "10"}, TypeError, "grad_clipping='10'"),
+            ({"units": 4, "use_kernel": "no"}, TypeError, "use_kernel='no'"),
+            (
+                {"units": 4, "use_kernel": False, "kernel_regularizer": "l2"},
+                ValueError,
+                "kernel_regularizer='l2'",
+            ),
+            (
+                {"units": 4, "use_kernel": False, "kernel_initializer": "ones"},
+                ValueError,
+                "kernel_initializer='ones'",
+            ),
         ],
     )
     @pytest.mark.parametrize("cls", [gk.layers.IndRNNCell, gk.layers.IndRNN])
@@ -543,6 +557,10 @@ class TestErrors:
     def test_unknown_feature_dimension(self):
         with pytest.raises(ValueError, match="feature dimension"):
             gk.layers.IndRNNCell(3).build((None, None))
+
+    def test_recurrence_alone_needs_the_width_of_units(self):
+        with pytest.raises(ValueError, match=r"input width=5.*units=3.*Dense\(3\)"):
+            gk.layers.IndRNN(3, use_kernel=False)(np.zeros((2, 4, 5), "float32"))
 
     def test_unroll_is_rejected(self):
         with pytest.raises(ValueError, match="unroll"):
@@ -604,6 +622,18 @@ class TestSerialization:
         assert "cell" not in config
         restored = gk.layers.IndRNN.from_config(config)
         assert restored.cell.seed == 5 and restored.cell.timesteps == 7 and restored.go_backwards
+
+    def test_recurrence_alone_and_grad_clipping_in_the_keras_file(self, tmp_path):
+        x = np.random.default_rng(12).normal(size=(2, 5, 3)).astype("float32")
+        inputs = keras.Input((None, 3))
+        layer = gk.layers.IndRNN(3, use_kernel=False, grad_clipping=10, return_sequences=True)
+        model = keras.Model(inputs, layer(inputs))
+        assert [w.path.split("/")[-1] for w in layer.weights] == ["recurrent_kernel", "bias"]
+        loaded = assert_keras_file_round_trip(model, x, tmp_path)
+        cell = loaded.layers[-1].cell
+        assert cell.use_kernel is False and cell.kernel is None and cell.grad_clipping == 10.0
+        restored = gk.layers.IndRNN.from_config(layer.get_config())
+        assert restored.cell.kernel_initializer is None and restored.cell.grad_clipping == 10.0
 
     def test_registered_names(self):
         assert keras.saving.get_registered_name(gk.layers.IndRNN) == "keras_gradkit>IndRNN"
