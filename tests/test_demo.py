@@ -24,6 +24,10 @@ def tensor_tags(run_dir):
     }, acc
 
 
+# `make demo` runs on TensorFlow (its install has no other backend); the same
+# `adding_problem.main` with GradientBoard runs on every backend in
+# `test_examples.py::test_adding_problem`.
+@pytest.mark.tensorflow_only
 def test_demo_writes_both_runs_quietly(tmp_path):
     logdir = tmp_path / "demo"
     env = dict(os.environ, PYTHONPATH=ROOT)
