@@ -1,6 +1,7 @@
 """GradientBoard: event files read back with TensorBoard's reader, checked
 against gradients computed independently in NumPy."""
 
+import json
 import os
 import warnings
 
@@ -461,6 +462,14 @@ class TestGradientBoard:
         config = board.get_config()
         assert set(config) == set(inspect.signature(gk.callbacks.GradientBoard).parameters)
         assert gk.callbacks.GradientBoard(**config).get_config() == config
+        # A probe batch is kept as JSON-safe nested lists, read back as arrays.
+        x = np.arange(12, dtype="float32").reshape(2, 3, 2) / 7
+        y = np.array([1, 0])
+        config = gk.callbacks.GradientBoard("runs/x", time_probe=(x, y)).get_config()
+        assert json.loads(json.dumps(config)) == config
+        x_back, y_back = gk.callbacks.GradientBoard(**config).time_probe
+        np.testing.assert_allclose(x_back, x, rtol=1e-7)
+        np.testing.assert_array_equal(y_back, y)
         assert (
             keras.saving.get_registered_name(gk.callbacks.GradientBoard)
             == "keras_gradkit>GradientBoard"

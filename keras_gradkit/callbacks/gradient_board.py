@@ -318,7 +318,13 @@ class GradientBoard(keras.callbacks.Callback):
             "update_freq": self.update_freq,
             "include": self.include,
             "exclude": self.exclude,
-            "time_probe": self.time_probe,
+            # Nested lists, JSON-safe, as Keras's `Normalization` stores its
+            # arrays; the constructor reads them back as arrays.
+            "time_probe": (
+                None
+                if self.time_probe is None
+                else [keras.tree.map_structure(lambda a: a.tolist(), p) for p in self.time_probe]
+            ),
             "write_plots": self.write_plots,
         }
 

@@ -7,6 +7,8 @@ creates the weights. The layers call Keras's layer constructor, which builds a
 cell in its place before anything uses it (`install_cell`).
 """
 
+import keras
+
 from keras_gradkit import _validation
 from keras_gradkit import backend as gk_backend
 from keras_gradkit import initializers as gk_initializers
@@ -52,6 +54,21 @@ def gate_bias_initializer(layout, reset_after, gate_args, chrono_timesteps, seed
         )
     gate_values = {name[: -len("_bias")]: value for name, value in gate_args.items()}
     return gk_initializers.GateBias(layout, reset_after=reset_after, **gate_values)
+
+
+def bias_config(cell, names, **extra):
+    """The bias arguments of a gated cell as given to its constructor: the
+    user's `bias_initializer` (None when not given), the gate arguments
+    `names` read from the cell, and `extra`."""
+    given = cell._bias_initializer_given
+    config = {
+        "bias_initializer": (
+            keras.initializers.serialize(cell.bias_initializer) if given else None
+        ),
+        **extra,
+    }
+    config.update({name: getattr(cell, name) for name in names})
+    return config
 
 
 def cell_arguments(cell):

@@ -167,17 +167,9 @@ class GRUCell(keras.layers.GRUCell):
 
     def _bias_config(self):
         """The bias arguments as given to the constructor."""
-        return {
-            "bias_initializer": (
-                keras.initializers.serialize(self.bias_initializer)
-                if self._bias_initializer_given
-                else None
-            ),
-            "update_bias": self.update_bias,
-            "reset_bias": self.reset_bias,
-            "candidate_bias": self.candidate_bias,
-            "chrono_timesteps": self.chrono_timesteps,
-        }
+        return _gated.bias_config(
+            self, ("update_bias", "reset_bias", "candidate_bias", "chrono_timesteps")
+        )
 
     def get_config(self):
         return {**super().get_config(), **self._bias_config()}

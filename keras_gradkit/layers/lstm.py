@@ -182,19 +182,11 @@ class LSTMCell(keras.layers.LSTMCell):
 
     def _bias_config(self):
         """The bias arguments as given to the constructor."""
-        return {
-            "bias_initializer": (
-                keras.initializers.serialize(self.bias_initializer)
-                if self._bias_initializer_given
-                else None
-            ),
-            "unit_forget_bias": self._unit_forget_bias_argument,
-            "forget_bias": self.forget_bias,
-            "input_bias": self.input_bias,
-            "cell_bias": self.cell_bias,
-            "output_bias": self.output_bias,
-            "chrono_timesteps": self.chrono_timesteps,
-        }
+        return _gated.bias_config(
+            self,
+            ("forget_bias", "input_bias", "cell_bias", "output_bias", "chrono_timesteps"),
+            unit_forget_bias=self._unit_forget_bias_argument,
+        )
 
     def get_config(self):
         return {**super().get_config(), **self._bias_config()}
