@@ -211,17 +211,22 @@ class ResidualIndRNN(keras.layers.Layer):
             for i in (1, 2)
         ]
 
+    def _projection_arguments(self):
+        """The kernel and bias arguments of the weights (and of the
+        four-matrix block's recurrences)."""
+        return dict(
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            bias_initializer=self.bias_initializer,
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+        )
+
     def _make_recurrence(self, index):
         if self._input_kernels:
-            projection = dict(
-                use_bias=self.use_bias,
-                kernel_initializer=self.kernel_initializer,
-                bias_initializer=self.bias_initializer,
-                kernel_regularizer=self.kernel_regularizer,
-                bias_regularizer=self.bias_regularizer,
-                kernel_constraint=self.kernel_constraint,
-                bias_constraint=self.bias_constraint,
-            )
+            projection = self._projection_arguments()
         else:
             projection = dict(use_kernel=False, use_bias=False)
         return IndRNN(
@@ -242,15 +247,9 @@ class ResidualIndRNN(keras.layers.Layer):
     def _make_weight(self, index):
         return keras.layers.Dense(
             self.units,
-            use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
-            kernel_regularizer=self.kernel_regularizer,
-            bias_regularizer=self.bias_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            bias_constraint=self.bias_constraint,
             dtype=self.dtype_policy,
             name=f"weight_{index}",
+            **self._projection_arguments(),
         )
 
     def build(self, input_shape):
