@@ -174,8 +174,15 @@ def test_deep_rnn_smoke(tmp_path, capsys):
     module = load_example("deep_rnn")
     for task in (module.digits_task(0, 60), module.adding_task(0, 12, 16, 1, 1, 16)):
         for kind in module.MODELS if keras.backend.backend() == "tensorflow" else ():
-            model = module.build_model(kind, 2, 4, task)
-            assert tuple(model.output.shape) == (None, 10 if task.name == "digits" else 1)
+            for setup in module.SETUPS:
+                model = module.build_model(kind, 2, 4, task, setup)
+                assert tuple(model.output.shape) == (None, 10 if task.name == "digits" else 1)
+                names = {layer.name for layer in model.layers}
+                official_end = kind == "residual" and setup == "official"
+                assert ("last_ind_rnn_bn" in names) == official_end
+    args = module.parse_args(["--smoke"])  # what the run below trains: the official setup
+    assert args.setup == "official"
+    assert module.make_optimizer(args.setup, args.learning_rate).clipvalue == 10.0
     png = tmp_path / "depth.png"
     argv = ["--smoke", "--logdir", str(tmp_path), "--figure", str(png)] + DEEP_RNN_SMOKE[
         keras.backend.backend()
@@ -198,7 +205,9 @@ def test_deep_rnn_smoke(tmp_path, capsys):
         depth_logs = module.read_depth_logs(result["run_dir"])
         assert set(depth_logs) == set(module.DEPTH_TAGS)
         norms = depth_logs["gradient_depth/norms"][-1][1]
-        # A residual block is one layer: input weight, block, output BN, head.
+        # The smoke run is the official setup. A residual block is one layer,
+        # and so is a recurrent layer with its BN: input weight, block, last
+        # recurrent layer, head; plain: two recurrent layers, head.
         assert norms.shape == (depth + 1 if kind != "residual" else depth // 2 + 3,)
         assert np.all(np.isfinite(norms)) and np.all(norms >= 0)
         # A plain ReLU stack can saturate the softmax at initialization (all

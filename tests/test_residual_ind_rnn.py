@@ -184,6 +184,27 @@ class TestOfficialLayout:
         assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == 192
         assert all(r.cell.kernel is None and r.cell.bias is None for r in layer.recurrences)
 
+    @pytest.mark.parametrize("seed", [None, 5])
+    def test_the_two_weights_start_different(self, seed):
+        # One initializer instance draws the same values at each call: the
+        # block must not hand the same one to both weights (or recurrences).
+        x = np.zeros((2, 5, 4), "float32")
+        initializers = dict(
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+            recurrent_initializer=keras.initializers.RandomUniform(0.0, 1.0, seed=seed),
+        )
+        blocks = [build_block(4, x, **initializers) for _ in range(2)]
+        for block in blocks:
+            w1, w2 = (_np(d.kernel) for d in block.weight_layers)
+            u1, u2 = (_np(r.cell.recurrent_kernel) for r in block.recurrences)
+            assert not np.allclose(w1, w2) and not np.allclose(u1, u2)
+        if seed is not None:  # and a seeded block is reproducible
+            for a, b in zip(blocks[0].weights, blocks[1].weights):
+                np.testing.assert_array_equal(_np(a), _np(b))
+        default = build_block(4, x)
+        w1, w2 = (_np(d.kernel) for d in default.weight_layers)
+        assert not np.allclose(w1, w2)
+
     def test_default_is_batch_norm_after(self):
         assert gk.layers.ResidualIndRNN(4).batch_norm == "after"
 

@@ -23,6 +23,23 @@ def _child_seed(seed, index):
     return None if seed is None else seed + index
 
 
+def _initializer_for(initializer, index):
+    """`initializer` for the `index`-th weight it fills. A Keras initializer
+    seeded with an int (or unseeded, which picks an int once) draws the same
+    values at every call, so two weights given one instance would start
+    equal: each gets a copy, an int seed shifted by `index`. One seeded by a
+    `SeedGenerator` (which draws anew at each call), or without a seed, is
+    shared as it is."""
+    if initializer is None:
+        return None
+    config = initializer.get_config()
+    if "seed" not in config or not (config["seed"] is None or isinstance(config["seed"], int)):
+        return initializer
+    if config["seed"] is not None:
+        config["seed"] += index
+    return type(initializer).from_config(config)
+
+
 @keras_gradkit_export
 class ResidualIndRNN(keras.layers.Layer):
     """Residual IndRNN block: `y = x + F(x)` over a whole sequence.
@@ -211,13 +228,13 @@ class ResidualIndRNN(keras.layers.Layer):
             for i in (1, 2)
         ]
 
-    def _projection_arguments(self):
-        """The kernel and bias arguments of the weights (and of the
-        four-matrix block's recurrences)."""
+    def _projection_arguments(self, index):
+        """The kernel and bias arguments of the `index`-th weight (1, 2; 3, 4
+        for the four-matrix block's recurrences)."""
         return dict(
             use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer,
-            bias_initializer=self.bias_initializer,
+            kernel_initializer=_initializer_for(self.kernel_initializer, index),
+            bias_initializer=_initializer_for(self.bias_initializer, index),
             kernel_regularizer=self.kernel_regularizer,
             bias_regularizer=self.bias_regularizer,
             kernel_constraint=self.kernel_constraint,
@@ -226,13 +243,13 @@ class ResidualIndRNN(keras.layers.Layer):
 
     def _make_recurrence(self, index):
         if self._input_kernels:
-            projection = self._projection_arguments()
+            projection = self._projection_arguments(index + 2)
         else:
             projection = dict(use_kernel=False, use_bias=False)
         return IndRNN(
             self.units,
             activation=self.activation,
-            recurrent_initializer=self.recurrent_initializer,
+            recurrent_initializer=_initializer_for(self.recurrent_initializer, index),
             recurrent_max_abs=self.recurrent_max_abs,
             timesteps=self.timesteps,
             recurrent_regularizer=self.recurrent_regularizer,
@@ -249,7 +266,7 @@ class ResidualIndRNN(keras.layers.Layer):
             self.units,
             dtype=self.dtype_policy,
             name=f"weight_{index}",
-            **self._projection_arguments(),
+            **self._projection_arguments(index),
         )
 
     def build(self, input_shape):
