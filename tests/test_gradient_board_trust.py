@@ -36,16 +36,36 @@ SKIPPING = "Skipping variable loading"
 
 
 # ----------------------------------------------------------------- helpers
+def run_pythons(*calls, timeout=300):
+    """Runs each `(script, *args)` of `calls` in a fresh interpreter on this
+    backend, all at the same time; returns their `CompletedProcess`es."""
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for script, *args in calls
+    ]
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return results
+
+
 def run_python(script, *args, timeout=300):
     """Runs `script` in a fresh interpreter on this backend."""
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    return subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_pythons((script, *args), timeout=timeout)[0]
 
 
 def to_numpy(x):
@@ -371,11 +391,12 @@ class TestGradientBoardTrust:
 
     # 3. Killed and resumed with BackupAndRestore: the same end as without either.
     def test_backup_and_restore_after_sigkill_ends_as_an_uninterrupted_run(self, tmp_path):
-        reference = run_python(_RESUMABLE, tmp_path / "b0", "-", tmp_path / "reference.npz", "no")
-        assert reference.returncode == 0, reference.stderr[-4000:]
-        killed = run_python(
-            _RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "kill"
+        # The uninterrupted run and the one killed midway, side by side.
+        reference, killed = run_pythons(
+            (_RESUMABLE, tmp_path / "b0", "-", tmp_path / "reference.npz", "no"),
+            (_RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "kill"),
         )
+        assert reference.returncode == 0, reference.stderr[-4000:]
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
         assert not (tmp_path / "resumed.npz").exists()
         resumed = run_python(

@@ -4,14 +4,13 @@ preemption with BackupAndRestore, and the gradient across depth."""
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 from test_gradient_board import data, dense_model, read_events, scalar, steps
+from test_gradient_board_trust import run_python, run_pythons
 
 import keras_gradkit as gk
 from keras_gradkit._gradients import value_and_gradients
@@ -28,18 +27,6 @@ def _blocking(*names):
 
 def _imported(prefix):
     return f"any(v is not None and (k == {prefix!r} or k.startswith({prefix!r} + '.')) for k, v in sys.modules.items())"
-
-
-def run_python(script, *args, timeout=240):
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    result = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-    return result
 
 
 def test_saved_model_reloads_with_the_users_optimizer_without_the_package(tmp_path):
@@ -171,9 +158,11 @@ _PREEMPTED = textwrap.dedent(
 def test_preemption_writes_at_the_true_step(tmp_path):
     # 4 steps per epoch, 24 in all, a backup at every epoch's end. Killed at
     # step 15, the backup holds step 12: the resumed run rewrites 13-15 and goes on.
-    plain = run_python(_PREEMPTED, tmp_path / "plain", tmp_path / "b0", tmp_path / "plain.npz", -1)
+    plain, killed = run_pythons(  # side by side: they share nothing
+        (_PREEMPTED, tmp_path / "plain", tmp_path / "b0", tmp_path / "plain.npz", -1),
+        (_PREEMPTED, tmp_path / "logs", tmp_path / "b1", tmp_path / "r.npz", 15),
+    )
     assert plain.returncode == 0, plain.stderr[-3000:]
-    killed = run_python(_PREEMPTED, tmp_path / "logs", tmp_path / "b1", tmp_path / "r.npz", 15)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     resumed = run_python(_PREEMPTED, tmp_path / "logs", tmp_path / "b1", tmp_path / "r.npz", -1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
