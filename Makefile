@@ -33,8 +33,9 @@ demo: $(DEMO_STAMP)
 	@$(PY) examples/demo.py --logdir runs/demo
 
 # The suite once per backend (every backend runs even if one fails); tests
-# about TensorFlow itself run only on it. Two pytest workers, one per core.
-PYTEST_ARGS ?= -n 2 --durations=15
+# about TensorFlow itself run only on it. Two pytest workers, one per core,
+# which steal queued tests from each other so neither idles at the end.
+PYTEST_ARGS ?= -n 2 --dist worksteal --durations=15
 test: $(STAMP)
 	@failed=""; \
 	echo "=== make lint"; \

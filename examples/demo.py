@@ -5,7 +5,9 @@ by GradientBoard, in one TensorBoard log directory.
     python examples/demo.py --seq-len 300 --steps 1000 --logdir runs/demo
 
 Each model trains on the adding problem (`examples/adding_problem.py`) with
-`ClippedOptimizer(Adam, ClipByGlobalNorm(10))` and writes, beside Keras's own
+`ClippedOptimizer(Adam, ClipByGlobalNorm(10))` (its `--clipping global-norm`,
+for both models; the official IndRNN setup clips inside the recurrence
+instead) and writes, beside Keras's own
 `TensorBoard` scalars, GradientBoard's gradient histograms, gradient and
 update norms, clipping statistics and the gradient of the loss with respect
 to every input time step. The sequences are long enough that the LSTM's
@@ -86,6 +88,10 @@ def main(argv=None):
                     "--logdir",
                     args.logdir,
                     "--gradboard",
+                    # Both models with the same global-norm clip, so that
+                    # GradientBoard's clipping panels compare them.
+                    "--clipping",
+                    "global-norm",
                 ]
             )
     print_summary(args, results)
