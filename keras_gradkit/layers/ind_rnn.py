@@ -35,22 +35,16 @@ def _validate_cell_arguments(units, recurrent_max_abs, timesteps, dropout, grad_
 def _check_without_kernel(kernel_initializer, kernel_regularizer, kernel_constraint):
     """`use_kernel=False` leaves no input kernel to initialize, regularize or
     constrain: a `kernel_*` argument then is a mistake, not a no-op."""
-    given = {
-        "kernel_initializer": kernel_initializer not in (None, "glorot_uniform"),
-        "kernel_regularizer": kernel_regularizer is not None,
-        "kernel_constraint": kernel_constraint is not None,
-    }
-    values = {
-        "kernel_initializer": kernel_initializer,
-        "kernel_regularizer": kernel_regularizer,
-        "kernel_constraint": kernel_constraint,
-    }
-    for name, is_given in given.items():
-        if is_given:
+    for name, value, default in (
+        ("kernel_initializer", kernel_initializer, (None, "glorot_uniform")),
+        ("kernel_regularizer", kernel_regularizer, (None,)),
+        ("kernel_constraint", kernel_constraint, (None,)),
+    ):
+        if value not in default:
             raise ValueError(
                 f"With `use_kernel=False` the recurrence has no input kernel, so "
                 f"`{name}` has nothing to act on; drop it, or put it on the layer "
-                f"that projects the input. Received: {name}={values[name]!r}"
+                f"that projects the input. Received: {name}={value!r}"
             )
 
 
