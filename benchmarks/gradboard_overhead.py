@@ -43,13 +43,13 @@ import contextlib
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 
-BACKENDS = ("tensorflow", "jax", "torch")
+import _per_backend
+
 ADAM = "Adam, plain fit"
 CLIPPED = "ClippedOptimizer, plain fit"
 TENSORBOARD = "Adam + keras TensorBoard"
@@ -65,7 +65,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--backend",
-        choices=BACKENDS + ("all",),
+        choices=_per_backend.BACKENDS + ("all",),
         default=None,
         help="default: KERAS_BACKEND, else tensorflow; all: one subprocess per backend",
     )
@@ -102,35 +102,10 @@ def parse_args(argv=None):
     return args
 
 
-def run_all(argv):
-    """Runs this script once per backend, one process each, in turn."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rest, skip = [], False
-    for a in argv:  # drop --backend and its value
-        if skip:
-            skip = False
-        elif a == "--backend":
-            skip = True
-        elif not a.startswith("--backend="):
-            rest.append(a)
-    failed = []
-    for name in BACKENDS:
-        print(f"\n===== {name} =====", flush=True)
-        env = dict(os.environ, KERAS_BACKEND=name)
-        code = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--backend", name, *rest], env=env
-        ).returncode
-        if code:
-            failed.append(f"{name} (exit {code})")
-    if failed:
-        print("\nfailed: " + ", ".join(failed))
-        sys.exit(1)
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.backend == "all":
-        run_all(argv)
+        _per_backend.run_all(__file__, argv)
         return
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend

@@ -3,7 +3,8 @@ vanishing or exploding gradients, and see the gradients while they train."""
 
 import importlib
 
-from keras_gradkit import clipping, constraints, initializers, layers, optimizers
+from keras_gradkit import clipping, constraints, diagnostics, initializers, layers, optimizers
+from keras_gradkit.diagnostics import diagnose
 
 __version__ = "0.1.0"
 

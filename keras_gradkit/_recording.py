@@ -37,6 +37,25 @@ SCALARS = (
     "loss_scale",
 )
 
+# Layout of the running totals a sink keeps: counts of updates (`steps`),
+# of clipped and of skipped ones, and over the applied (not skipped) updates
+# their count, how many had a non-finite global norm, how many had a finite
+# update ratio, and the sums of their finite global norms before and after
+# clipping and of the squares of their update ratios `|w_new - w_old| /
+# |w_new|` over all variables together (for means and root mean squares over
+# an epoch or between two checks).
+TOTALS = (
+    "steps",
+    "clipped_steps",
+    "skipped_steps",
+    "applied_steps",
+    "non_finite_applied_steps",
+    "update_ratio_steps",
+    "global_norm_sum",
+    "global_norm_clipped_sum",
+    "update_ratio_square_sum",
+)
+
 
 class StepStatistics(NamedTuple):
     """What the latest recorded step published, read on the host.
@@ -45,7 +64,7 @@ class StepStatistics(NamedTuple):
     variables; `update_norms`/`weight_norms` are None when not recorded and
     `gradients` (post-policy, float32) is None unless gradients are recorded.
     `steps`, `clipped_steps` and `skipped_steps` count the steps published
-    since the recorder was created.
+    since the recorder was created; `totals` holds all of `TOTALS`.
     """
 
     step: int
@@ -62,6 +81,7 @@ class StepStatistics(NamedTuple):
     steps: int
     clipped_steps: int
     skipped_steps: int
+    totals: object = None
 
 
 def norm(x):
@@ -171,11 +191,29 @@ class Recorder:
                 ops.zeros(v.shape, "float32") if g is None else ops.cast(dense(g), "float32")
                 for g, v in zip(gradients, self.variables)
             ]
-        counts = ops.cast(
-            ops.stack(
-                [True, ops.cast(scalars["clipped"], "bool"), ops.cast(scalars["skipped"], "bool")]
-            ),
-            "float32",
+        skipped = ops.cast(scalars["skipped"], "bool")
+        applied = ops.logical_not(skipped)
+        total = ops.cast(scalars["global_norm"], "float32")
+        after = ops.cast(scalars["global_norm_clipped"], "float32")
+        finite = ops.logical_and(ops.isfinite(total), ops.isfinite(after))
+        summed = ops.logical_and(applied, finite)
+        zero = ops.zeros((), "float32")
+        flags = [True, ops.cast(scalars["clipped"], "bool"), skipped, applied]
+        flags.append(ops.logical_and(applied, ops.logical_not(finite)))
+        ratio_steps, ratio = False, zero
+        if self.update_norms:
+            # |w_new - w_old| / |w_new| over all variables together.
+            delta = ops.sqrt(ops.sum(ops.square(ops.cast(update[0], "float32"))))
+            weight = ops.sqrt(ops.sum(ops.square(ops.cast(update[1], "float32"))))
+            ratio = ops.divide(delta, ops.maximum(weight, 1e-30))
+            ratio_steps = ops.logical_and(applied, ops.isfinite(ratio))
+            ratio = ops.where(ratio_steps, ops.square(ratio), zero)
+        flags.append(ratio_steps)
+        counts = ops.concatenate(
+            [
+                ops.cast(ops.stack(flags), "float32"),
+                ops.stack([ops.where(summed, total, zero), ops.where(summed, after, zero), ratio]),
+            ]
         )
         self._sink.publish(ops.convert_to_tensor(when), values, counts)
 
@@ -201,6 +239,7 @@ class Recorder:
             steps=int(totals[0]),
             clipped_steps=int(totals[1]),
             skipped_steps=int(totals[2]),
+            totals=dict(zip(TOTALS, (float(t) for t in totals))),
         )
 
 
@@ -245,7 +284,7 @@ class VariableSink:
     def __init__(self, spec):
         self._variables = {}
         self._published = self._variable("published", (), 0.0)
-        self._totals = self._variable("totals", (3,), 0.0)
+        self._totals = self._variable("totals", (len(TOTALS),), 0.0)
         for name, shapes in spec.items():
             self.add(name, shapes)
 

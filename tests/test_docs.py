@@ -28,9 +28,10 @@ from pathlib import Path
 
 import keras
 import pytest
+from test_docstrings import SUBPACKAGES
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLIC_MODULES = ("layers", "initializers", "constraints", "clipping", "optimizers", "callbacks")
+PUBLIC_MODULES = SUBPACKAGES
 RUNNABLE_LANGUAGES = {"python", "py"}
 MARKDOWN_TIMEOUT_S = 240
 STDERR_TAIL_CHARS = 4000

@@ -217,3 +217,46 @@ def test_deep_rnn_smoke(tmp_path, capsys):
         assert logged == pytest.approx(expected, rel=1e-5, nan_ok=True)
         assert logged == pytest.approx(result["ratio_logged"], nan_ok=True)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diagnose_quick(tmp_path):
+    """`examples/diagnose.py --quick` in a fresh process, as a user runs it:
+    the facts that hold at any size. The NaN batch is reported at the input
+    before anything is measured; a healthy MLP is not flagged; Adam at a
+    learning rate of 10 is seen in training only (large_updates), not at
+    initialization."""
+    import subprocess
+
+    root = os.path.dirname(EXAMPLES)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(EXAMPLES, "diagnose.py"),
+            "--quick",
+            "--logdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=root),
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    rows = {
+        cells[0]: cells
+        for cells in (
+            [c.strip() for c in line.strip("|").split("|")]
+            for line in result.stdout.splitlines()
+            if line.startswith("| ")
+        )
+    }
+    # row | model | diagnose at init | GradientBoard | final train loss | val acc
+    assert set(rows) == {"row", "mlp_small", "nan_input", "learning_rate_10"}
+    assert rows["mlp_small"][2:4] == ["nothing", "nothing"]
+    assert rows["nan_input"][2] == "non_finite_gradient@input"
+    assert rows["learning_rate_10"][2] == "nothing"
+    assert "large_updates@" in rows["learning_rate_10"][3]
+    assert "1 non-finite entries in the batch" in result.stdout
+    for row in ("mlp_small", "nan_input", "learning_rate_10"):
+        assert os.listdir(tmp_path / row / "train"), row  # GradientBoard's event file

@@ -14,7 +14,7 @@ from tensorboard.util import tensor_util
 import keras_gradkit as gk
 from keras_gradkit import clipping
 from keras_gradkit._gradients import value_and_gradients
-from keras_gradkit.callbacks import _time_probe
+from keras_gradkit.diagnostics import _time as _time_probe
 from keras_gradkit.optimizers import ClippedOptimizer
 
 BACKEND = keras.backend.backend()
@@ -112,7 +112,7 @@ class TestGradientBoard:
             "gradient_norm/global_clipped",
             "clipping/skipped_steps",
         }
-        expected_tags |= {"clipping/clipped_fraction"} | DEPTH_TAGS
+        expected_tags |= {"clipping/clipped_fraction", "diagnosis"} | DEPTH_TAGS
         for path in VARIABLES:
             expected_tags |= {f"gradients/{path}", f"gradient_norm/{path}", f"update_ratio/{path}"}
         # NoClip has no threshold: clipping/threshold is not written (it would be NaN).

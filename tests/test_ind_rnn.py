@@ -307,6 +307,32 @@ class TestFastLayerEqualsCell:
             assert_close_relative(to_numpy(g), w, 1e-5)
 
     @pytest.mark.tensorflow_only
+    def test_an_eager_tape_after_a_traced_train_step_gets_the_gradients(self):
+        # The compiled training engine traced inside a graph (fit's train
+        # step) and then called eagerly under a tape raised LookupError ("No
+        # gradient defined for operation 'while/XlaDynamicUpdateSlice'"):
+        # eager calls have an engine of their own.
+        import tensorflow as tf
+
+        rng = np.random.default_rng(5)
+        x = rng.normal(size=(2, 7, 3)).astype("float32")
+        fast, reference = build_pair(4, x, random_weights(rng, 3, 4), return_sequences=True)
+
+        @tf.function
+        def traced(inputs):
+            with tf.GradientTape() as tape:
+                loss = weighted_loss(fast(inputs, training=True))
+            return tape.gradient(loss, fast.trainable_weights)
+
+        traced(x)
+        with tf.GradientTape() as tape:
+            loss = weighted_loss(fast(x, training=True))
+        grads = tape.gradient(loss, fast.trainable_weights)
+        _, want_grads = outputs_and_grads(reference, x, None, None)
+        for g, w in zip(grads, want_grads):
+            assert_close_relative(to_numpy(g), w, 1e-5)
+
+    @pytest.mark.tensorflow_only
     def test_tensorflow_compiles_the_loop_in_training_only(self):
         # Training runs the XLA-compiled engine (the equality tests above run
         # both modes); inference, and so an exported SavedModel, needs no XLA.

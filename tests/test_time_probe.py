@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from keras_gradkit._gradients import value_and_gradients
-from keras_gradkit.callbacks import _time_probe
+from keras_gradkit.callbacks import _time_probe as _time_plot
+from keras_gradkit.diagnostics import _time as _time_probe
 
 BACKEND = keras.backend.backend()
 TRACED = BACKEND in ("tensorflow", "jax")
@@ -462,7 +463,7 @@ class TestTimeProbe:
 
     @pytest.mark.backend_free
     def test_plot_with_masked_steps(self):
-        png, width, height = _time_probe.plot_png(
+        png, width, height = _time_plot.plot_png(
             np.array([np.nan, 1e-6, 0.0, 1.0, 0.5, np.nan]), "m: input"
         )
         assert png.startswith(b"\x89PNG") and width > 100 and height > 100

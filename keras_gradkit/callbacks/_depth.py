@@ -1,42 +1,10 @@
-"""The gradient across depth: one norm per layer (private).
-
-For the model's top-level layers in order (a nested block counts as one
-layer), the L2 norm of the applied gradient of the layer's trainable
-variables taken together. Layers without trainable variables have none.
-"""
+"""The gradient-across-depth picture of `GradientBoard` (private); the
+measure is `keras_gradkit.diagnostics._depth`."""
 
 import numpy as np
 
 from keras_gradkit.callbacks import _plots
-
-PLUGIN = "keras_gradkit_gradient_depth"
-DESCRIPTION = (
-    "L2 norm of the applied gradient of each layer's trainable variables, first layer first."
-)
-
-
-def layer_gradient_norms(model, gradients):
-    """`(names, norms)` of the layers that have trainable variables.
-
-    Args:
-        model: a Keras model.
-        gradients: `{variable.path: numpy array}`, the applied gradients.
-    """
-    names, norms = [], []
-    for layer in getattr(model, "layers", []):
-        parts = [gradients[v.path] for v in layer.trainable_variables if v.path in gradients]
-        if not parts:
-            continue
-        names.append(layer.name)
-        norms.append(float(np.sqrt(sum(np.sum(np.square(p.astype("float64"))) for p in parts))))
-    return names, norms
-
-
-def first_to_last(norms):
-    """Norm of the first layer over norm of the last (NaN when undefined)."""
-    if not norms or norms[-1] == 0:
-        return float("nan") if not norms or norms[0] == 0 else float("inf")
-    return norms[0] / norms[-1]
+from keras_gradkit.diagnostics._depth import first_to_last
 
 
 def plot_png(names, norms, title):

@@ -6,13 +6,17 @@ import logging
 import math
 import os
 import re
+import warnings
 
 import keras
 import numpy as np
 
-from keras_gradkit import _recording, _validation, backend
+from keras_gradkit import _recording, _validation, backend, clipping
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.callbacks import _depth, _event_writer, _time_probe
+from keras_gradkit.diagnostics import _depth as _depth_measure
+from keras_gradkit.diagnostics import _findings
+from keras_gradkit.diagnostics import _time as _time_measure
 from keras_gradkit.optimizers import ClippedOptimizer
 
 logger = logging.getLogger("keras_gradkit")
@@ -53,11 +57,25 @@ class _Sources:
     model's, or a `LossScaleOptimizer` around a `ClippedOptimizer`, whose
     skipped steps the `ClippedOptimizer` never sees) is watched by a
     `Monitor`; a `ClippedOptimizer` inside it still reports its clipping.
+    Each recorder is read once until `invalidate()` (a read is a device
+    synchronization).
     """
 
     def __init__(self, optimizer, monitor=None):
         self.clipped = _find_clipped_optimizer(optimizer)
         self.monitor = monitor
+        self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self._cache = {}
+
+    def invalidate(self):
+        """Forgets what was read: the next reads see the latest step."""
+        self._cache = {}
+
+    def _read(self, recorder):
+        key = id(recorder)
+        if key not in self._cache:
+            self._cache[key] = recorder.latest()
+        return self._cache[key]
 
     @property
     def variables(self):
@@ -71,12 +89,27 @@ class _Sources:
             return True
         return self.monitor is not None and self.monitor.recorder.gradients
 
+    @property
+    def has_policy(self):
+        """Whether the updates are clipped (a ClippedOptimizer, or Keras's own clipping)."""
+        if self.clipped is not None:
+            return True
+        return not isinstance(self.monitor.policy, clipping.NoClip)
+
+    @property
+    def can_skip(self):
+        """Whether updates can be skipped (a ClippedOptimizer's policy, a LossScaleOptimizer)."""
+        return self.clipped is not None or self.loss_scaled
+
+    def _own(self):
+        return self._read(self.clipped._recorder) if self.clipped is not None else None
+
     def latest(self):
         """The latest step's `StepStatistics` (clipping from the ClippedOptimizer), or None."""
-        own = self.clipped.latest_step() if self.clipped is not None else None
+        own = self._own()
         if self.monitor is None:
             return own
-        latest = self.monitor.recorder.latest()
+        latest = self._read(self.monitor.recorder)
         if latest is None or own is None:
             return latest
         gradients = own.gradients if own.gradients is not None else latest.gradients
@@ -101,7 +134,7 @@ class _Sources:
             stats = self.clipped.gradient_statistics()
             steps, clipped, skipped = stats["steps"], stats["clipped_steps"], stats["skipped_steps"]
         if self.monitor is not None:
-            latest = self.monitor.recorder.latest()
+            latest = self._read(self.monitor.recorder)
             if latest is not None:
                 if self.clipped is None:
                     steps, clipped = latest.steps, latest.clipped_steps
@@ -109,6 +142,20 @@ class _Sources:
                     steps = max(steps, latest.steps)
                 skipped += latest.skipped_steps
         return steps, clipped, skipped
+
+    def totals(self):
+        """The running totals behind the epoch means: `{"norm": ..., "clipped": ...}`,
+        each the `_recording.TOTALS` dict of the recorder that measures the
+        global norm (the monitor's, when there is one) and of the one that
+        measures the clipping (the ClippedOptimizer's, when there is one)."""
+        zeros = dict.fromkeys(_recording.TOTALS, 0.0)
+
+        def of(latest):
+            return dict(latest.totals) if latest is not None else dict(zeros)
+
+        own = self._own()
+        watched = self._read(self.monitor.recorder) if self.monitor is not None else own
+        return {"norm": of(watched), "clipped": of(own if own is not None else watched)}
 
     def gradients(self):
         """`{variable path: latest applied gradient}` (empty before the first step)."""
@@ -213,6 +260,31 @@ class GradientBoard(keras.callbacks.Callback):
       `gradient_depth` (log scale, first layer on the left), a tensor
       `gradient_depth/norms` and a scalar `gradient_depth/first_to_last`.
 
+    - every histogram epoch (unless `diagnose=False`), the gradient
+      doctor's report as Markdown on the Text dashboard, tag `diagnosis`:
+      the checks of `keras_gradkit.diagnose` made from what this callback
+      already computed (the latest step's gradient and weight norms per
+      layer, the time probe when given) plus the training-time kinds
+      `large_updates` (the latest step's largest per-layer update ratio, or
+      the root mean square of the update ratios since the previous check),
+      `frequent_clipping`
+      and `skipped_steps` (fractions of the updates since the previous
+      check). Each new `(kind, where)` is warned once with a
+      `keras_gradkit.diagnostics.GradientWarning`; `report` holds the latest
+      report and `findings` every finding seen.
+
+    Keras logs: at each epoch end it adds to `logs` `gradient_norm` (the mean
+    of the global gradient norms of the epoch's applied updates; NaN when one
+    of them was not finite), and where they exist `gradient_norm_clipped` and
+    `clipped_fraction` (when the updates are clipped), `skipped_steps` (the
+    running total, with a `ClippedOptimizer` or a `LossScaleOptimizer`),
+    `time_reach` (with `time_probe`) and `depth_first_to_last` (histogram
+    epochs); when `update_freq` writes batches, the written step's values at
+    that batch's end. `History`, the progress bar and every callback after
+    this one in the list see them, e.g.
+    `keras.callbacks.EarlyStopping(monitor="gradient_norm", mode="min")` or
+    `keras.callbacks.CSVLogger`: put GradientBoard before them.
+
     Steps follow Keras's `TensorBoard` callback: epoch-level events
     (`update_freq="epoch"`, histograms, probes) at the epoch, batch-level
     ones at the optimizer's update count. A resumed run (`BackupAndRestore`)
@@ -245,6 +317,20 @@ class GradientBoard(keras.callbacks.Callback):
             Defaults to None.
         write_plots: bool, write the time-gradient and depth images. The
             tensors and scalars are written either way. Defaults to True.
+        diagnose: bool, run the gradient doctor's checks each histogram
+            epoch (Text dashboard, warnings). Defaults to True.
+        thresholds: None (the defaults), a
+            `keras_gradkit.diagnostics.Thresholds` or its `to_dict()` (as
+            `get_config` stores it). Defaults to None.
+        stop_on: a kind of finding or a sequence of them
+            (`keras_gradkit.diagnostics.KINDS`): set `model.stop_training`
+            after the write in which one of them appears, as
+            `keras.callbacks.TerminateOnNaN` does. Defaults to ().
+        raise_on: a kind of finding or a sequence of them: raise a
+            `keras_gradkit.diagnostics.GradientError` instead, which ends
+            `fit` without `on_train_end`, so
+            `keras.callbacks.BackupAndRestore` keeps its backup.
+            Defaults to ().
 
     Example:
 
@@ -273,6 +359,10 @@ class GradientBoard(keras.callbacks.Callback):
         exclude=None,
         time_probe=None,
         write_plots=True,
+        diagnose=True,
+        thresholds=None,
+        stop_on=(),
+        raise_on=(),
     ):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
@@ -291,12 +381,30 @@ class GradientBoard(keras.callbacks.Callback):
         else:
             _validation.positive_int("update_freq", update_freq)
         _validation.bool_arg("write_plots", write_plots)
+        _validation.bool_arg("diagnose", diagnose)
+        thresholds = _findings.check_thresholds(thresholds)
+        stop_on = _findings.check_kinds("stop_on", stop_on)
+        raise_on = _findings.check_kinds("raise_on", raise_on)
+        if not diagnose and (stop_on or raise_on):
+            raise ValueError(
+                "Arguments `stop_on` and `raise_on` need the checks: they cannot be used with "
+                f"`diagnose=False`. Received: stop_on={stop_on!r}, raise_on={raise_on!r}"
+            )
+        if (stop_on or raise_on) and not histogram_freq:
+            raise ValueError(
+                "Arguments `stop_on` and `raise_on` need `histogram_freq` > 0: the checks run each "
+                f"time histograms are written. Received: histogram_freq={histogram_freq!r}"
+            )
+        self.diagnose = diagnose
+        self.thresholds = thresholds
+        self.stop_on = stop_on
+        self.raise_on = raise_on
         self.log_dir = os.fspath(log_dir)
         self.histogram_freq = histogram_freq
         self.update_freq = update_freq
         self.include = include
         self.exclude = exclude
-        self.time_probe = _time_probe.validate_time_probe(time_probe)
+        self.time_probe = _time_measure.validate_time_probe(time_probe)
         self.write_plots = write_plots
         self._include = _compile_patterns("include", include)
         self._exclude = _compile_patterns("exclude", exclude)
@@ -310,6 +418,22 @@ class GradientBoard(keras.callbacks.Callback):
         self._batch_offset = 0
         self._loop_offset = None
         self._loop_last_step = -1
+        self._report = None
+        self._findings = {}
+        self._epoch_totals = None
+        self._check_counts = None
+        self._check_totals = None
+
+    @property
+    def report(self):
+        """The `keras_gradkit.diagnostics.Report` of the latest check (None before the first)."""
+        return self._report
+
+    @property
+    def findings(self):
+        """Every `(kind, where)` found since this callback was created, as the
+        `Finding` of its first check, in the order they appeared."""
+        return list(self._findings.values())
 
     def get_config(self):
         return {
@@ -326,6 +450,10 @@ class GradientBoard(keras.callbacks.Callback):
                 else [keras.tree.map_structure(lambda a: a.tolist(), p) for p in self.time_probe]
             ),
             "write_plots": self.write_plots,
+            "diagnose": self.diagnose,
+            "thresholds": self.thresholds.to_dict(),
+            "stop_on": list(self.stop_on),
+            "raise_on": list(self.raise_on),
         }
 
     # ------------------------------------------------------------ helpers
@@ -382,15 +510,17 @@ class GradientBoard(keras.callbacks.Callback):
             sync()
 
     def _guarded(self, what, fn):
-        """Runs a logging function; a failure is logged (once) and training goes on."""
+        """Runs a logging function and returns its value; a failure is logged
+        (once), training goes on and None is returned."""
         try:
-            fn()
+            return fn()
         except Exception:
             if what not in self._failures:
                 self._failures.add(what)
                 logger.exception(
                     "GradientBoard could not write %s; training continues without them.", what
                 )
+            return None
 
     # ------------------------------------------------------ recording set-up
     def _start_recording(self):
@@ -471,9 +601,13 @@ class GradientBoard(keras.callbacks.Callback):
         )
         if self.time_probe is not None:
             if self._probe is None or self._probe.model is not self.model:
-                self._probe = _time_probe.TimeProbe(self.model, *self.time_probe)
+                self._probe = _time_measure.TimeProbe(self.model, *self.time_probe)
             self._probe.check()
+        self._sources.invalidate()
         self._counts_at_last_write = self._sources.counts()[:2]
+        self._check_counts = self._sources.counts()
+        self._epoch_totals = self._sources.totals()
+        self._check_totals = self._epoch_totals["norm"]
 
     def on_train_batch_end(self, batch, logs=None):
         if self.update_freq == "epoch":
@@ -483,26 +617,191 @@ class GradientBoard(keras.callbacks.Callback):
         step = self._iterations() + self._batch_offset
         if step - max(self._last_batch_step, self._batch_offset) >= every:
             self._last_batch_step = step
-            self._guarded("scalars", lambda: self._write_scalars(step))
+            self._sources.invalidate()
+            values = self._guarded("scalars", lambda: self._write_scalars(step))
+            if values and logs is not None:
+                logs.update(self._batch_logs(values))
 
     def on_epoch_end(self, epoch, logs=None):
         # Epoch-level events at the epoch, as Keras's `epoch_*` curves.
         self._sync()
+        self._sources.invalidate()
         if self.update_freq == "epoch":
             self._guarded("scalars", lambda: self._write_scalars(epoch))
+        keras_logs = self._guarded("Keras logs", self._epoch_logs) or {}
+        report = None
         if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
             self._guarded("gradient histograms", lambda: self._write_histograms(epoch))
-            self._guarded("gradient across depth", lambda: self._write_depth(epoch))
+            ratio = self._guarded("gradient across depth", lambda: self._write_depth(epoch))
+            if ratio is not None:
+                keras_logs["depth_first_to_last"] = ratio
+            results = None
             if self._probe is not None:
-                self._guarded("time-probe summaries", lambda: self._write_time_probe(epoch))
+                results = self._guarded(
+                    "time-probe summaries", lambda: self._write_time_probe(epoch)
+                )
+                for name, _, reach in results or ():
+                    if name == "input":
+                        keras_logs["time_reach"] = float(reach)
+            if self.diagnose:
+                report = self._guarded("diagnosis", lambda: self._check(epoch, results))
+        if logs is not None:
+            logs.update(keras_logs)
         if self._writer is not None:
             self._writer.flush()
+        if report is not None:
+            self._act_on(report)
 
     def on_train_end(self, logs=None):
         self._stop_recording()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    # ------------------------------------------------------------ Keras logs
+    def _batch_logs(self, values):
+        """The Keras logs of a batch-level write, from the scalars it wrote."""
+        found = {"gradient_norm": values["gradient_norm/global"]}
+        if self._sources.has_policy:
+            found["gradient_norm_clipped"] = values["gradient_norm/global_clipped"]
+            if "clipping/clipped_fraction" in values:
+                found["clipped_fraction"] = values["clipping/clipped_fraction"]
+        if self._sources.can_skip:
+            found["skipped_steps"] = values["clipping/skipped_steps"]
+        return found
+
+    def _epoch_logs(self):
+        """The epoch's means of the global norms before and after clipping,
+        its clipped fraction and the running total of skipped steps."""
+        start, now = self._epoch_totals, self._sources.totals()
+        self._epoch_totals = now
+        found = {}
+
+        def mean(which, key):
+            applied = now[which]["applied_steps"] - start[which]["applied_steps"]
+            if not applied:
+                return None
+            if now[which]["non_finite_applied_steps"] > start[which]["non_finite_applied_steps"]:
+                return math.nan
+            return (now[which][key] - start[which][key]) / applied
+
+        value = mean("norm", "global_norm_sum")
+        if value is None:
+            return found
+        found["gradient_norm"] = value
+        if self._sources.has_policy:
+            found["gradient_norm_clipped"] = mean("clipped", "global_norm_clipped_sum")
+            steps = now["clipped"]["steps"] - start["clipped"]["steps"]
+            if steps:
+                clipped = now["clipped"]["clipped_steps"] - start["clipped"]["clipped_steps"]
+                found["clipped_fraction"] = clipped / steps
+        if self._sources.can_skip:
+            found["skipped_steps"] = float(self._sources.counts()[2])
+        return {k: v for k, v in found.items() if v is not None}
+
+    # ------------------------------------------------------------- checks
+    def _check(self, step, time_results):
+        """The report of the latest step (and of the time probe), written to
+        the Text dashboard under `diagnosis`."""
+        latest = self._sources.latest()
+        if latest is None:
+            return None
+        thresholds = self.thresholds
+        variables = self._sources.variables
+
+        def by_layer(values):
+            return _depth_measure.layer_norms(
+                self.model, {v.path: float(n) for v, n in zip(variables, values)}
+            )
+
+        names, norms = by_layer(latest.gradient_norms)
+        measures = {
+            "gradient_norm": latest.global_norm,
+            "depth": {
+                "layers": names,
+                "norms": norms,
+                "first_to_last": _depth_measure.first_to_last(norms),
+            },
+        }
+        findings = []
+        # A step the LossScaleOptimizer skipped is not finite by design: it
+        # counts in skipped_steps.
+        non_finite = None
+        weights = None if latest.weight_norms is None else by_layer(latest.weight_norms)[1]
+        if not (self._sources.loss_scaled and latest.skipped):
+            non_finite = _findings.non_finite_finding(names, norms, weights)
+        elif weights is not None:  # the weights themselves must still be finite
+            non_finite = _findings.non_finite_finding(names, [0.0] * len(names), weights)
+        if non_finite is not None:
+            findings.append(non_finite)
+        else:
+            if time_results is not None:
+                found, measures["time"] = _findings.time_findings(
+                    self.model, time_results, thresholds
+                )
+                findings += found
+            findings += _findings.depth_findings(self.model, names, norms, thresholds)
+        findings += self._training_findings(latest, by_layer, measures)
+        report = _findings.Report(_findings.sort_findings(findings), measures)
+        self._get_writer().write(
+            [_event_writer.text_value("diagnosis", report.to_markdown())], step
+        )
+        self._report = report
+        return report
+
+    def _training_findings(self, latest, by_layer, measures):
+        steps, clipped, skipped = self._sources.counts()
+        last_steps, last_clipped, last_skipped = self._check_counts or (0, 0, 0)
+        self._check_counts = (steps, clipped, skipped)
+        totals = self._sources.totals()["norm"]
+        last = self._check_totals or dict.fromkeys(totals, 0.0)
+        self._check_totals = totals
+        ratio_steps = totals["update_ratio_steps"] - last["update_ratio_steps"]
+        squares = totals["update_ratio_square_sum"] - last["update_ratio_square_sum"]
+        rms = math.sqrt(max(squares, 0.0) / ratio_steps) if ratio_steps else None
+        largest = layer = None
+        if latest.update_norms is not None and not latest.skipped:
+            names, deltas = by_layer(latest.update_norms)
+            _, weights = by_layer(latest.weight_norms)
+            ratios = [(d / w if w else math.nan, n) for n, d, w in zip(names, deltas, weights)]
+            ratios = [(r, n) for r, n in ratios if math.isfinite(r)]
+            if ratios:
+                largest, layer = max(ratios)
+        return _findings.training_findings(
+            steps - last_steps,
+            clipped - last_clipped if self._sources.has_policy else None,
+            skipped - last_skipped if self._sources.can_skip else None,
+            (largest, layer, rms),
+            self.thresholds,
+            measures,
+        )
+
+    def _act_on(self, report):
+        """Warns once per new `(kind, where)`; stops or raises as asked."""
+        for finding in report.findings:
+            key = (finding.kind, finding.where)
+            if key not in self._findings:
+                self._findings[key] = finding
+                warnings.warn(
+                    _findings.GradientWarning(
+                        f"GradientBoard: {finding.kind} at {finding.where} "
+                        f"(value {finding.value:.3g}, threshold {finding.threshold:.3g}). "
+                        f"{finding.advice}"
+                    ),
+                    stacklevel=2,
+                )
+        raising = [f for f in report.findings if f.kind in self.raise_on]
+        if raising:
+            self._stop_recording()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            kinds = ", ".join(f"{f.kind} at {f.where}" for f in raising)
+            raise _findings.GradientError(
+                f"GradientBoard(raise_on=...) found {kinds}:\n{report}", raising
+            )
+        if any(f.kind in self.stop_on for f in report.findings):
+            self.model.stop_training = True
 
     def gradient_statistics(self):
         """The latest training step's statistics, as the flat dict of
@@ -518,6 +817,7 @@ class GradientBoard(keras.callbacks.Callback):
         if self._sources is None:
             return _recording.flat_statistics(None, (0, 0, 0), [], False)
         self._sync()
+        self._sources.invalidate()
         return _recording.flat_statistics(
             self._sources.latest(), self._sources.counts(), self._sources.variables, True
         )
@@ -653,9 +953,9 @@ class GradientBoard(keras.callbacks.Callback):
         if latest is None:
             return
         # All scalars of a step go in one event.
-        self._get_writer().write(
-            _event_writer.scalar_values(self._scalar_values(latest, sources)), step
-        )
+        values = self._scalar_values(latest, sources)
+        self._get_writer().write(_event_writer.scalar_values(values), step)
+        return values
 
     def _write_histograms(self, step, sources=None):
         sources = sources or self._sources
@@ -670,25 +970,27 @@ class GradientBoard(keras.callbacks.Callback):
         gradients = self._sources.gradients()
         if not gradients:
             return
-        names, norms = _depth.layer_gradient_norms(self.model, gradients)
+        names, norms = _depth_measure.layer_gradient_norms(self.model, gradients)
         if not norms:
             return
         values = [
             _event_writer.tensor_value(
-                "gradient_depth/norms", norms, _depth.PLUGIN, _depth.DESCRIPTION
+                "gradient_depth/norms", norms, _depth_measure.PLUGIN, _depth_measure.DESCRIPTION
             ),
             *_event_writer.scalar_values(
-                {"gradient_depth/first_to_last": _depth.first_to_last(norms)}
+                {"gradient_depth/first_to_last": _depth_measure.first_to_last(norms)}
             ),
         ]
         if self.write_plots:
             png, width, height = _depth.plot_png(names, norms, self.model.name)
             values.append(_event_writer.image_value("gradient_depth", png, width, height))
         self._get_writer().write(values, step)
+        return _depth_measure.first_to_last(norms)
 
     def _write_time_probe(self, step):
         values = []
-        for name, norms, reach in self._probe.compute():
+        results = self._probe.compute()
+        for name, norms, reach in results:
             tag = f"time_gradient/{name}"
             reach_tag = "time_gradient/reach" if name == "input" else f"{tag}/reach"
             values.append(
@@ -704,3 +1006,4 @@ class GradientBoard(keras.callbacks.Callback):
                 png, width, height = _time_probe.plot_png(norms, f"{self.model.name}: {name}")
                 values.append(_event_writer.image_value(tag, png, width, height))
         self._get_writer().write(values, step)
+        return results

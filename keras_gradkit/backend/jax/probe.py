@@ -6,6 +6,8 @@ current weights (a closure over the variables would freeze them at trace
 time).
 """
 
+import contextlib
+
 import jax
 import keras
 
@@ -43,6 +45,17 @@ class Function:
         return True
 
 
+def gradients(fn, xs):
+    """d fn(*xs) / d xs for a scalar `fn`: one array per entry of `xs`."""
+    return list(jax.grad(lambda args: fn(*args))(list(xs)))
+
+
 def gradient(fn, x):
     """d fn(x) / d x for a scalar `fn`; zeros where `fn` does not depend on `x`."""
     return jax.grad(fn)(x)
+
+
+def kept_random_state():
+    """A null context: randomness comes from seed variables, which a
+    `keras.StatelessScope` keeps."""
+    return contextlib.nullcontext()

@@ -32,7 +32,7 @@ class Sink:
     def __init__(self, spec):
         self._shapes = {}
         self._host = None  # the values callbacks sent, or None
-        self._host_totals = np.zeros(3, "float64")
+        self._host_totals = np.zeros(len(_recording.TOTALS), "float64")
         self._callbacks = False  # whether any step used a callback
         self._device = None  # the state a collecting step returned, or None
         self._carried_totals = None  # device totals kept across a change of layout
@@ -50,7 +50,7 @@ class Sink:
         totals = self._carried_totals
         return {
             "published": np.zeros((), "bool"),
-            "totals": np.zeros(3, "float32") if totals is None else totals,
+            "totals": np.zeros(len(_recording.TOTALS), "float32") if totals is None else totals,
             "values": {
                 name: [np.zeros(s, "float32") for s in shapes]
                 for name, shapes in self._shapes.items()

@@ -18,7 +18,11 @@ from keras_gradkit.layers import _ind_loops
 _COMPILED_MAX_CHUNK = 16
 _COMPILED_MAX_BACKWARD_CHUNK = 25
 
-# XLA-compiled engines, one per (activation, last_only, masked, kernel, clip).
+# XLA-compiled engines, one per (activation, last_only, masked, kernel, clip,
+# eager). An eager call gets a function of its own: a function traced inside a
+# graph (a train step) and then called eagerly under a tape has no gradient for
+# its loop's ops (`LookupError` on `XlaDynamicUpdateSlice`), so the two are
+# never shared.
 _COMPILED = {}
 
 
@@ -26,7 +30,14 @@ def _compiled_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, gr
     """The training engine: `chunked_recurrence` (its forward and hand-written
     backward loops) in a `tf.function` compiled by XLA, with the forward loop
     that XLA does not fuse across steps (`written_forward`)."""
-    key = (activation, last_only, mask is None, kernel is None, grad_clipping)
+    key = (
+        activation,
+        last_only,
+        mask is None,
+        kernel is None,
+        grad_clipping,
+        tf.executing_eagerly(),
+    )
     if key not in _COMPILED:
 
         def run(x, bias, u, h0, kernel=None, mask=None):

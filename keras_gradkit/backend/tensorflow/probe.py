@@ -4,6 +4,8 @@
 variables when it runs, so each call sees the current weights.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -38,10 +40,23 @@ class Function:
         return True
 
 
+def gradients(fn, xs):
+    """d fn(*xs) / d xs for a scalar `fn`: one dense tensor per entry of
+    `xs`, zeros where `fn` does not depend on it."""
+    xs = list(xs)
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        value = fn(*xs)
+    grads = tape.gradient(value, xs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [tf.convert_to_tensor(g) for g in grads]  # an IndexedSlices after a gather
+
+
 def gradient(fn, x):
     """d fn(x) / d x for a scalar `fn`; zeros where `fn` does not depend on `x`."""
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        value = fn(x)
-    grad = tape.gradient(value, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return tf.convert_to_tensor(grad)  # an IndexedSlices after a gather
+    return gradients(fn, [x])[0]
+
+
+def kept_random_state():
+    """A null context: randomness comes from seed variables, which a
+    `keras.StatelessScope` keeps."""
+    return contextlib.nullcontext()

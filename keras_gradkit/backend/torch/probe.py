@@ -21,8 +21,12 @@ class Function:
 
     def __call__(self, *args):
         # Autograd records only inside `gradient`, not the forward passes
-        # that lead up to the differentiated sequence.
-        with torch.no_grad(), keras.StatelessScope():
+        # that lead up to the differentiated sequence. Keras's PyTorch
+        # backend draws an unseeded layer's randomness (Dropout) from torch's
+        # global generator, not from a seed variable that the StatelessScope
+        # would keep: its state is restored, so a call changes nothing and
+        # two calls agree.
+        with kept_random_state(), torch.no_grad(), keras.StatelessScope():
             outputs = self._fn(*args)
         return keras.tree.map_structure(
             lambda t: t.detach() if isinstance(t, torch.Tensor) else t, outputs
@@ -34,10 +38,23 @@ class Function:
         return False
 
 
+def kept_random_state():
+    """A context that restores torch's global random generators (CPU, and
+    the CUDA devices in use) on exit."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=devices)
+
+
+def gradients(fn, xs):
+    """d fn(*xs) / d xs for a scalar `fn`: one tensor per entry of `xs`,
+    zeros where `fn` does not depend on it."""
+    xs = [x.detach().requires_grad_(True) for x in xs]
+    with torch.enable_grad():
+        value = fn(*xs)
+        grads = torch.autograd.grad(value, xs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, xs)]
+
+
 def gradient(fn, x):
     """d fn(x) / d x for a scalar `fn`; zeros where `fn` does not depend on `x`."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        value = fn(x)
-        (grad,) = torch.autograd.grad(value, [x], allow_unused=True)
-    return torch.zeros_like(x) if grad is None else grad
+    return gradients(fn, [x])[0]

@@ -1,0 +1,35 @@
+"""Runs a benchmark script once per Keras backend, each in a process of its
+own (a process has one backend), for `--backend all`."""
+
+import os
+import subprocess
+import sys
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def run_all(script, argv=None):
+    """Runs `script` with `--backend <name>` and the rest of `argv` (default:
+    `sys.argv[1:]`, its `--backend` dropped) for each backend in turn; exits
+    with 1 naming the backends that failed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, skip = [], False
+    for a in argv:  # drop --backend and its value
+        if skip:
+            skip = False
+        elif a == "--backend":
+            skip = True
+        elif not a.startswith("--backend="):
+            rest.append(a)
+    failed = []
+    for name in BACKENDS:
+        print(f"\n===== {name} =====", flush=True)
+        env = dict(os.environ, KERAS_BACKEND=name)
+        code = subprocess.run(
+            [sys.executable, os.path.abspath(script), "--backend", name, *rest], env=env
+        ).returncode
+        if code:
+            failed.append(f"{name} (exit {code})")
+    if failed:
+        print("\nfailed: " + ", ".join(failed))
+        sys.exit(1)

@@ -1,0 +1,33 @@
+"""The gradient doctor (`keras_gradkit.diagnostics`): what is wrong with a
+model's gradients, where, and what to do.
+
+`keras_gradkit.diagnose(model, x, y)` measures one batch at initialization
+(or any time); `keras_gradkit.callbacks.GradientBoard` runs the same checks
+while the model trains. Both return or write a `Report` of `Finding`s, judged
+against `Thresholds`; the guide "Diagnosing gradients" explains each kind and
+its remedies.
+"""
+
+from keras_gradkit.diagnostics._diagnose import diagnose
+from keras_gradkit.diagnostics._findings import (
+    INIT_KINDS,
+    KINDS,
+    TRAINING_KINDS,
+    Finding,
+    GradientError,
+    GradientWarning,
+    Report,
+    Thresholds,
+)
+
+__all__ = [
+    "INIT_KINDS",
+    "KINDS",
+    "TRAINING_KINDS",
+    "Finding",
+    "GradientError",
+    "GradientWarning",
+    "Report",
+    "Thresholds",
+    "diagnose",
+]
