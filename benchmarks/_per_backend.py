@@ -33,3 +33,18 @@ def run_all(script, argv=None):
     if failed:
         print("\nfailed: " + ", ".join(failed))
         sys.exit(1)
+
+
+def dispatch(backend, script, argv=None):
+    """For a script's `--backend` value: with "all", runs the script once per
+    backend (`run_all`) and returns True (nothing left to do here);
+    otherwise selects the backend for this process (before Keras is
+    imported) and returns False."""
+    if backend == "all":
+        run_all(script, argv)
+        return True
+    if backend:
+        os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return False

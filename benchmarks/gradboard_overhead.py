@@ -104,13 +104,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.backend == "all":
-        _per_backend.run_all(__file__, argv)
+    if _per_backend.dispatch(args.backend, __file__, argv):
         return
-    if args.backend:
-        os.environ["KERAS_BACKEND"] = args.backend
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with contextlib.ExitStack() as stack:
         log_root = args.logdir or stack.enter_context(tempfile.TemporaryDirectory())
         ok = Benchmark(args, log_root).run()

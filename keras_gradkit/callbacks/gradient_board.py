@@ -131,7 +131,10 @@ class _Sources:
         """`(steps, clipped_steps, skipped_steps)`: running totals."""
         steps = clipped = skipped = 0
         if self.clipped is not None:
-            stats = self.clipped.gradient_statistics()
+            # The ClippedOptimizer's saved counters (read once, as the recorders).
+            if "counters" not in self._cache:
+                self._cache["counters"] = self.clipped.gradient_statistics()
+            stats = self._cache["counters"]
             steps, clipped, skipped = stats["steps"], stats["clipped_steps"], stats["skipped_steps"]
         if self.monitor is not None:
             latest = self._read(self.monitor.recorder)

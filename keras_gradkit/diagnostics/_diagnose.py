@@ -82,15 +82,23 @@ def _probe(model, x, y, sample_weight, time):
             return None
         return tuple((a.shape, str(a.dtype)) for a in keras.tree.flatten(value))
 
-    key = (signature(x), signature(y), signature(sample_weight), time, model.loss)
+    key = (signature(x), signature(y), signature(sample_weight), time)
     cached = getattr(model, _PROBE_ATTRIBUTE, None)
-    if cached is not None and cached[0][:4] == key[:4] and cached[0][4] is key[4]:
-        probe = cached[1]
-        probe.set_batch(x, y, sample_weight)
-        return probe
+    if cached is not None and cached.key == key:
+        cached.probe.set_batch(x, y, sample_weight)  # traced again if the loss changed
+        return cached.probe
     probe = _time.TimeProbe(model, x, y, sample_weight, time=time, variables=True, argument="x")
-    object.__setattr__(model, _PROBE_ATTRIBUTE, (key, probe))
+    object.__setattr__(model, _PROBE_ATTRIBUTE, _Cached(key, probe))
     return probe
+
+
+class _Cached:
+    """The latest probe and the batch signature it was traced for (a plain
+    object: Keras's saving walks an attribute only if it is a Keras object or
+    a container)."""
+
+    def __init__(self, key, probe):
+        self.key, self.probe = key, probe
 
 
 def diagnose(model, x, y=None, sample_weight=None, thresholds=None):

@@ -11,9 +11,10 @@ import dataclasses
 import math
 from typing import NamedTuple
 
+import keras
 import numpy as np
 
-from keras_gradkit.diagnostics import _depth
+from keras_gradkit.diagnostics import _depth, _time
 
 GUIDE = "guides/diagnosing.md"
 
@@ -451,8 +452,6 @@ def depth_advice(kind, model, layers):
 
 
 def _recurrent_kind_of(layer):
-    import keras
-
     if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
         return True
     return any(
@@ -500,8 +499,6 @@ def time_summary(norms):
     """`{"steps", "early", "late", "peak", "reach"}` of one sequence's per-step
     norms (NaN entries, masked steps, left out); None when not finite or
     shorter than two steps."""
-    from keras_gradkit.diagnostics import _time
-
     norms = np.asarray(norms, "float64")
     norms = norms[~np.isnan(norms)]
     if norms.size < 2 or not np.all(np.isfinite(norms)):
@@ -524,8 +521,6 @@ def time_findings(model, results, thresholds):
     shows the same kind (it is then the same evidence)."""
     summaries, findings = {}, []
     by_name = {layer.name: layer for layer in getattr(model, "layers", [])}
-    from keras_gradkit.diagnostics import _time
-
     recurrent = _time.recurrent_layers(model)
     for name, norms, _ in results:
         summary = time_summary(norms)
