@@ -586,6 +586,33 @@ class TestDiagnose:
         assert check_findings(report, reference, stricter)
         assert "Gradient report: 1 finding." in str(report)
 
+    def test_what_keras_saves_is_the_same_after_diagnose(self, tmp_path):
+        # diagnose keeps its traced probe on the model; Keras's saving must
+        # not see it: the same files, the same config, the same weights.
+        import json
+        import zipfile
+
+        x, y = adding_problem(4, 12, seed=0)
+        model = recurrent_model(keras.layers.LSTM(4, name="lstm"), 12)
+        model.train_on_batch(x, y)
+
+        def saved(name):
+            path = tmp_path / name
+            model.save(path)
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+                names = sorted(archive.namelist())
+            return names, config, [np.asarray(w) for w in keras.saving.load_model(path).weights]
+
+        before = saved("before.keras")
+        gk.diagnose(model, x, y)
+        after = saved("after.keras")
+        assert after[0] == before[0]
+        assert after[1] == before[1]
+        assert len(after[2]) == len(before[2])
+        for a, b in zip(after[2], before[2]):
+            np.testing.assert_array_equal(a, b)
+
     @pytest.mark.parametrize("dropout_seed", [None, 3], ids=["unseeded", "seeded"])
     def test_changes_no_variable(self, dropout_seed):
         x, y = normal_data((6,))(8, seed=0)

@@ -630,6 +630,52 @@ class TestGradientBoardDiagnosis:
         assert "skipped_steps" not in history.history  # nothing can skip
         assert [(f.kind, f.where) for f in board.findings] == [("non_finite_gradient", "hidden")]
 
+    def test_update_ratios_are_those_of_the_real_steps(self, tmp_path):
+        # large_updates' measures against a replay: the latest step's largest
+        # per-layer |w_new - w_old| / |w_new|, and the root mean square of the
+        # all-variable ratio over the steps since the previous check.
+        x, y = data(n=16)
+        lr, batch_size, epochs = 0.3, 4, 2
+        model = compiled_dense(keras.optimizers.SGD(lr))
+        w0 = model.get_weights()
+        board = gk.callbacks.GradientBoard(tmp_path, thresholds=Thresholds(update_ratio=0.05))
+        seen = []
+
+        class Measures(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                seen.append((dict(board.report.measures), list(board.report.findings)))
+
+        model.fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=epochs,
+            shuffle=False,
+            verbose=0,
+            callbacks=[board, Measures()],
+        )
+        replay = replay_sgd(w0, x, y, lr, epochs + 1, batch_size, backend_gradients)
+        flat = [s for steps in replay for s in steps]  # weights before each step, and after
+        for epoch, (measures, findings) in enumerate(seen):
+            ratios, largest = [], None
+            for i in range(epoch * 4, epoch * 4 + 4):
+                before, after = flat[i].weights, flat[i + 1].weights
+                ratios.append(norm([a - b for a, b in zip(after, before)]) / norm(after))
+                per_layer = [
+                    norm([a - b for a, b in zip(after[j : j + 2], before[j : j + 2])])
+                    / norm(after[j : j + 2])
+                    for j in (0, 2)
+                ]
+                largest = max(per_layer)
+            rms = float(np.sqrt(np.mean(np.square(ratios))))
+            np.testing.assert_allclose(measures["rms_update_ratio"], rms, rtol=1e-3)
+            np.testing.assert_allclose(measures["update_ratio"], largest, rtol=1e-3)
+            expected = max(rms, largest) > 0.05
+            found = [f for f in findings if f.kind == "large_updates"]
+            assert bool(found) == expected, (rms, largest)
+            if found:
+                assert found[0].value == pytest.approx(max(rms, largest), rel=1e-3)
+
     def test_a_healthy_run_has_no_finding(self, tmp_path):
         x, y = data(n=16)
         model = compiled_dense(keras.optimizers.Adam(1e-3))
