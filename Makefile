@@ -5,8 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # `make demo` needs the package and TensorFlow only; `make test` installs the rest.
 DEMO_STAMP := $(VENV)/.installed-demo
-# PyTorch's CPU build (the default Linux wheel pulls several GB of CUDA).
-TORCH ?= torch==2.13.0
+# PyTorch's CPU build, pinned by its local version so that pip never falls
+# back to the default Linux wheel (several GB of CUDA). The machines this
+# project runs on serve it from their wheel folder; elsewhere, add PyTorch's
+# CPU index: make test TORCH_INDEX="--extra-index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?=
 BACKENDS ?= tensorflow jax torch
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
@@ -18,7 +22,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml Makefile
-	$(PY) -m pip install --quiet -e ".[test,examples,docs,tensorflow,jax]" "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test,examples,docs,tensorflow,jax]" "$(TORCH)" $(TORCH_INDEX)
 	touch $(STAMP)
 
 $(DEMO_STAMP): $(PY) pyproject.toml Makefile

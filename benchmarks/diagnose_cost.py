@@ -277,12 +277,12 @@ class Cost:
 
     def _wrap_probe(self):
         """Times `TimeProbe.compute_all` (the traced passes and their NumPy
-        copies) inside each diagnose; private names, skipped if they change."""
+        copies) inside each diagnose; skipped if the names change."""
         try:
-            from keras_gradkit.diagnostics import _time
+            from keras_gradkit.diagnostics import time_probe
         except ImportError:
             return
-        original = getattr(_time.TimeProbe, "compute_all", None)
+        original = getattr(time_probe.TimeProbe, "compute_all", None)
         if original is None:
             return
         times = self.probe_times
@@ -294,7 +294,7 @@ class Cost:
             finally:
                 times.append(time.perf_counter() - start)
 
-        _time.TimeProbe.compute_all = compute_all
+        time_probe.TimeProbe.compute_all = compute_all
 
     def cases(self):
         for name in self.args.models:
@@ -427,15 +427,15 @@ class Cost:
             "train_on_batch": lambda: model.train_on_batch(x, y),
             "diagnose": lambda: gk.diagnose(model, x, y),
         }
-        try:  # private names: the breakdown is skipped if they change
-            from keras_gradkit.diagnostics import _time
+        try:  # a private method: the breakdown is skipped if it changes
+            from keras_gradkit.diagnostics import time_probe
 
             time_ok = recurrent_count(model) > 0
-            weights = _time.TimeProbe(model, x, y, time=False, variables=True, argument="x")
+            weights = time_probe.TimeProbe(model, x, y, time=False, variables=True, argument="x")
             ops["probe: weights pass"] = weights.compute_all
             if time_ok:
 
-                class FirstSequence(_time.TimeProbe):
+                class FirstSequence(time_probe.TimeProbe):
                     """The model input only (for these models, also the first
                     recurrent layer's input)."""
 
@@ -444,9 +444,11 @@ class Cost:
 
                 probes = {
                     "probe: first sequence pass": FirstSequence(model, x, y, variables=False),
-                    "probe: sequence passes": _time.TimeProbe(model, x, y, variables=False),
+                    "probe: sequence passes": time_probe.TimeProbe(model, x, y, variables=False),
                     "probe: weights + first sequence": FirstSequence(model, x, y, variables=True),
-                    "probe: all passes (diagnose's)": _time.TimeProbe(model, x, y, variables=True),
+                    "probe: all passes (diagnose's)": time_probe.TimeProbe(
+                        model, x, y, variables=True
+                    ),
                 }
                 for key, probe in probes.items():
                     ops[key] = probe.compute_all

@@ -90,8 +90,8 @@ the official setup it draws dropout masks. This is the quantity
 `GradientBoard` logs as `gradient_depth/first_to_last` (there on the applied
 gradient of the epoch's last batch; a global-norm clip scales every layer
 alike and leaves the ratio unchanged, the official per-element clip does
-not). Gradients come from `keras_gradkit._gradients`, the package's one
-place for gradients on every backend. `keras_gradkit.callbacks.GradientBoard`
+not). Gradients come from `examples/_autodiff.py` (on JAX, one jitted
+`jax.grad` of the model's stateless call). `keras_gradkit.callbacks.GradientBoard`
 writes its logs, the gradient across depth included, under
 `--logdir/<task>/<model>_N<depth>` (`--no-gradboard` turns it off); the last
 column is its last `gradient_depth/first_to_last`, read back with
@@ -118,10 +118,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+from _autodiff import gradients
 from adding_problem import BASELINE_MSE, AddingProblem, adding_batch
 
 import keras_gradkit
-from keras_gradkit._gradients import value_and_gradients
 
 MODELS = ("plain", "residual", "lstm")
 TASKS = ("digits", "adding")
@@ -415,9 +415,7 @@ def layer_gradient_norms(model, loss, x, y):
     if keras.backend.backend() == "jax":
         grads = _jax_gradients(model, loss_fn, x, y, variables)
     else:
-        _, _, grads = value_and_gradients(
-            lambda: keras.ops.mean(loss_fn(y, model(x, training=True))), (), variables
-        )
+        grads = gradients(lambda: keras.ops.mean(loss_fn(y, model(x, training=True))), variables)
     norms, start = [], 0
     for layer in layers:
         count = len(layer.trainable_weights)

@@ -18,12 +18,13 @@ accuracy and the first layer's gradient norm:
 Every variant uses the same optimizer, seed and data split, and a plain
 `Dense(10, softmax)` head. The gradient norm is the L2 norm of the gradient of
 the cross-entropy with respect to the first layer's kernel, computed with
-the backend's gradient on a fixed batch of 256 training images, once at
-initialization and once after training. TensorBoard logs (loss and
-accuracy per epoch, weight histograms) go under `--logdir/<arch>/<variant>`;
-with `--gradboard`, `keras_gradkit.callbacks.GradientBoard` adds gradient
-histograms, per-layer gradient norms and update ratios there, and the
-recorded norms of the last step are printed.
+the backend's gradient (`examples/_autodiff.py`) on a fixed batch of 256
+training images, once at initialization and once after training.
+TensorBoard logs (loss and accuracy per epoch, weight histograms) go under
+`--logdir/<arch>/<variant>`; with `--gradboard`,
+`keras_gradkit.callbacks.GradientBoard` adds gradient histograms, per-layer
+gradient norms and update ratios there, and the recorded norms of the last
+step are printed.
 
     python examples/normalization.py                 # 20-layer tanh MLP, about 3 minutes on 2 cores
     python examples/normalization.py --arch conv --depth 12
@@ -40,11 +41,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+from _autodiff import gradients
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import keras_gradkit
-from keras_gradkit._gradients import value_and_gradients
 
 VARIANTS = ("plain", "groupnorm", "cosine", "weightnorm")
 
@@ -101,9 +102,7 @@ def build_model(variant, args):
 
 def first_layer_gradient_norm(model, kernel, x, y):
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
-    _, _, (grad,) = value_and_gradients(
-        lambda: loss_fn(y, model(x, training=True)), variables=[kernel]
-    )
+    (grad,) = gradients(lambda: loss_fn(y, model(x, training=True)), [kernel])
     return float(np.linalg.norm(grad))
 
 

@@ -7,8 +7,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gradkit import _recording, _validation, backend, clipping
+from keras_gradkit import _validation, backend, clipping, recording
 from keras_gradkit.api_export import keras_gradkit_export
+from keras_gradkit.backend import keras_private
 
 _KERAS_CLIP_ARGS = ("clipnorm", "global_clipnorm", "clipvalue")
 _BASE_DEFAULTS = {
@@ -63,10 +64,8 @@ class _Step(NamedTuple):
     """The pure part of a step (`_compute`), for its stateful end (`_finish`)."""
 
     decisions: _Decisions
-    clipped_grads: list  # the policy's gradients, one per variable of the step
-    norms: list  # the gradient norms before the policy
-    scalars: dict  # the step's scalars, keyed as `_recording.SCALARS`
-    state: list  # the policy's new state
+    measured: recording.MeasuredStep
+    scalars: recording.StepScalars
 
 
 @keras_gradkit_export
@@ -189,7 +188,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         policy = clipping.get(policy)
         _validation.bool_arg("record_gradients", record_gradients)
         _validation.bool_arg("record_update_norms", record_update_norms)
-        base = _recording.base_optimizer(inner_optimizer)
+        base = recording.base_optimizer(inner_optimizer)
         keras_clipping = {a: getattr(base, a) for a in _KERAS_CLIP_ARGS if getattr(base, a)}
         if keras_clipping and not isinstance(policy, clipping.NoClip):
             settings = ", ".join(f"{k}={v}" for k, v in keras_clipping.items())
@@ -205,7 +204,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         self.record_update_norms = record_update_norms
         self._monitor_only = isinstance(policy, clipping.NoClip)
         self._report_policy = (
-            _recording.equivalent_policy(inner_optimizer) if self._monitor_only else policy
+            recording.equivalent_policy(inner_optimizer) if self._monitor_only else policy
         )
 
     # ------------------------------------------------------------------ build
@@ -232,34 +231,42 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         # the step through a recorder, so `variables` (what Keras saves, also
         # through a LossScaleOptimizer) are the counters, the policy state and
         # the inner optimizer's.
-        self._recorder = _recording.Recorder(
-            self._trainable_variables,
+        self._recorder = recording.Recorder(
+            keras_private.trainable_variables_of(self),
             update_norms=self.record_update_norms,
-            gradients=self._recording,
+            gradients=self.records_gradients,
         )
 
     def enable_gradient_recording(self):
         """Starts keeping the latest post-policy gradients for `last_gradients()`.
 
         The same as `record_gradients=True`, for an optimizer already created
-        (GradientBoard calls it when it writes histograms). The config is not
-        changed and the copies are not saved with the model. Under a JAX or
-        TensorFlow train function already traced, re-create it
-        (`model.make_train_function(force=True)`).
+        (GradientBoard calls it while it writes histograms, and
+        `disable_gradient_recording()` after). The config is not changed and
+        the copies are not saved with the model.
+
+        Returns:
+            True when a train function traced before does not publish the
+            gradients: under JAX or TensorFlow, re-create it
+            (`model.make_train_function(force=True)`).
         """
-        if self._recording:
-            return
-        self._recording = True
-        if self.built:
-            self._recorder.enable_gradients()
+        if self.records_gradients:
+            return False
+        self._gradients_enabled = True
+        return not self.built or self._recorder.enable_gradients()
+
+    def disable_gradient_recording(self):
+        """Undoes `enable_gradient_recording()` (not `record_gradients=True`):
+        `last_gradients()` then raises again and new traces keep no copies."""
+        self._gradients_enabled = False
+        if self.built and not self.record_gradients:
+            self._recorder.disable_gradients()
 
     @property
-    def _recording(self):
-        return self.record_gradients or getattr(self, "_recording_enabled", False)
-
-    @_recording.setter
-    def _recording(self, value):
-        self._recording_enabled = value
+    def records_gradients(self):
+        """Whether the latest gradients are kept (`record_gradients` or
+        `enable_gradient_recording()`)."""
+        return self.record_gradients or getattr(self, "_gradients_enabled", False)
 
     @property
     def variables(self):
@@ -294,9 +301,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
-        tvs = (
-            self._trainable_variables if trainable_variables is None else list(trainable_variables)
-        )
+        tvs = self.watched_variables if trainable_variables is None else list(trainable_variables)
         grads = list(grads)
         # Under `tf.distribute` the backend sums the gradients over the replicas.
         backend.get("distribute").run_step(
@@ -319,7 +324,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
                 "Argument `optimizer_variables` must match `ClippedOptimizer.variables` one to one. "
                 f"Received {len(optimizer_variables)} values for {len(self.variables)} variables."
             )
-        tvs = self._trainable_variables
+        tvs = self.watched_variables
         mapping = list(zip(tvs, trainable_variables)) + list(
             zip(self.variables, optimizer_variables)
         )
@@ -357,40 +362,25 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             `(step, grads_for_inner)`: a `_Step`, and the gradients for the
             inner optimizer's update.
         """
-        grads = _recording.as_gradients(grads)
-        view = _recording.UpdateView(self.inner_optimizer, grads, tvs)
-        # The all-reduced slices hold each replica's rows: summed again.
-        full = view.full if replica_sum is None else _recording.as_gradients(replica_sum(view.full))
-        norms = [_recording.norm(g) for g in full]
         state = [ops.convert_to_tensor(v) for v in self._policy_state]
-        clipped, new_state, info = self._report_policy.apply(full, tvs, state)
+        measured = recording.measure_step(
+            self.inner_optimizer, grads, tvs, self._report_policy, state, replica_sum
+        )
+        view = measured.view
         if self._monitor_only:
             grads_for_inner = grads
         else:
             # The inner optimizer's own all-reduce sums the replicas' shares back.
-            shares = (
-                [None if g is None else ops.divide(g, num_replicas) for g in clipped]
-                if num_replicas > 1
-                else clipped
-            )
+            shares = measured.gradients
+            if num_replicas > 1:
+                shares = [None if g is None else ops.divide(g, num_replicas) for g in shares]
             grads_for_inner = view.to_inner(shares)
-        norm = _recording.global_norm_of(norms)
-        decisions = self._decisions(view, norm, info)
+        decisions = self._decisions(view, measured.global_norm, measured.info)
         if view.is_update is not None:
-            new_state = [ops.where(view.is_update, n, o) for n, o in zip(new_state, state)]
-        scalars = {
-            "step": view.step,
-            "global_norm": norm,
-            "global_norm_clipped": clipping.global_norm(clipped),
-            "threshold": info["threshold"],
-            "clipped": decisions.changed,
-            "skipped": decisions.skipped,
-            "loss_scale": view.loss_scale_value(),
-        }
-        step = _Step(
-            decisions, clipped_grads=clipped, norms=norms, scalars=scalars, state=new_state
-        )
-        return step, grads_for_inner
+            new_state = [ops.where(view.is_update, n, o) for n, o in zip(measured.state, state)]
+            measured = measured._replace(state=new_state)
+        scalars = recording.scalars_of(measured, decisions.changed, decisions.skipped)
+        return _Step(decisions, measured, scalars), grads_for_inner
 
     def _decisions(self, view, norm, info):
         """Whether to skip the inner update, and what to count (a `_Decisions`)."""
@@ -418,28 +408,19 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         self._counters.assign_add(
             ops.cast(ops.stack([count, decisions.changed, decisions.skipped]), "int32")
         )
-        for v, new in zip(self._policy_state, step.state):
+        for v, new in zip(self._policy_state, step.measured.state):
             v.assign(new)
-        indices = [self._get_variable_index(v) for v in tvs]
-        size = len(self._trainable_variables)
+        indices = [keras_private.variable_index(self, v) for v in tvs]
         snapshot = backend.get("recording").snapshot
         before = [snapshot(v) for v in tvs] if self.record_update_norms else None
         # No variable is assigned inside a traced branch where the backend
         # forbids it (JAX): there a skipped update is run and undone.
         targets = list(tvs) + list(self.inner_optimizer.variables)
         backend.get("distribute").apply_unless(decisions.skip, inner_apply, targets)
-        update = None
-        if self.record_update_norms:
-            deltas, weights = _recording.update_norms(before, [snapshot(v) for v in tvs])
-            update = (
-                _recording.scatter(indices, deltas, size),
-                _recording.scatter(indices, weights, size),
-            )
-        gradients = [None] * size
-        for i, g in zip(indices, step.clipped_grads):
-            gradients[i] = g
-        norms = _recording.scatter(indices, step.norms, size)
-        self._recorder.publish(count, step.scalars, norms, update, gradients)
+        after = [snapshot(v) for v in tvs] if self.record_update_norms else None
+        recording.publish_step(
+            self._recorder, indices, step.measured, step.scalars, count, before, after
+        )
 
     # ------------------------------------------------------------ reading
     def gradient_statistics(self):
@@ -452,12 +433,12 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             per-variable keys appear once the optimizer is built.
         """
         if not self.built:
-            return _recording.flat_statistics(None, (0, 0, 0), [], False, self._static_threshold())
+            return recording.flat_statistics(None, (0, 0, 0), [], False, self._static_threshold())
         counters = np.asarray(ops.convert_to_numpy(self._counters))
-        return _recording.flat_statistics(
+        return recording.flat_statistics(
             self._recorder.latest(),
             counters,
-            self._trainable_variables,
+            keras_private.trainable_variables_of(self),
             self.record_update_norms,
             self._static_threshold(),
         )
@@ -469,9 +450,14 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         return self._recorder.latest() if self.built else None
 
     @property
+    def recorder(self):
+        """The `keras_gradkit.recording.Recorder` its steps publish to (None before `build`)."""
+        return self._recorder if self.built else None
+
+    @property
     def watched_variables(self):
         """The model variables the statistics describe, in order (empty before `build`)."""
-        return list(self._trainable_variables)
+        return keras_private.trainable_variables_of(self)
 
     def _static_threshold(self):
         for name in ("max_norm", "max_value"):
@@ -486,7 +472,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         all-reduced gradient; under accumulation, the averaged one. Empty
         before the first update.
         """
-        if not self._recording:
+        if not self.records_gradients:
             raise ValueError(
                 "`last_gradients()` needs `record_gradients=True` in the ClippedOptimizer constructor "
                 "(or `enable_gradient_recording()`)."
@@ -494,7 +480,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         latest = self.latest_step()
         if latest is None or latest.gradients is None:
             return {}
-        return {v.path: g for v, g in zip(self._trainable_variables, latest.gradients)}
+        return {v.path: g for v, g in zip(self.watched_variables, latest.gradients)}
 
     # -------------------------------------------------------------- config
     def get_config(self):

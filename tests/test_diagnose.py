@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import keras_gradkit as gk
-from keras_gradkit.diagnostics import Thresholds, _findings
+from keras_gradkit.diagnostics import TRAINING_KINDS, Thresholds, advice
 
 BACKEND = keras.backend.backend()
 GUIDES = Path(__file__).resolve().parents[1] / "docs" / "guides"
@@ -725,11 +725,11 @@ class TestDiagnose:
             [gk.layers.IndRNN(8), gk.layers.IndRNN(8), keras.layers.Dense(1)],
             [gk.layers.ResidualIndRNN(8), gk.layers.ResidualIndRNN(8), keras.layers.Dense(1)],
         ]
-        texts = [_findings.time_advice(k, layer) for k in TIME_KINDS for layer in recurrent]
-        texts += [_findings.depth_advice(k, None, layers) for k in DEPTH_KINDS for layers in stacks]
-        texts += [_findings.non_finite_advice(where) for where in ("input", "dense")]
-        texts += list(_findings.TRAINING_ADVICE.values())
-        assert set(_findings.TRAINING_ADVICE) == set(_findings.TRAINING_KINDS)
+        texts = [advice.time_advice(k, layer) for k in TIME_KINDS for layer in recurrent]
+        texts += [advice.depth_advice(k, None, layers) for k in DEPTH_KINDS for layers in stacks]
+        texts += [advice.non_finite_advice(where) for where in ("input", "dense")]
+        texts += list(advice.TRAINING_ADVICE.values())
+        assert set(advice.TRAINING_ADVICE) == set(TRAINING_KINDS)
         links = set()
         for text in texts:
             found = re.findall(r"docs/([\w./-]+?\.md)(?:#([\w-]+))?", text)
@@ -742,7 +742,7 @@ class TestDiagnose:
             anchors.setdefault(page, guide_anchors(path))
             assert anchor in anchors[page], (page, anchor, sorted(anchors[page]))
         # Every link written in the advice module is among those produced.
-        source = Path(_findings.__file__).read_text()
+        source = Path(advice.__file__).read_text()
         written = set(re.findall(r"(guides/\w+\.md)#([\w-]+)", source))
         written |= {
             ("guides/diagnosing.md", a or b)

@@ -2,7 +2,7 @@
 
 - Markdown: the ```python (or ```py) blocks of README.md and of every
   docs/**/*.md run in order, in one namespace and working folder per file,
-  all files in one fresh Python process (Keras's global state reset between
+  all files in the test's process (Keras's global state reset between
   files). A block whose first
   non-empty line starts with `# fragment` is skipped; other fence languages
   (bash, console, text, none) are not run.
@@ -18,12 +18,11 @@
 import doctest
 import importlib
 import inspect
-import json
+import linecache
 import os
 import re
-import subprocess
-import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import keras
@@ -33,8 +32,7 @@ from test_docstrings import SUBPACKAGES
 REPO = Path(__file__).resolve().parents[1]
 PUBLIC_MODULES = SUBPACKAGES
 RUNNABLE_LANGUAGES = {"python", "py"}
-MARKDOWN_TIMEOUT_S = 240
-STDERR_TAIL_CHARS = 4000
+TRACEBACK_TAIL_CHARS = 4000
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _DIRECTIVE = re.compile(r"^:::[ \t]+(?P<path>[\w.]+)[ \t]*$", re.M)
@@ -101,105 +99,55 @@ def markdown_files():
     return [path.relative_to(REPO).as_posix() for path in files]
 
 
-# Runs in the subprocess: only the standard library, so it starts fast. All
-# files run in one process (one import of the backend, which dominates the
-# cost), each in its own namespace and working folder, with Keras's global
-# state (dtype policy, names) reset in between.
-_RUNNER = """
-import io, json, linecache, os, sys, traceback
-spec = json.load(open(sys.argv[1]))
-failures = {}
+def _reset_keras():
+    keras.config.set_dtype_policy("float32")
+    keras.utils.clear_session(free_memory=False)
 
 
-def reset_keras():
-    keras = sys.modules.get("keras")
-    if keras is not None:
-        keras.config.set_dtype_policy("float32")
-        keras.backend.clear_session()
+def run_markdown_files(blocks_by_file, workdir):
+    """Runs each file's blocks (`{file: blocks}`) in this process: per file
+    one namespace (`__name__ == "__main__"`, nothing imported) and one
+    working folder under `workdir`, Keras's global state (dtype policy,
+    session) reset between files. Returns `{file: failure message}` for the
+    files whose blocks failed; a file stops at its first failing block.
 
-
-for number, entry in enumerate(spec["files"]):
-    file, namespace = entry["file"], {"__name__": "__main__"}
-    folder = os.path.join(spec["workdir"], f"file{number}")
-    os.makedirs(folder, exist_ok=True)
-    os.chdir(folder)
-    reset_keras()
-    for block in entry["blocks"]:
-        with open(spec["progress"], "w") as f:
-            f.write(json.dumps([file, block["line"]]))
-        # Padding makes traceback line numbers the Markdown file's line numbers.
-        source = "\\n" * (block["line"] - 1) + block["source"] + "\\n"
-        linecache.cache[file] = (len(source), None, source.splitlines(True), file)
-        try:
-            exec(compile(source, file, "exec"), namespace)
-        except BaseException as e:
-            text = io.StringIO()
-            traceback.print_exception(type(e), e, e.__traceback__.tb_next, file=text)  # without this runner's frame
-            failures[file] = {"line": block["line"], "traceback": text.getvalue()}
-            break
-with open(spec["results"], "w") as f:
-    json.dump(failures, f)
-"""
-
-
-def run_markdown_files(blocks_by_file, workdir, timeout=MARKDOWN_TIMEOUT_S):
-    """Runs each file's blocks (`{file: blocks}`) in one fresh process.
-    Returns `{file: failure message}` for the files whose blocks failed."""
-    workdir = Path(workdir)
-    runner, spec, progress = (
-        workdir / "_docs_runner.py",
-        workdir / "_docs_blocks.json",
-        workdir / "_docs_progress",
-    )
-    results = workdir / "_docs_results.json"
-    runner.write_text(_RUNNER)
-    results.unlink(missing_ok=True)
-    files = [{"file": file, "blocks": blocks} for file, blocks in blocks_by_file.items()]
-    spec.write_text(
-        json.dumps(
-            {
-                "files": files,
-                "progress": str(progress),
-                "results": str(results),
-                "workdir": str(workdir),
-            }
-        )
-    )
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), MPLBACKEND="Agg")
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"  # TensorFlow's start-up noise would fill the stderr tail
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
+    In this process rather than a fresh one: the namespaces are as empty as
+    a fresh interpreter's, and a second import of the backend (and, on
+    TensorFlow, a second AutoGraph conversion of every traced function) cost
+    5 to 10 s per backend and proved nothing more."""
+    workdir, failures, cwd = Path(workdir), {}, os.getcwd()
     try:
-        result = subprocess.run(
-            [sys.executable, str(runner), str(spec)],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as e:
-        file, line = json.loads(progress.read_text()) if progress.exists() else ("?", "?")
-        tail = (e.stderr or b"")[-STDERR_TAIL_CHARS:]
-        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-        return {
-            file: f"{file}: the block starting at line {line} ran past {timeout} s.\n--- stderr tail ---\n{tail}"
-        }
-    if result.returncode != 0 or not results.exists():
-        file, line = json.loads(progress.read_text()) if progress.exists() else ("?", "?")
-        return {
-            file: f"{file}: the process died in the block starting at line {line} (exit code {result.returncode}).\n"
-            f"--- stderr tail ---\n{result.stderr[-STDERR_TAIL_CHARS:]}"
-        }
-    return {
-        file: f"{file}: the python block starting at line {failure['line']} failed.\n"
-        f"--- traceback ---\n{failure['traceback'][-STDERR_TAIL_CHARS:]}"
-        for file, failure in json.loads(results.read_text()).items()
-    }
+        for number, (file, blocks) in enumerate(blocks_by_file.items()):
+            folder = workdir / f"file{number}"
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chdir(folder)
+            if number:  # the test's fixture reset it before the first file
+                _reset_keras()
+            namespace = {"__name__": "__main__"}
+            for block in blocks:
+                # Padding makes traceback line numbers the Markdown file's line numbers.
+                source = "\n" * (block["line"] - 1) + block["source"] + "\n"
+                linecache.cache[file] = (len(source), None, source.splitlines(True), file)
+                try:
+                    exec(compile(source, file, "exec"), namespace)
+                except Exception as e:
+                    # Without this function's frame: the traceback starts in the block.
+                    trace = traceback.format_exception(type(e), e, e.__traceback__.tb_next)
+                    failures[file] = (
+                        f"{file}: the python block starting at line {block['line']} failed.\n"
+                        f"--- traceback ---\n{''.join(trace)[-TRACEBACK_TAIL_CHARS:]}"
+                    )
+                    break
+            linecache.cache.pop(file, None)
+    finally:
+        os.chdir(cwd)
+        _reset_keras()
+    return failures
 
 
-def run_markdown_blocks(file, blocks, workdir, timeout=MARKDOWN_TIMEOUT_S):
-    """Runs one file's `blocks` in a fresh process. Returns None, or a failure message."""
-    return run_markdown_files({file: blocks}, workdir, timeout).get(file)
+def run_markdown_blocks(file, blocks, workdir):
+    """Runs one file's `blocks`. Returns None, or a failure message."""
+    return run_markdown_files({file: blocks}, workdir).get(file)
 
 
 def test_markdown_code_blocks_run(tmp_path):
@@ -209,7 +157,7 @@ def test_markdown_code_blocks_run(tmp_path):
     }
     blocks_by_file = {file: blocks for file, blocks in blocks_by_file.items() if blocks}
     assert "README.md" in blocks_by_file and len(blocks_by_file) > 1, sorted(blocks_by_file)
-    failures = run_markdown_files(blocks_by_file, tmp_path, timeout=MARKDOWN_TIMEOUT_S * 4)
+    failures = run_markdown_files(blocks_by_file, tmp_path)
     if failures:
         pytest.fail("\n\n".join(failures.values()), pytrace=False)
 
@@ -268,9 +216,9 @@ class TestMarkdownExtraction:
 
     def test_blocks_share_a_namespace_and_a_failure_names_file_and_line(self, tmp_path):
         blocks = runnable_blocks(self.TEXT)
-        assert run_markdown_blocks("guide.md", blocks, tmp_path, timeout=60) is None
+        assert run_markdown_blocks("guide.md", blocks, tmp_path) is None
         failing = blocks + [{"line": 40, "source": "z = 1\nundefined_name"}]
-        message = run_markdown_blocks("guide.md", failing, tmp_path, timeout=60)
+        message = run_markdown_blocks("guide.md", failing, tmp_path)
         assert "guide.md: the python block starting at line 40 failed" in message
         assert 'File "guide.md", line 41' in message and "NameError" in message
 

@@ -13,9 +13,9 @@ from tensorboard.util import tensor_util
 
 import keras_gradkit as gk
 from keras_gradkit import clipping
-from keras_gradkit._gradients import value_and_gradients
-from keras_gradkit.diagnostics import _time as _time_probe
+from keras_gradkit.diagnostics import time_probe as _time_probe
 from keras_gradkit.optimizers import ClippedOptimizer
+from tests.gradient_testing import value_and_gradients
 
 BACKEND = keras.backend.backend()
 JIT = pytest.mark.skipif(BACKEND == "torch", reason="no XLA on torch")
@@ -365,12 +365,18 @@ class TestGradientBoard:
         model.compile(optimizer=opt, loss="mse")
         model.fit(x, y, verbose=0)  # traced and built without gradient copies
         saved_before = [v.path for v in opt.variables]
-        model.fit(x, y, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path)])
-        events = read_events(tmp_path)
-        assert_histogram_of(
-            events, "gradients/net/out/kernel", opt.last_gradients()["net/out/kernel"]
+        seen = {}  # what the copies hold during fit (a callback after the board reads them)
+        read = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: seen.update(opt.last_gradients())
         )
+        model.fit(x, y, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path), read])
+        events = read_events(tmp_path)
+        assert_histogram_of(events, "gradients/net/out/kernel", seen["net/out/kernel"])
         assert opt.get_config()["record_gradients"] is False
+        # The switch is undone after fit: the optimizer keeps no copies again.
+        assert not opt.records_gradients
+        with pytest.raises(ValueError, match="record_gradients"):
+            opt.last_gradients()
         assert [v.path for v in opt.variables] == saved_before
         path = os.path.join(str(tmp_path), "m.keras")
         model.save(path)

@@ -9,11 +9,11 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from gradient_testing import value_and_gradients
 from test_gradient_board import data, dense_model, read_events, scalar, steps
 from test_gradient_board_trust import run_python, run_pythons
 
 import keras_gradkit as gk
-from keras_gradkit._gradients import value_and_gradients
 
 BACKEND = keras.backend.backend()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

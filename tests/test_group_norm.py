@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers import GroupNorm
+from tests.gradient_testing import value_and_gradients
 from tests.layer_testing import assert_config_round_trip, assert_export_serves, run_layer_test
 
 

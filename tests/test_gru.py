@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 import keras_gradkit
-from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers import GRU, GRUCell
+from tests.gradient_testing import value_and_gradients
 from tests.layer_testing import (
     assert_config_round_trip,
     assert_keras_file_round_trip,
     run_layer_test,
 )
-from tests.test_lstm import _documented_args, _inputs, _np, _randomize
+from tests.test_lstm import _documented_args, _inputs, _np, _randomize, load_saved_fixture
 
 B, T, D, U = 3, 5, 4, 6
 
@@ -118,9 +118,10 @@ class TestGRU:
         rnn.set_weights(layer.get_weights())
         np.testing.assert_allclose(_np(rnn(x)), _np(layer(x)), atol=1e-6)
 
-    def test_cell_is_ours_and_keras_build_makes_the_weights(self, reset_after, monkeypatch):
-        """Keras's `GRUCell.build` creates the weights of our cell, named and
-        shaped as keras.layers.GRU's; with the same weights, the same outputs."""
+    def test_cell_is_keras_and_keras_build_makes_the_weights(self, reset_after, monkeypatch):
+        """The layer's cell is Keras's, and Keras's `GRUCell.build` creates its
+        weights, named and shaped as keras.layers.GRU's; with the same weights,
+        the same outputs."""
         built = []
         keras_build = keras.layers.GRUCell.build
 
@@ -132,10 +133,10 @@ class TestGRU:
         x = _inputs()
         ours = GRU(U, reset_after=reset_after, update_bias=1.5, name="rnn")
         theirs = keras.layers.GRU(U, reset_after=reset_after, name="rnn")
-        assert type(ours.cell) is GRUCell and ours.cell.name == "gru_cell"
-        assert [type(layer) for layer in ours._flatten_layers(include_self=False)] == [GRUCell]
+        assert type(ours.cell) is keras.layers.GRUCell and ours.cell.name == "gru_cell"
         ours(x), theirs(x)
         assert built == [ours.cell, theirs.cell]
+        assert [w.path for w in ours.weights] == [w.path for w in ours.cell.weights]
         described = [(w.path, tuple(w.shape)) for w in ours.trainable_weights]
         assert described == [(w.path, tuple(w.shape)) for w in theirs.trainable_weights]
         bias_shape = (2, 3 * U) if reset_after else (3 * U,)
@@ -234,7 +235,8 @@ class TestGRUArguments:
         assert chrono.bias_initializer.seed == 4 and chrono.bias_initializer.reset_after is True
         assert isinstance(GRU(U, bias_initializer="ones").bias_initializer, keras.initializers.Ones)
         # The config has the arguments, not the computed initializer.
-        for config in (layer.get_config(), layer.cell.get_config(), chrono.get_config()):
+        cell = GRUCell(U, update_bias=2.0, reset_after=False)
+        for config in (layer.get_config(), cell.get_config(), chrono.get_config()):
             assert config["bias_initializer"] is None
         assert (
             layer.get_config()["update_bias"] == 2.0
@@ -275,11 +277,11 @@ class TestGRUArguments:
         monkeypatch.setattr(tf_rnn, "_is_gpu_available", lambda: True)
         monkeypatch.setattr(tf_rnn, "_cudnn_gru", fake_cudnn)
         layer = GRU(U, update_bias=2.0)
-        assert isinstance(layer, keras.layers.GRU) and isinstance(layer.cell, GRUCell)
+        assert isinstance(layer, keras.layers.GRU) and type(layer.cell) is keras.layers.GRUCell
         assert layer.supports_jit is False  # decided in the constructor, as keras.layers.GRU does
-        check = keras_gradkit.backend.get("rnn").cudnn_disables_jit
-        assert check(layer.cell, False, "auto", reset_after=True) is True
-        assert check(layer.cell, False, "auto", reset_after=False) is False
+        for kwargs in [{"use_cudnn": True}, {"unroll": True}, {"reset_after": False}]:
+            expected = keras.layers.GRU(U, **kwargs).supports_jit
+            assert GRU(U, update_bias=2.0, **kwargs).supports_jit is expected
         assert (
             GRU(U, reset_after=False).supports_jit is True
             and GRU(U, use_cudnn=False).supports_jit is True
@@ -350,6 +352,17 @@ class TestGRUArguments:
         assert (
             isinstance(loaded.layers[1].cell, GRUCell) and loaded.layers[1].cell.update_bias == 1.0
         )
+
+    def test_keras_file_saved_with_the_cell_swap_loads(self, tmp_path):
+        model = load_saved_fixture("gru_gate_bias_v1", tmp_path)
+        gates, chrono = model.get_layer("gates"), model.get_layer("chrono")
+        assert isinstance(gates, GRU) and (gates.update_bias, gates.reset_bias) == (2.0, -1.0)
+        row = np.repeat([2.0, -1.0, 0.5], U)
+        np.testing.assert_array_equal(gates.cell.bias.numpy(), np.stack([row, np.zeros(3 * U)]))
+        assert chrono.chrono_timesteps == 12 and chrono.reset_after is False
+        assert chrono.get_config()["seed"] == 3 and chrono.get_config()["use_cudnn"] is False
+        cell = model.get_layer("cell").cell
+        assert isinstance(cell, GRUCell) and cell.update_bias == 1.0 and cell.reset_after is False
 
     @pytest.mark.parametrize("cls", [GRU, GRUCell])
     def test_documented_args_match_signature(self, cls):

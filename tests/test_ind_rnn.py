@@ -4,6 +4,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from gradient_testing import value_and_gradients
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from layer_testing import (
@@ -14,7 +15,6 @@ from layer_testing import (
 )
 
 import keras_gradkit as gk
-from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers.ind_rnn import recurrent_bound
 
 BACKEND = keras.backend.backend()

@@ -7,7 +7,7 @@ import pytest
 import keras_gradkit
 from keras_gradkit.layers import LayerNormLSTMCell
 from tests.layer_testing import assert_config_round_trip, assert_keras_file_round_trip
-from tests.test_lstm import _documented_args, _inputs, _np
+from tests.test_lstm import _documented_args, _inputs, _np, load_saved_fixture
 
 B, T, D, U = 3, 5, 4, 6
 
@@ -144,6 +144,13 @@ class TestLayerNormLSTMCell:
         _set_params(cell, _random_params(1))
         loaded = assert_keras_file_round_trip(model, _inputs(), tmp_path)
         assert isinstance(loaded.layers[1].cell, LayerNormLSTMCell)
+
+    def test_keras_file_saved_with_the_cell_swap_loads(self, tmp_path):
+        model = load_saved_fixture("layer_norm_lstm_cell_v1", tmp_path)
+        cell, chrono = model.get_layer("cell").cell, model.get_layer("chrono").cell
+        assert isinstance(cell, LayerNormLSTMCell) and cell.norm_epsilon == 1e-2
+        np.testing.assert_array_equal(cell.bias.numpy(), np.repeat([0.0, 2.0, 0.0, -0.5], U))
+        assert chrono.chrono_timesteps == 12 and chrono.seed == 4
 
     @pytest.mark.parametrize(
         "kwargs, name",

@@ -1,6 +1,7 @@
 import importlib
 import inspect
 import math
+import pathlib
 import re
 
 import keras
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 import keras_gradkit
-from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers import GRU, LSTM, GRUCell, LayerNormLSTMCell, LSTMCell
+from tests.gradient_testing import value_and_gradients
 from tests.layer_testing import (
     assert_config_round_trip,
     assert_export_serves,
@@ -18,6 +19,7 @@ from tests.layer_testing import (
 )
 
 B, T, D, U = 3, 5, 4, 6
+DATA = pathlib.Path(__file__).parent / "data"
 
 
 def _sigmoid(v):
@@ -55,6 +57,25 @@ def _randomize(layer, seed=1):
     layer.set_weights(
         [rng.normal(scale=0.5, size=w.shape).astype("float32") for w in layer.get_weights()]
     )
+
+
+def load_saved_fixture(name, tmp_path):
+    """Loads `tests/data/<name>.keras`, a model saved by keras_gradkit 86cb3c2
+    (whose LSTM and GRU swapped Keras's cell for their own), and checks that it
+    has the saved weights and gives the saved outputs, also once saved again.
+
+    The `.npz` next to it holds `inputs`, `outputs` and `weight_<i>` in the
+    order of `model.weights`; the kernels are random and the biases are the
+    ones the gate arguments made.
+    """
+    model = keras.saving.load_model(DATA / f"{name}.keras")
+    saved = np.load(DATA / f"{name}.npz")
+    assert len(model.weights) == len([k for k in saved.files if k.startswith("weight_")])
+    for i, weight in enumerate(model.weights):
+        np.testing.assert_array_equal(_np(weight), saved[f"weight_{i}"], err_msg=weight.path)
+    np.testing.assert_allclose(_np(model(saved["inputs"])), saved["outputs"], atol=1e-5)
+    assert_keras_file_round_trip(model, saved["inputs"], tmp_path)
+    return model
 
 
 def _documented_args(cls):
@@ -208,11 +229,12 @@ class TestLSTM:
         monkeypatch.setattr(tf_rnn, "_is_gpu_available", lambda: True)
         monkeypatch.setattr(tf_rnn, "_cudnn_lstm", fake_cudnn)
         layer = LSTM(U, forget_bias=2.0)
-        assert isinstance(layer, keras.layers.LSTM) and isinstance(layer.cell, LSTMCell)
+        assert isinstance(layer, keras.layers.LSTM)
+        assert type(layer.cell) is keras.layers.LSTMCell
         assert layer.supports_jit is False  # decided in the constructor, as keras.layers.LSTM does
-        check = keras_gradkit.backend.get("rnn").cudnn_disables_jit
-        assert check(layer.cell, False, "auto") is True and check(layer.cell, False, True) is True
-        assert check(layer.cell, True, "auto") is False and check(layer.cell, False, False) is False
+        for kwargs in [{"use_cudnn": True}, {"unroll": True}, {"use_cudnn": False}]:
+            expected = keras.layers.LSTM(U, **kwargs).supports_jit
+            assert LSTM(U, forget_bias=2.0, **kwargs).supports_jit is expected
         assert (
             LSTM(U, use_cudnn=False).supports_jit is True
             and LSTM(U, unroll=True).supports_jit is True
@@ -234,9 +256,10 @@ class TestLSTM:
             {"use_bias": False},
         ],
     )
-    def test_cell_is_ours_and_keras_build_makes_the_weights(self, monkeypatch, kwargs):
-        """Keras's `LSTMCell.build` creates the weights of our cell, named and
-        shaped as keras.layers.LSTM's; with the same weights, the same outputs."""
+    def test_cell_is_keras_and_keras_build_makes_the_weights(self, monkeypatch, kwargs):
+        """The layer's cell is Keras's, and Keras's `LSTMCell.build` creates its
+        weights, named and shaped as keras.layers.LSTM's; with the same
+        weights, the same outputs."""
         built = []
         keras_build = keras.layers.LSTMCell.build
 
@@ -253,10 +276,10 @@ class TestLSTM:
             LSTM(U, name="rnn", **kwargs),
             keras.layers.LSTM(U, name="rnn", **keras_kwargs),
         )
-        assert type(ours.cell) is LSTMCell and ours.cell.name == "lstm_cell"
-        assert [type(layer) for layer in ours._flatten_layers(include_self=False)] == [LSTMCell]
+        assert type(ours.cell) is keras.layers.LSTMCell and ours.cell.name == "lstm_cell"
         ours(x), theirs(x)
         assert built == [ours.cell, theirs.cell]
+        assert [w.path for w in ours.weights] == [w.path for w in ours.cell.weights]
         described = [(w.path, tuple(w.shape)) for w in ours.trainable_weights]
         assert described == [(w.path, tuple(w.shape)) for w in theirs.trainable_weights]
         expected = [
@@ -283,7 +306,7 @@ class TestLSTM:
         assert isinstance(keras_style.bias_initializer, keras.initializers.Ones)
         assert keras_style.unit_forget_bias is True
         # The config has the arguments, not the computed initializer.
-        for config in (layer.get_config(), layer.cell.get_config()):
+        for config in (layer.get_config(), LSTMCell(U, forget_bias=2.0).get_config()):
             assert config["bias_initializer"] is None and config["unit_forget_bias"] is None
             assert config["forget_bias"] == 2.0
         assert LSTM(U, unit_forget_bias=False).get_config()["bias_initializer"] is None
@@ -313,7 +336,7 @@ class TestLSTM:
     def test_seeded_weights_are_keras_weights(self):
         """After `keras.utils.set_random_seed`, the layer and the layers built
         after it start from the weights they have with keras.layers.LSTM: the
-        cell Keras's constructor builds and discards draws no seed."""
+        layer draws the seeds Keras's draws, and no others."""
 
         def weights(make):
             keras.utils.set_random_seed(7)
@@ -330,12 +353,12 @@ class TestLSTM:
         keras.backend.backend() == "tensorflow", reason="the TensorFlow answer is tested with cuDNN"
     )
     def test_no_cudnn_check_off_tensorflow(self):
-        check = keras_gradkit.backend.get("rnn").cudnn_disables_jit
         assert (
-            check(LSTMCell(U), False, "auto") is False
-            and check(GRUCell(U), False, True, reset_after=True) is False
+            keras.layers.LSTM(U).supports_jit is True and keras.layers.GRU(U).supports_jit is True
         )
         assert LSTM(U).supports_jit is True and GRU(U).supports_jit is True
+        assert LSTM(U, use_cudnn=True).supports_jit is True
+        assert GRU(U, use_cudnn=True).supports_jit is True
 
     def test_chrono(self):
         layer = LSTM(20, chrono_timesteps=40, seed=3)
@@ -424,6 +447,20 @@ class TestLSTM:
         assert (
             isinstance(loaded.layers[1].cell, LSTMCell) and loaded.layers[1].cell.output_bias == 1.0
         )
+
+    def test_keras_file_saved_with_the_cell_swap_loads(self, tmp_path):
+        model = load_saved_fixture("lstm_gate_bias_v1", tmp_path)
+        gates, chrono, keras_style = (
+            model.get_layer(n) for n in ("gates", "chrono", "keras_style")
+        )
+        assert isinstance(gates, LSTM) and (gates.forget_bias, gates.input_bias) == (2.0, -1.0)
+        np.testing.assert_array_equal(gates.cell.bias.numpy(), np.repeat([-1.0, 2.0, 0.5, 0.25], U))
+        assert chrono.chrono_timesteps == 12 and chrono.get_config()["seed"] == 3
+        config = keras_style.get_config()
+        assert config["unit_forget_bias"] is False and config["use_cudnn"] is False
+        assert config["bias_initializer"]["class_name"] == "Ones"
+        cell = model.get_layer("cell").cell
+        assert isinstance(cell, LSTMCell) and cell.output_bias == 1.0 and cell.seed == 2
 
     @pytest.mark.parametrize("cls", [LSTM, LSTMCell])
     def test_documented_args_match_signature(self, cls):

@@ -11,8 +11,8 @@ import pytest
 
 import keras_gradkit as gk
 from keras_gradkit import clipping
-from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.optimizers import ClippedOptimizer
+from tests.gradient_testing import value_and_gradients
 
 BACKEND = keras.backend.backend()
 # `jit_compile=True` is XLA on TensorFlow and JAX; torch.compile is not part of what is tested.

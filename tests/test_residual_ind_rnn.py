@@ -7,6 +7,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
+from gradient_testing import value_and_gradients
 from layer_testing import (
     assert_config_round_trip,
     assert_export_serves,
@@ -15,7 +16,6 @@ from layer_testing import (
 )
 
 import keras_gradkit as gk
-from keras_gradkit._gradients import value_and_gradients
 
 EPSILON = 1e-3
 DATA = pathlib.Path(__file__).parent / "data"

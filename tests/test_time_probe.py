@@ -8,9 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.callbacks import _time_probe as _time_plot
-from keras_gradkit.diagnostics import _time as _time_probe
+from keras_gradkit.callbacks._time_probe import validate_time_probe
+from keras_gradkit.diagnostics import time_probe as _time_probe
+from tests.gradient_testing import value_and_gradients
 
 BACKEND = keras.backend.backend()
 TRACED = BACKEND in ("tensorflow", "jax")
@@ -103,7 +104,7 @@ def tokens(rng):
 
 
 def probe(model, x, y):
-    result = _time_probe.TimeProbe(model, *_time_probe.validate_time_probe((x, y)))
+    result = _time_probe.TimeProbe(model, *validate_time_probe((x, y)))
     result.check()
     return result
 
@@ -328,26 +329,24 @@ class TestTimeProbe:
     @pytest.mark.backend_free
     def test_validate_rejects_other_arrays(self, x, message):
         with pytest.raises(ValueError, match=rf"`time_probe`.*{message}"):
-            _time_probe.validate_time_probe((x, np.zeros((len(x), 1))))
+            validate_time_probe((x, np.zeros((len(x), 1))))
 
     @pytest.mark.backend_free
     def test_validate_rejects_wrong_types_and_targets(self):
         with pytest.raises(TypeError, match=r"`time_probe`.*ndarray with shape=\(2, 3, 1\)"):
-            _time_probe.validate_time_probe(np.zeros((2, 3, 1)))
+            validate_time_probe(np.zeros((2, 3, 1)))
         with pytest.raises(TypeError, match="`time_probe`"):
-            _time_probe.validate_time_probe((None, np.zeros((2, 1))))
+            validate_time_probe((None, np.zeros((2, 1))))
         with pytest.raises(ValueError, match="Received: time_probe with 3 entries"):
-            _time_probe.validate_time_probe((np.zeros((2, 3, 1)),) * 3)
+            validate_time_probe((np.zeros((2, 3, 1)),) * 3)
         with pytest.raises(ValueError, match=r"`time_probe` must have as many targets.*\(3, 1\)"):
-            _time_probe.validate_time_probe((np.zeros((2, 3, 1)), np.zeros((3, 1))))
+            validate_time_probe((np.zeros((2, 3, 1)), np.zeros((3, 1))))
         with pytest.raises(ValueError, match=r"as many targets"):
-            _time_probe.validate_time_probe(
-                (np.zeros((2, 3, 1)), {"a": np.zeros((2, 1)), "b": np.zeros((3,))})
-            )
+            validate_time_probe((np.zeros((2, 3, 1)), {"a": np.zeros((2, 1)), "b": np.zeros((3,))}))
 
     def test_validate_returns_numpy(self):
-        assert _time_probe.validate_time_probe(None) is None
-        x, y = _time_probe.validate_time_probe(([[1, 2], [3, 0]], keras.ops.ones((2, 1))))
+        assert validate_time_probe(None) is None
+        x, y = validate_time_probe(([[1, 2], [3, 0]], keras.ops.ones((2, 1))))
         assert (
             isinstance(x, np.ndarray) and x.shape == (2, 2) and np.issubdtype(x.dtype, np.integer)
         )

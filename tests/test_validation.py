@@ -78,6 +78,8 @@ CASES = [
     ("reset_after", 1, TypeError),
     ("layout", "rnn", ValueError),
     ("data_init", 1, TypeError),
+    ("rnn_kernel", "hidden", ValueError),
+    ("rnn_kernel", None, ValueError),
     ("center", 1, TypeError),
     ("learn_scale", "yes", TypeError),
     ("centered", None, TypeError),

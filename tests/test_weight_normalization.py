@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 import keras_gradkit
-from keras_gradkit._gradients import value_and_gradients
 from keras_gradkit.layers import IndRNN, LayerNormLSTMCell, WeightNormalization
+from tests.gradient_testing import value_and_gradients
 from tests.layer_testing import (
     assert_config_round_trip,
     assert_export_serves,
     assert_keras_file_round_trip,
 )
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def _np(x):
@@ -368,7 +370,7 @@ class TestWeightNormalization:
         model.fit(x, np.zeros((3, 2)), epochs=1, verbose=0)
         assert_export_serves(model, x, tmp_path)
 
-    # ---- Recurrent layers: the cell's input kernel is normalized.
+    # ---- Recurrent layers, rnn_kernel="input": the cell's input kernel is normalized.
 
     @pytest.mark.parametrize("name", sorted(_RNN_LAYERS))
     def test_rnn_equals_layer_with_normalized_input_kernel(self, name):
@@ -378,7 +380,7 @@ class TestWeightNormalization:
         rng = np.random.default_rng(20)
         x = rng.normal(size=(3, 5, 4)).astype("float32")
         mask = np.arange(5) < np.array([[5], [3], [2]])
-        wrapper = WeightNormalization(_RNN_LAYERS[name](), data_init=False)
+        wrapper = WeightNormalization(_RNN_LAYERS[name](), data_init=False, rnn_kernel="input")
         wrapper.build(x.shape)
         assert wrapper.layer.weights[0] is wrapper.layer.cell.kernel
         weights = _random_weights(wrapper.layer, rng)
@@ -404,7 +406,9 @@ class TestWeightNormalization:
         rng = np.random.default_rng(21)
         x = rng.normal(size=(2, 4, 3)).astype("float32")
         h0 = rng.normal(size=(2, 5)).astype("float32")
-        wrapper = WeightNormalization(keras.layers.SimpleRNN(5, return_sequences=True))
+        wrapper = WeightNormalization(
+            keras.layers.SimpleRNN(5, return_sequences=True), rnn_kernel="input"
+        )
         wrapper.build(x.shape)
         v, u, b = _random_weights(wrapper.layer, rng)
         g = rng.uniform(0.5, 2.0, size=(5,)).astype("float32")
@@ -425,7 +429,7 @@ class TestWeightNormalization:
         rng = np.random.default_rng(22)
         x = rng.normal(size=(2, 5, 3)).astype("float32")
         make = _RNN_LAYERS[name]
-        wrapper = WeightNormalization(make(), data_init=False)
+        wrapper = WeightNormalization(make(), data_init=False, rnn_kernel="input")
         wrapper.build(x.shape)
         weights = _random_weights(wrapper.layer, rng)
         v = weights[0]
@@ -461,7 +465,9 @@ class TestWeightNormalization:
         x = (rng.normal(size=(4, 6, 3)) * 2 + 1).astype("float32")
         mask = np.arange(6) < np.array([[6], [5], [3], [2]])
         x[~mask] = 50.0  # padding: it would dominate the statistics if counted
-        wrapper = WeightNormalization(keras.layers.LSTM(3, return_sequences=True))
+        wrapper = WeightNormalization(
+            keras.layers.LSTM(3, return_sequences=True), rnn_kernel="input"
+        )
         wrapper.build(x.shape)
         cell = wrapper.layer.cell
         v0, u0, b0 = (_np(w) for w in wrapper.layer.weights)
@@ -494,7 +500,9 @@ class TestWeightNormalization:
         rng = np.random.default_rng(24)
         x = rng.normal(size=(2, 6, 3)).astype("float32")
         wrapper = WeightNormalization(
-            keras.layers.GRU(4, return_sequences=True, stateful=True), data_init=False
+            keras.layers.GRU(4, return_sequences=True, stateful=True),
+            data_init=False,
+            rnn_kernel="input",
         )
         wrapper.build((2, None, 3))
         weights = _random_weights(wrapper.layer, rng)
@@ -510,7 +518,7 @@ class TestWeightNormalization:
         keras.config.set_dtype_policy("mixed_float16")
         rng = np.random.default_rng(25)
         x = rng.normal(size=(2, 4, 3)).astype("float32")
-        wrapper = WeightNormalization(keras.layers.GRU(3), data_init=False)
+        wrapper = WeightNormalization(keras.layers.GRU(3), data_init=False, rnn_kernel="input")
         wrapper.build(x.shape)
         weights = _random_weights(wrapper.layer, rng)
         # Entries of 1e3: their squares overflow float16, the norm must be float32.
@@ -526,35 +534,280 @@ class TestWeightNormalization:
         plain.set_weights([reference_direction(weights[0]) * _np(wrapper.g), *weights[1:]])
         np.testing.assert_allclose(_np(keras.ops.cast(y, "float32")), _np(plain(x)), atol=1e-2)
 
+    # ---- Recurrent layers, rnn_kernel="recurrent" (the default) or "both".
+
+    @pytest.mark.parametrize("rnn_kernel", ["recurrent", "both"])
+    @pytest.mark.parametrize("name", sorted(set(_RNN_LAYERS) - {"IndRNN"}))
+    def test_rnn_equals_layer_with_normalized_recurrent_kernel(self, name, rnn_kernel):
+        """The wrapper computes what the plain layer computes with the recurrent
+        kernel r * u / ||u|| (one norm per column), and with "both" the input
+        kernel g * v / ||v|| too, under a mask."""
+        rng = np.random.default_rng(30)
+        x = rng.normal(size=(3, 5, 4)).astype("float32")
+        mask = np.arange(5) < np.array([[5], [3], [2]])
+        wrapper = WeightNormalization(_RNN_LAYERS[name](), data_init=False, rnn_kernel=rnn_kernel)
+        wrapper.build(x.shape)
+        cell = wrapper.layer.cell
+        assert wrapper.layer.weights[1] is cell.recurrent_kernel
+        weights = _random_weights(wrapper.layer, rng)
+        v, u = weights[0], weights[1]
+        # Lengths well away from ||u||, so that the normalization matters.
+        scale = rng.uniform(1.5, 2.5, size=wrapper.recurrent_g.shape)
+        r = (np.linalg.norm(u, axis=0) * scale).astype("float32")
+        assert r.shape == (u.shape[1],)
+        wrapper.recurrent_g.assign(r)
+        expected_weights = [v, (reference_direction(u) * r).astype("float32"), *weights[2:]]
+        if rnn_kernel == "both":
+            g = rng.uniform(0.5, 2.0, size=wrapper.g.shape).astype("float32")
+            wrapper.g.assign(g)
+            expected_weights[0] = (reference_direction(v) * g).astype("float32")
+        else:
+            assert not hasattr(wrapper, "g")
+        plain = _RNN_LAYERS[name]()
+        plain.build(x.shape)
+        plain.set_weights(expected_weights)
+        got = _outputs(wrapper(x, mask=mask))
+        expected = _outputs(plain(x, mask=mask))
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+        assert cell.kernel is wrapper.layer.weights[0]
+        assert cell.recurrent_kernel is wrapper.layer.weights[1]
+        np.testing.assert_array_equal(_np(cell.recurrent_kernel), u)
+
+    @pytest.mark.parametrize("rnn_kernel", ["recurrent", "both"])
+    def test_simple_rnn_recurrent_kernel_matches_numpy_recurrence(self, rnn_kernel):
+        """h_t = tanh(x_t . W + h_{t-1} . (r u / ||u||) + b), W = V or g V / ||V||."""
+        rng = np.random.default_rng(31)
+        x = rng.normal(size=(2, 4, 3)).astype("float32")
+        h0 = rng.normal(size=(2, 5)).astype("float32")
+        wrapper = WeightNormalization(
+            keras.layers.SimpleRNN(5, return_sequences=True), rnn_kernel=rnn_kernel
+        )
+        wrapper.build(x.shape)
+        v, u, b = _random_weights(wrapper.layer, rng)
+        r = rng.uniform(0.5, 2.0, size=(5,)).astype("float32")
+        wrapper.recurrent_g.assign(r)
+        w, recurrent = v.astype(np.float64), reference_direction(u) * r
+        if rnn_kernel == "both":
+            g = rng.uniform(0.5, 2.0, size=(5,)).astype("float32")
+            wrapper.g.assign(g)
+            w = reference_direction(v) * (g + _np(wrapper.g_offset))  # offset 0: no init yet
+        h, expected = h0.astype(np.float64), []
+        for t in range(x.shape[1]):
+            h = np.tanh(x[:, t] @ w + h @ recurrent + b)
+            expected.append(h)
+        got = _np(wrapper(x, initial_state=[h0]))
+        np.testing.assert_allclose(got, np.stack(expected, axis=1), atol=1e-5, rtol=1e-5)
+
+    def test_lstm_recurrent_kernel_matches_numpy_recurrence(self):
+        """Keras's LSTM gates (i, f, c, o) with U = r * u / ||u|| per column of
+        the (units, 4 * units) recurrent kernel."""
+        rng = np.random.default_rng(32)
+        x = rng.normal(size=(2, 5, 3)).astype("float32")
+        units = 4
+        wrapper = WeightNormalization(keras.layers.LSTM(units, return_sequences=True))
+        wrapper.build(x.shape)
+        v, u, b = _random_weights(wrapper.layer, rng)
+        r = rng.uniform(0.5, 2.0, size=(4 * units,)).astype("float32")
+        wrapper.recurrent_g.assign(r)
+        recurrent = reference_direction(u) * r
+
+        def sigmoid(z):
+            return 1.0 / (1.0 + np.exp(-z))
+
+        h = c = np.zeros((2, units))
+        expected = []
+        for t in range(x.shape[1]):
+            z = x[:, t] @ v + h @ recurrent + b
+            i, f, c_hat, o = np.split(z, 4, axis=-1)
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(c_hat)
+            h = sigmoid(o) * np.tanh(c)
+            expected.append(h)
+        np.testing.assert_allclose(
+            _np(wrapper(x)), np.stack(expected, axis=1), atol=1e-5, rtol=1e-5
+        )
+
+    @pytest.mark.parametrize(
+        "name, rnn_kernel",
+        [("LSTM", "recurrent"), ("SimpleRNN", "both"), ("gradkit_GRU", "recurrent")],
+    )
+    def test_rnn_recurrent_kernel_gradients_follow_the_paper(self, name, rnn_kernel):
+        """dL/dr = dL/dU . u / ||u|| and dL/du = r / ||u|| (dL/dU - (dL/dr) u / ||u||)
+        per column, with dL/dU the plain layer's recurrent kernel gradient; the
+        input kernel's gradients follow the same rule with "both" and are the
+        plain layer's with "recurrent"."""
+        rng = np.random.default_rng(33)
+        x = rng.normal(size=(2, 5, 3)).astype("float32")
+        make = _RNN_LAYERS[name]
+        wrapper = WeightNormalization(make(), data_init=False, rnn_kernel=rnn_kernel)
+        wrapper.build(x.shape)
+        weights = _random_weights(wrapper.layer, rng)
+        v, u = weights[0], weights[1]
+        lengths = {"recurrent_kernel": (u, wrapper.recurrent_g)}
+        if rnn_kernel == "both":
+            lengths["kernel"] = (v, wrapper.g)
+        plain_weights = list(weights)
+        for name_, (kernel, length) in lengths.items():
+            g = rng.uniform(0.5, 2.0, size=length.shape).astype("float32")
+            length.assign(g)
+            index = 0 if name_ == "kernel" else 1
+            plain_weights[index] = (reference_direction(kernel) * g).astype("float32")
+        plain = make()
+        plain.build(x.shape)
+        plain.set_weights(plain_weights)
+        target = rng.normal(size=_np(plain(x)).shape).astype("float32")
+        cell = wrapper.layer.cell
+
+        def loss_of(layer):
+            return lambda x: keras.ops.sum(keras.ops.multiply(layer(x, training=True), target))
+
+        _, _, (grad_v, grad_u, *grad_lengths) = value_and_gradients(
+            loss_of(wrapper),
+            [x],
+            [cell.kernel, cell.recurrent_kernel, *(g for _, g in lengths.values())],
+        )
+        _, _, (grad_w, grad_w_recurrent) = value_and_gradients(
+            loss_of(plain), [x], [plain.cell.kernel, plain.cell.recurrent_kernel]
+        )
+        grads = {"recurrent_kernel": (grad_u, grad_w_recurrent), "kernel": (grad_v, grad_w)}
+        for (name_, (kernel, length)), grad_g in zip(lengths.items(), grad_lengths):
+            grad_kernel, grad_plain = grads[name_]
+            direction = reference_direction(kernel)
+            expected_g = np.sum(grad_plain * direction, axis=0)
+            expected_kernel = (
+                _np(length) / np.linalg.norm(kernel, axis=0) * (grad_plain - expected_g * direction)
+            )
+            np.testing.assert_allclose(grad_g, expected_g, atol=1e-5, rtol=1e-4)
+            np.testing.assert_allclose(grad_kernel, expected_kernel, atol=1e-5, rtol=1e-4)
+            np.testing.assert_allclose(np.sum(grad_kernel * kernel, axis=0), 0.0, atol=1e-5)
+            assert np.all(np.abs(grad_g) > 0)
+        if rnn_kernel == "recurrent":
+            np.testing.assert_allclose(grad_v, grad_w, atol=1e-5, rtol=1e-4)
+
+    def test_rnn_data_init_leaves_the_recurrent_kernel_as_initialized(self):
+        """The recurrent lengths start at ||u|| and data init never sets them: with
+        "recurrent" there is nothing to initialize, with "both" only `g` is set."""
+        rng = np.random.default_rng(34)
+        x = (rng.normal(size=(4, 6, 3)) * 2 + 1).astype("float32")
+        recurrent = WeightNormalization(keras.layers.LSTM(3, return_sequences=True))
+        assert recurrent.rnn_kernel == "recurrent" and recurrent.data_init
+        recurrent.build(x.shape)
+        assert len(recurrent.trainable_weights) == 4  # recurrent_g, kernel, recurrent_kernel, bias
+        assert not recurrent.non_trainable_weights
+        assert not hasattr(recurrent, "g") and not hasattr(recurrent, "initialized")
+        u0 = _np(recurrent.layer.cell.recurrent_kernel)
+        y = _np(recurrent(x, training=True))
+        np.testing.assert_allclose(
+            _np(recurrent.recurrent_g), np.linalg.norm(u0, axis=0), rtol=1e-6
+        )
+        np.testing.assert_allclose(y, _np(recurrent.layer(x)), atol=1e-5, rtol=1e-5)
+
+        both = WeightNormalization(keras.layers.LSTM(3, return_sequences=True), rnn_kernel="both")
+        both.build(x.shape)
+        assert len(both.trainable_weights) == 5  # g, recurrent_g, the layer's three
+        assert len(both.non_trainable_weights) == 2  # g_offset, initialized
+        v0, u0, _ = (_np(w) for w in both.layer.weights)
+        both(x, training=True)
+        assert bool(_np(both.initialized))
+        t = x.reshape(-1, 3).astype(np.float64) @ reference_direction(v0)
+        np.testing.assert_allclose(_np(both.g) + _np(both.g_offset), 1.0 / t.std(0), rtol=1e-4)
+        np.testing.assert_allclose(_np(both.recurrent_g), np.linalg.norm(u0, axis=0), rtol=1e-6)
+
+    @pytest.mark.backend_free
+    def test_rnn_kernel_must_be_one_of_the_choices(self):
+        with pytest.raises(
+            ValueError,
+            match="Argument `rnn_kernel` must be one of 'recurrent', 'input', 'both'. "
+            "Received: rnn_kernel='hidden'",
+        ):
+            WeightNormalization(keras.layers.Dense(2), rnn_kernel="hidden")
+
+    @pytest.mark.parametrize("rnn_kernel", ["recurrent", "both"])
+    def test_ind_rnn_takes_the_input_kernel_only(self, rnn_kernel):
+        wrapper = WeightNormalization(IndRNN(3, name="ind"), rnn_kernel=rnn_kernel)
+        with pytest.raises(
+            ValueError, match=r"Argument `rnn_kernel` must be 'input'.*'ind'.*shape \(3,\)"
+        ):
+            wrapper.build((2, 4, 5))
+
+    def test_config_without_rnn_kernel_is_the_input_kernel(self):
+        """A config saved before `rnn_kernel` existed loads as the input-kernel
+        normalization it was; the argument itself round-trips."""
+        for rnn_kernel in ("recurrent", "input", "both"):
+            config = WeightNormalization(keras.layers.GRU(2), rnn_kernel=rnn_kernel).get_config()
+            assert config["rnn_kernel"] == rnn_kernel
+            assert WeightNormalization.from_config(config).rnn_kernel == rnn_kernel
+        del config["rnn_kernel"]
+        assert WeightNormalization.from_config(config).rnn_kernel == "input"
+        assert WeightNormalization(keras.layers.GRU(2)).rnn_kernel == "recurrent"
+
+    def test_keras_file_saved_before_rnn_kernel_loads_as_saved(self, tmp_path):
+        """`tests/data/weight_normalization_input_kernel.keras` was saved by
+        keras_gradkit before `rnn_kernel` existed (input-kernel normalization),
+        on TensorFlow: `keras.utils.set_random_seed(7)`, then
+        WeightNormalization around `LSTM(4, return_sequences=True)`,
+        `SimpleRNN(3)` and `Dense(2, activation="tanh")` on inputs `(5, 3)`,
+        called once with `training=True` on the `.npz`'s `x` (data init, so
+        the offsets are non-zero). The `.npz` holds `x`, every weight
+        (`weight_<i>` in `model.weights` order) and the outputs `y` then."""
+        model = keras.saving.load_model(
+            os.path.join(DATA, "weight_normalization_input_kernel.keras")
+        )
+        saved = np.load(os.path.join(DATA, "weight_normalization_input_kernel.npz"))
+        wrappers = model.layers[1:]
+        assert [w.rnn_kernel for w in wrappers] == ["input"] * 3
+        assert not any(hasattr(w, "recurrent_g") for w in wrappers)
+        assert len(model.weights) == len(saved.files) - 2
+        for i, weight in enumerate(model.weights):
+            np.testing.assert_array_equal(_np(weight), saved[f"weight_{i}"])
+        np.testing.assert_allclose(_np(model(saved["x"])), saved["y"], atol=1e-5, rtol=1e-5)
+        for wrapper in wrappers[:2]:  # each RNN's remove() keeps its input-kernel meaning
+            features = wrapper.layer.cell.kernel.shape[0]
+            x = np.random.default_rng(35).normal(size=(2, 5, features)).astype("float32")
+            np.testing.assert_allclose(
+                _np(wrapper.remove()(x)), _np(wrapper(x)), atol=1e-5, rtol=1e-5
+            )
+        path = tmp_path / "again.keras"
+        model.save(path)
+        again = keras.saving.load_model(path)
+        assert [w.rnn_kernel for w in again.layers[1:]] == ["input"] * 3
+        np.testing.assert_allclose(_np(again(saved["x"])), saved["y"], atol=1e-5, rtol=1e-5)
+
     # ---- remove(): a plain layer with the effective kernel and bias.
 
     @pytest.mark.parametrize(
-        "make_layer, shape",
+        "make_layer, shape, rnn_kernel",
         [
-            (lambda: keras.layers.Dense(3, activation="tanh"), (4,)),
-            (lambda: keras.layers.Conv2DTranspose(3, 2, strides=2), (3, 3, 2)),
-            (lambda: keras.layers.LSTM(3, return_sequences=True), (5, 4)),
-            (lambda: IndRNN(4), (5, 3)),
+            (lambda: keras.layers.Dense(3, activation="tanh"), (4,), "recurrent"),
+            (lambda: keras.layers.Conv2DTranspose(3, 2, strides=2), (3, 3, 2), "recurrent"),
+            (lambda: keras.layers.LSTM(3, return_sequences=True), (5, 4), "input"),
+            (lambda: IndRNN(4), (5, 3), "input"),
+            (lambda: keras.layers.LSTM(3, return_sequences=True), (5, 4), "recurrent"),
+            (lambda: keras.layers.GRU(3, go_backwards=True), (5, 4), "both"),
         ],
-        ids=["Dense", "Conv2DTranspose", "LSTM", "IndRNN"],
+        ids=["Dense", "Conv2DTranspose", "LSTM", "IndRNN", "LSTM-recurrent", "GRU-both"],
     )
     def test_remove_matches_the_wrapper_through_training_and_reload(
-        self, make_layer, shape, tmp_path
+        self, make_layer, shape, rnn_kernel, tmp_path
     ):
         rng = np.random.default_rng(26)
         x = (rng.normal(size=(4, *shape)) + 0.5).astype("float32")
         inputs = keras.Input(shape)
-        wrapper = WeightNormalization(make_layer())
+        wrapper = WeightNormalization(make_layer(), rnn_kernel=rnn_kernel)
         model = keras.Model(inputs, wrapper(inputs))
         y = rng.normal(size=_np(model(x)).shape).astype("float32")
         self._check_remove(wrapper, x)  # untrained: the plain layer's own kernel
-        wrapper(x, training=True)  # data-dependent initialization
-        assert bool(_np(wrapper.initialized)) and np.any(_np(wrapper.g_offset) != 0)
+        wrapper(x, training=True)  # data-dependent initialization (of an input kernel)
+        if hasattr(wrapper, "g"):
+            assert bool(_np(wrapper.initialized)) and np.any(_np(wrapper.g_offset) != 0)
         self._check_remove(wrapper, x)
-        g_before = _np(wrapper.g)
+        lengths = [getattr(wrapper, n) for n in ("g", "recurrent_g") if hasattr(wrapper, n)]
+        before = [_np(g) for g in lengths]
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         model.train_on_batch(x, y)
-        assert not np.allclose(_np(wrapper.g), g_before)
+        for g, b in zip(lengths, before):
+            assert not np.allclose(_np(g), b)
         self._check_remove(wrapper, x)
         loaded = assert_keras_file_round_trip(model, x, tmp_path)
         self._check_remove(loaded.layers[1], x)
@@ -562,8 +815,9 @@ class TestWeightNormalization:
     @staticmethod
     def _check_remove(wrapper, x):
         """`remove()` gives a new layer of the same class and config, with the kernel
-        g_eff * v / ||v|| and bias b + bias_offset computed here in NumPy, that
-        computes what the wrapper computes; the wrapper is unchanged."""
+        g_eff * v / ||v|| (each normalized kernel of an RNN's cell) and bias
+        b + bias_offset computed here in NumPy, that computes what the wrapper
+        computes; the wrapper is unchanged."""
         before = [_np(w) for w in wrapper.weights]
         plain = wrapper.remove()
         layer = wrapper.layer
@@ -575,16 +829,25 @@ class TestWeightNormalization:
         is_rnn = isinstance(layer, keras.layers.RNN)
         source, target = (layer.cell, plain.cell) if is_rnn else (layer, plain)
         unit_axis = -2 if isinstance(layer, keras.layers.Conv2DTranspose) else -1
-        v = _np(source.kernel)
-        g_eff = _np(wrapper.g) + _np(wrapper.g_offset)
-        g_shape = [1] * v.ndim
-        g_shape[unit_axis] = -1
-        np.testing.assert_allclose(
-            _np(target.kernel),
-            reference_direction(v, unit_axis) * g_eff.reshape(g_shape),
-            atol=1e-6,
-            rtol=1e-5,
+        normalized = (
+            {"kernel": "g", "recurrent_kernel": "recurrent_g"} if is_rnn else {"kernel": "g"}
         )
+        for name, length in normalized.items():
+            v = _np(getattr(source, name))
+            if not hasattr(wrapper, length):  # not normalized: copied as it is
+                np.testing.assert_array_equal(_np(getattr(target, name)), v)
+                continue
+            g_eff = _np(getattr(wrapper, length))
+            if name == "kernel" and wrapper.data_init:
+                g_eff = g_eff + _np(wrapper.g_offset)
+            g_shape = [1] * v.ndim
+            g_shape[unit_axis] = -1
+            np.testing.assert_allclose(
+                _np(getattr(target, name)),
+                reference_direction(v, unit_axis) * g_eff.reshape(g_shape),
+                atol=1e-6,
+                rtol=1e-5,
+            )
         expected_bias = _np(source.bias) + (0.0 if is_rnn else _np(wrapper.bias_offset))
         np.testing.assert_allclose(_np(target.bias), expected_bias, atol=1e-6, rtol=1e-6)
         np.testing.assert_allclose(_np(plain(x)), _np(wrapper(x)), atol=1e-5, rtol=1e-5)
@@ -615,8 +878,11 @@ class TestWeightNormalization:
         ],
         ids=["no_kernel", "conv_kernel"],
     )
-    def test_rnn_cell_without_an_input_kernel_is_rejected(self, make_layer, shape, pattern):
-        wrapper = WeightNormalization(make_layer())
+    @pytest.mark.parametrize("rnn_kernel", ["recurrent", "input"])
+    def test_rnn_cell_without_an_input_kernel_is_rejected(
+        self, make_layer, shape, pattern, rnn_kernel
+    ):
+        wrapper = WeightNormalization(make_layer(), rnn_kernel=rnn_kernel)
         with pytest.raises(ValueError, match=f"Argument `layer`.*{pattern}"):
             wrapper.build(shape)
 
@@ -627,16 +893,18 @@ class TestWeightNormalization:
             wrapper(x, initial_state=[x])
 
     def test_rnn_config_round_trip(self):
-        wrapper = WeightNormalization(IndRNN(3, timesteps=10), data_init=False, name="wn_ind")
+        wrapper = WeightNormalization(
+            IndRNN(3, timesteps=10), data_init=False, rnn_kernel="input", name="wn_ind"
+        )
         restored = assert_config_round_trip(wrapper)
         assert isinstance(restored.layer, IndRNN) and restored.layer.cell.timesteps == 10
-        assert restored.data_init is False
+        assert restored.data_init is False and restored.rnn_kernel == "input"
 
     @pytest.mark.tensorflow_only
     def test_rnn_export_serves(self, tmp_path):
         inputs = keras.Input((5, 3))
         hidden = WeightNormalization(keras.layers.LSTM(4, return_sequences=True))(inputs)
-        outputs = WeightNormalization(IndRNN(3))(hidden)
+        outputs = WeightNormalization(IndRNN(3), rnn_kernel="input")(hidden)
         model = keras.Model(inputs, outputs)
         x = np.random.default_rng(28).normal(size=(2, 5, 3)).astype("float32")
         model.compile(optimizer="sgd", loss="mse")

@@ -1,8 +1,9 @@
 """Keras's private API that keras_gradkit cannot do without (private).
 
-With `backend/tensorflow/rnn.py` (Keras's `cudnn_ok`, the test Keras's own
-LSTM and GRU use), the only places in the package that read `keras.src`, so
-that a change there breaks here, visibly, and nowhere else.
+Every read of a private Keras name in the package goes through this module,
+each with the reason there is no public route, so that a change in Keras
+breaks here, visibly, and nowhere else: `tests/test_keras_private.py` calls
+each function against the installed Keras and fails loudly if a name moved.
 
 `DropoutRNNCell`: `keras.layers.RNN` creates a cell's dropout masks before its
 loop, and forgets them after the call, only for a cell that is an instance of
@@ -14,6 +15,102 @@ writes its masks itself with public API and uses the class only as the mark
 that `keras.layers.RNN` looks for.
 """
 
+from keras import ops
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
-__all__ = ["DropoutRNNCell"]
+__all__ = [
+    "DropoutRNNCell",
+    "accumulated_gradient",
+    "compiled_loss",
+    "compile_token",
+    "flatten_layers",
+    "keras_mask",
+    "make_function",
+    "micro_step_count",
+    "state_sharding_spec",
+    "trainable_variables_of",
+    "variable_index",
+]
+
+
+# ------------------------------------------------------------- optimizers
+def trainable_variables_of(optimizer):
+    """The variables a built optimizer updates, in its order. Keras keeps
+    them as `_trainable_variables` and exposes no public list (its
+    `variables` are the optimizer's own slots)."""
+    return list(optimizer._trainable_variables)
+
+
+def variable_index(optimizer, variable):
+    """The position of `variable` among `trainable_variables_of(optimizer)`
+    (Keras's own lookup, by the variable's key, `_get_variable_index`)."""
+    return optimizer._get_variable_index(variable)
+
+
+def micro_step_count(optimizer):
+    """The count of `apply` calls, micro-steps included, as a tensor. Under
+    `gradient_accumulation_steps` the public `iterations` counts updates
+    only; Keras counts the micro-steps in `_iterations`."""
+    return ops.convert_to_tensor(optimizer._iterations)
+
+
+def accumulated_gradient(optimizer, variable):
+    """The gradient accumulated so far for `variable` under
+    `gradient_accumulation_steps`, as a tensor (`_accumulated_gradients`,
+    not exposed)."""
+    return ops.convert_to_tensor(
+        optimizer._accumulated_gradients[variable_index(optimizer, variable)]
+    )
+
+
+# ----------------------------------------------------------------- models
+def compiled_loss(model):
+    """The loss object `compile` made (`_compile_loss`), or None before
+    `compile`; Keras has no public accessor for it (`model.loss` is what
+    the user passed)."""
+    return getattr(model, "_compile_loss", None)
+
+
+def compile_token(model):
+    """What `compile` replaces, so that a train function traced before can
+    be recognized as still valid: the optimizer, the compiled loss and
+    metrics objects (`_compile_loss`, `_compile_metrics`: `compile` makes
+    new ones, the public `loss`/`metrics` attributes do not change with
+    them) and the execution settings."""
+    return (
+        model.optimizer,
+        compiled_loss(model),
+        getattr(model, "_compile_metrics", None),
+        model.steps_per_execution,
+        model.jit_compile,
+        model.run_eagerly,
+    )
+
+
+def make_function(model, step):
+    """The trainer's wrapper that turns a one-batch `step(state, data)` into
+    the train function `fit` calls (`steps_per_execution`, iterators): JAX's
+    `_make_function`, which `make_train_function` uses and does not expose."""
+    return model._make_function(step)
+
+
+def state_sharding_spec(model):
+    """The shardings of the JAX training state under a `keras.distribution`
+    (`_get_state_sharding_spec`), which Keras's own jitted step uses."""
+    return model._get_state_sharding_spec()
+
+
+# ----------------------------------------------------------------- layers
+def keras_mask(tensor):
+    """The mask Keras attached to a symbolic or eager tensor
+    (`Embedding(mask_zero=True)`, `Masking`), or None; Keras reads it with
+    its private `backend.get_keras_mask` and sets `_keras_mask`."""
+    return getattr(tensor, "_keras_mask", None)
+
+
+def flatten_layers(layer):
+    """The layer and every layer nested in it (`_flatten_layers`, which
+    Keras uses for the same walk; no public equivalent covers sublayers
+    kept in plain attributes)."""
+    flatten = getattr(layer, "_flatten_layers", None)
+    return list(flatten()) if flatten is not None else [layer]

@@ -1,10 +1,10 @@
 """The gradient-across-depth picture of `GradientBoard` (private); the
-measure is `keras_gradkit.diagnostics._depth`."""
+measure is `keras_gradkit.diagnostics.depth`."""
 
 import numpy as np
 
 from keras_gradkit.callbacks import _plots
-from keras_gradkit.diagnostics._depth import first_to_last
+from keras_gradkit.diagnostics.depth import first_to_last
 
 
 def plot_png(names, norms, title):

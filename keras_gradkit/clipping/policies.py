@@ -27,29 +27,13 @@ from keras import ops
 
 from keras_gradkit import _validation, backend
 from keras_gradkit.api_export import keras_gradkit_export
+from keras_gradkit.backend.common import gradients, norms
 
 _sparse = backend.get("sparse")
 
 
 def _float32(x):
     return ops.cast(x, "float32")
-
-
-def _squared_norm(g):
-    # Over a deduplicated `IndexedSlices`'s values: the dense gradient's.
-    return ops.sum(ops.square(_float32(_sparse.values_of(g))))
-
-
-def _map_values(fn, g):
-    """`fn` applied to the entries of `g` (the values of slices, which stay slices)."""
-    return _sparse.with_values(g, fn(_sparse.values_of(g)))
-
-
-def _global_norm(grads):
-    squares = [_squared_norm(g) for g in grads if g is not None]
-    if not squares:
-        return ops.convert_to_tensor(0.0, "float32")
-    return ops.sqrt(ops.sum(ops.stack(squares)))
 
 
 def global_norm(grads):
@@ -75,10 +59,10 @@ def global_norm(grads):
     5.0
     ```
     """
-    return _global_norm(_sparse.deduplicate(grads))
+    return norms.global_norm(_sparse.deduplicate(grads))
 
 
-def _tensors(values):
+def _as_tensors(values):
     """Backend tensors (NumPy inputs times a torch tensor fail); `None` stays."""
     return [None if v is None else ops.convert_to_tensor(v) for v in values]
 
@@ -86,7 +70,7 @@ def _tensors(values):
 def _scale_one(g, scale):
     """`g * scale` in `g`'s dtype (slices stay slices; `ops.multiply` would
     too, but the `*` operator of `tf.IndexedSlices` does not exist)."""
-    return _map_values(lambda x: x * ops.cast(scale, x.dtype), g)
+    return gradients.map_values(g, lambda x: x * ops.cast(scale, x.dtype))
 
 
 def _scale(grads, scale):
@@ -205,7 +189,7 @@ class NoClip(ClippingPolicy):
     """
 
     def apply(self, grads, variables, state):
-        grads = _tensors(grads)
+        grads = _as_tensors(grads)
         return list(grads), [], _info()
 
 
@@ -241,10 +225,13 @@ class ClipByValue(ClippingPolicy):
         self.max_value = _validation.positive_float("max_value", max_value)
 
     def apply(self, grads, variables, state):
-        grads = _tensors(grads)
+        grads = _as_tensors(grads)
         v = self.max_value
         clipped = _any([ops.any(ops.abs(_sparse.values_of(g)) > v) for g in grads if g is not None])
-        new = [None if g is None else _map_values(lambda x: ops.clip(x, -v, v), g) for g in grads]
+        new = [
+            None if g is None else gradients.map_values(g, lambda x: ops.clip(x, -v, v))
+            for g in grads
+        ]
         return new, [], _info(v, clipped)
 
     def get_config(self):
@@ -283,14 +270,14 @@ class ClipByNorm(ClippingPolicy):
         self.max_norm = _validation.positive_float("max_norm", max_norm)
 
     def apply(self, grads, variables, state):
-        grads = _tensors(grads)
+        grads = _as_tensors(grads)
         t = self.max_norm
         new, flags = [], []
         for g in grads:
             if g is None:
                 new.append(None)
                 continue
-            norm = ops.sqrt(_squared_norm(g))
+            norm = norms.norm(g)
             flags.append(norm > t)
             new.append(_scale_one(g, t / ops.maximum(norm, t)))
         return new, [], _info(t, _any(flags))
@@ -334,9 +321,9 @@ class ClipByGlobalNorm(ClippingPolicy):
         self.max_norm = _validation.positive_float("max_norm", max_norm)
 
     def apply(self, grads, variables, state):
-        grads = _tensors(grads)
+        grads = _as_tensors(grads)
         t = self.max_norm
-        norm = _global_norm(grads)
+        norm = norms.global_norm(grads)
         # Same form as Keras's `clip_by_global_norm`: 1 when norm <= t, NaN for a non-finite norm.
         scale = t * ops.minimum(1.0 / norm, 1.0 / t) + (norm - norm)
         return _scale(grads, scale), [], _info(t, norm > t)
@@ -392,10 +379,10 @@ class AutoClip(ClippingPolicy):
         return [("history", (self.history_size,), "float32", 0.0), ("count", (), "int32", 0)]
 
     def apply(self, grads, variables, state):
-        grads = _tensors(grads)
-        history, count = _tensors(state)
+        grads = _as_tensors(grads)
+        history, count = _as_tensors(state)
         size = self.history_size
-        norm = _global_norm(grads)
+        norm = norms.global_norm(grads)
         finite = ops.isfinite(norm)
         slot = ops.mod(count, size)
         positions = ops.arange(size, dtype="int32")
@@ -475,7 +462,7 @@ class AdaptiveClip(ClippingPolicy):
         return any(re.search(p, path) for p in self.exclude)
 
     def apply(self, grads, variables, state):
-        grads = _tensors(grads)
+        grads = _as_tensors(grads)
         if variables is None:
             raise ValueError(
                 "`AdaptiveClip` needs the variables: call it as `policy(grads, variables)`."
@@ -531,7 +518,7 @@ class SkipNonFinite(ClippingPolicy):
         )
 
     def apply(self, grads, variables, state):
-        grads = _tensors(grads)
+        grads = _as_tensors(grads)
         return list(grads), [], _info(skip=self.should_skip(grads))
 
 
@@ -575,7 +562,7 @@ class Chain(ClippingPolicy):
         return specs
 
     def apply(self, grads, variables, state):
-        grads = _tensors(grads)
+        grads = _as_tensors(grads)
         grads, state, new_state = list(grads), list(state), []
         threshold, clipped, skip = _info()["threshold"], [], []
         for p in self.policies:
@@ -598,6 +585,10 @@ class Chain(ClippingPolicy):
     def get_config(self):
         return {"policies": [keras.saving.serialize_keras_object(p) for p in self.policies]}
 
+    def __repr__(self):
+        # Each policy by its own repr, not by the serialized dicts of `get_config`.
+        return f"Chain(policies=[{', '.join(repr(p) for p in self.policies)}])"
+
     @classmethod
     def from_config(cls, config):
         return cls([keras.saving.deserialize_keras_object(p) for p in config["policies"]])
@@ -611,7 +602,7 @@ def chain(*policies):
     ```python
     >>> import keras_gradkit
     >>> keras_gradkit.clipping.chain(keras_gradkit.clipping.SkipNonFinite(), keras_gradkit.clipping.AutoClip())
-    Chain(policies=[...])
+    Chain(policies=[SkipNonFinite(), AutoClip(percentile=10.0, history_size=10000)])
     ```
     """
     return Chain(policies)

@@ -6,19 +6,17 @@ model's gradients, where, and what to do.
 while the model trains. Both return or write a `Report` of `Finding`s, judged
 against `Thresholds`; the guide "Diagnosing gradients" explains each kind and
 its remedies.
+
+Modules: `thresholds` (the kinds and `Thresholds`), `report` (`Finding`,
+`Report`, the warning and error), `advice` (what to do, per kind),
+`checks` (measures in, findings out: `assemble`, used by both callers),
+`time_probe` and `depth` (the measures), `graph` (what a functional model's
+graph says), `batch` (the batch `diagnose` measures).
 """
 
 from keras_gradkit.diagnostics._diagnose import diagnose
-from keras_gradkit.diagnostics._findings import (
-    INIT_KINDS,
-    KINDS,
-    TRAINING_KINDS,
-    Finding,
-    GradientError,
-    GradientWarning,
-    Report,
-    Thresholds,
-)
+from keras_gradkit.diagnostics.report import Finding, GradientError, GradientWarning, Report
+from keras_gradkit.diagnostics.thresholds import INIT_KINDS, KINDS, TRAINING_KINDS, Thresholds
 
 __all__ = [
     "INIT_KINDS",

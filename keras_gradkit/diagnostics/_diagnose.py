@@ -5,71 +5,17 @@ import math
 import keras
 import numpy as np
 
-from keras_gradkit.diagnostics import _depth, _findings, _time
-
-# The probe of the latest call, kept on the model (a plain attribute Keras
-# does not save) so that a second call on a batch of the same shapes reuses
-# its trace.
-_PROBE_ATTRIBUTE = "_keras_gradkit_diagnose_probe"
-
-
-def _is_dataset(x):
-    return hasattr(x, "element_spec") and hasattr(x, "take")
-
-
-def _first_batch(x, y, sample_weight):
-    """`(x, y, sample_weight)` of the first batch, as NumPy structures."""
-    source = None
-    if _is_dataset(x):
-        source, element = "a tf.data.Dataset", next(iter(x))
-    elif isinstance(x, keras.utils.PyDataset):
-        source, element = "a keras.utils.PyDataset", x[0]
-    elif hasattr(x, "__next__"):
-        source, element = "a generator", next(x)
-    if source is not None:
-        if y is not None or sample_weight is not None:
-            raise ValueError(
-                f"Arguments `y` and `sample_weight` must be None when `x` is {source}, which yields "
-                f"them. Received: y of type {type(y).__name__}, sample_weight of type "
-                f"{type(sample_weight).__name__}"
-            )
-        if not isinstance(element, (tuple, list)):
-            element = (element,)
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(element))
-    if x is None:
-        raise TypeError(
-            "Argument `x` must be a batch of inputs, a dataset or a generator. Received: x=None"
-        )
-
-    def as_array(a):
-        array = np.asarray(keras.ops.convert_to_numpy(a) if hasattr(a, "shape") else a)
-        if array.dtype == object:
-            raise TypeError(
-                f"Arguments `x`, `y` and `sample_weight` must hold arrays. Received: {type(a).__name__}"
-            )
-        return array
-
-    def convert(value):
-        return None if value is None else keras.tree.map_structure(as_array, value)
-
-    return convert(x), convert(y), convert(sample_weight)
-
-
-def _non_finite_entries(*structures):
-    count = 0
-    for structure in structures:
-        if structure is None:
-            continue
-        for a in keras.tree.flatten(structure):
-            if np.issubdtype(a.dtype, np.floating):
-                count += int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-    return count
+from keras_gradkit import _cache
+from keras_gradkit.backend import keras_private
+from keras_gradkit.diagnostics import batch, checks, depth, graph, time_probe
+from keras_gradkit.diagnostics.report import Report
+from keras_gradkit.diagnostics.thresholds import check_thresholds
 
 
 def _is_probe_sequence(model, x):
     """Whether the time measures apply: a recurrent layer, one input array
     of float sequences or token ids."""
-    if not _time.recurrent_layers(model) or not isinstance(x, np.ndarray):
+    if not graph.recurrent_layers(model) or not isinstance(x, np.ndarray):
         return False
     kind = keras.backend.standardize_dtype(x.dtype)
     floating, integer = keras.backend.is_float_dtype(kind), keras.backend.is_int_dtype(kind)
@@ -83,22 +29,17 @@ def _probe(model, x, y, sample_weight, time):
         return tuple((a.shape, str(a.dtype)) for a in keras.tree.flatten(value))
 
     key = (signature(x), signature(y), signature(sample_weight), time)
-    cached = getattr(model, _PROBE_ATTRIBUTE, None)
-    if cached is not None and cached.key == key:
-        cached.probe.set_batch(x, y, sample_weight)  # traced again if the loss changed
-        return cached.probe
-    probe = _time.TimeProbe(model, x, y, sample_weight, time=time, variables=True, argument="x")
-    object.__setattr__(model, _PROBE_ATTRIBUTE, _Cached(key, probe))
+    # The probe of the latest call is kept for the model, so that a second
+    # call on a batch of the same shapes reuses its trace.
+    cached = _cache.get(model, "diagnose_probe")
+    if cached is not None and cached[0] == key:
+        cached[1].set_batch(x, y, sample_weight)  # traced again if the loss changed
+        return cached[1]
+    probe = time_probe.TimeProbe(
+        model, x, y, sample_weight, time=time, variables=True, argument="x"
+    )
+    _cache.put(model, "diagnose_probe", (key, probe))
     return probe
-
-
-class _Cached:
-    """The latest probe and the batch signature it was traced for (a plain
-    object: Keras's saving walks an attribute only if it is a Keras object or
-    a container)."""
-
-    def __init__(self, key, probe):
-        self.key, self.probe = key, probe
 
 
 def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
@@ -165,45 +106,31 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
         raise TypeError(
             f"Argument `model` must be a keras.Model. Received: model of type {type(model).__name__}"
         )
-    thresholds = _findings.check_thresholds(thresholds)
-    if not getattr(model, "compiled", False) or getattr(model, "_compile_loss", None) is None:
+    thresholds = check_thresholds(thresholds)
+    if not getattr(model, "compiled", False) or keras_private.compiled_loss(model) is None:
         raise ValueError(
             "Argument `model` must be compiled with a loss: `diagnose` differentiates the compiled "
             f"loss. Call `model.compile(optimizer=..., loss=...)` first. Received: model {model.name!r}, "
             "not compiled with a loss"
         )
-    x, y, sample_weight = _first_batch(x, y, sample_weight)
-    bad = _non_finite_entries(x, y, sample_weight)
+    x, y, sample_weight = batch.first_batch(x, y, sample_weight)
+    bad = batch.non_finite_entries(x, y, sample_weight)
     if bad:
-        finding = _findings.Finding(
-            "non_finite_gradient", "input", float(bad), 0.0, _findings.non_finite_advice("input")
-        )
-        return _findings.Report(
-            [finding],
+        return Report(
+            [checks.non_finite_input_finding(bad)],
             {"non_finite_entries": bad},
             ["The batch is not finite: no gradient was measured."],
         )
     time = _is_probe_sequence(model, x)
     notes = []
-    if _time.recurrent_layers(model) and not time:
+    if graph.recurrent_layers(model) and not time:
         notes.append(
             "The model has a recurrent layer but `x` is not one array of sequences (float "
             "(batch, timesteps, features) or token ids (batch, timesteps)): not measured through time."
         )
-    probe = _probe(model, x, y, sample_weight, time)
-    variable_norms, results = probe.compute_all()
-    names, norms = _depth.layer_norms(model, variable_norms)
+    variable_norms, results = _probe(model, x, y, sample_weight, time).compute_all()
+    names, norms = depth.layer_norms(model, variable_norms)
     total = math.sqrt(sum(n * n for n in variable_norms.values()))
-    measures = {
-        "gradient_norm": total,
-        "depth": {"layers": names, "norms": norms, "first_to_last": _depth.first_to_last(norms)},
-    }
-    findings = []
-    non_finite = _findings.non_finite_finding(names, norms)
-    if non_finite is not None:
-        findings.append(non_finite)
-    else:
-        time_found, measures["time"] = _findings.time_findings(model, results, thresholds)
-        findings += time_found
-        findings += _findings.depth_findings(model, names, norms, thresholds)
-    return _findings.Report(_findings.sort_findings(findings), measures, notes)
+    return checks.assemble(
+        model, names, norms, total, time_results=results, thresholds=thresholds, notes=notes
+    )

@@ -1,22 +1,23 @@
 """What `keras_gradkit.layers.LSTM` and `GRU` and their cells share (private).
 
-The cells hand Keras's cell constructor the bias initializer their gate
-arguments ask for (a `GateBias` or `Chrono` instance), so Keras's own `build`
-creates the weights. The layers call Keras's layer constructor, which builds a
-`keras.layers.LSTMCell` (or `GRUCell`) of its own, and put the keras_gradkit
-cell in its place before anything uses it (`install_cell`).
+Each of them is Keras's class with Keras's constructor and `build`; what it
+adds are checks Keras leaves out and its gate-bias arguments, which it keeps as
+attributes and config entries and hands to Keras's constructor as the bias
+initializer they describe (a `GateBias` or `Chrono`). Keras's `build` then
+creates the bias from it, as it does from its own `unit_forget_bias`.
 """
 
 import keras
 
 from keras_gradkit import _validation
-from keras_gradkit import backend as gk_backend
 from keras_gradkit import initializers as gk_initializers
 
-# The seed handed to the cell Keras's layer constructor builds and
-# `install_cell` discards: any integer keeps its `SeedGenerator` from drawing a
-# seed from Python's `random` (see `cell_arguments`).
-_DISCARDED_CELL_SEED = 0
+# The gate arguments of each layout and their defaults, in the order in which
+# the errors name them.
+GATE_DEFAULTS = {
+    "lstm": {"forget_bias": 1.0, "input_bias": 0.0, "cell_bias": 0.0, "output_bias": 0.0},
+    "gru": {"update_bias": 0.0, "reset_bias": 0.0, "candidate_bias": 0.0},
+}
 
 
 def check_cell_arguments(units, use_bias, dropout, recurrent_dropout):
@@ -41,79 +42,106 @@ def check_input_dim(input_shape):
         )
 
 
-def gate_bias_initializer(layout, reset_after, gate_args, chrono_timesteps, seed):
-    """The `Chrono` (when `chrono_timesteps` is set) or `GateBias` initializer
-    of the bias the gate arguments ask for.
+def _check_gate_arguments(
+    gate_args, defaults, chrono_timesteps, unit_forget_bias, bias_initializer
+):
+    """Checks a cell's gate-bias arguments; raises when two sources of the
+    bias are given, so that neither silently wins.
 
-    `gate_args` maps the cell's gate arguments (`forget_bias=...`,
-    `update_bias=...`) to their values; each names the gate before `_bias`.
+    `gate_args` maps argument names (`forget_bias`, ...) to values and
+    `defaults` to their defaults. A gate value counts as given when it differs
+    from its default.
     """
+    for name, value in gate_args.items():
+        _validation.finite_float(name, value)
+    _validation.float_at_least("chrono_timesteps", chrono_timesteps, 2, allow_none=True)
+    _validation.optional_bool("unit_forget_bias", unit_forget_bias)
+    given = [f"{n}={v!r}" for n, v in gate_args.items() if v != defaults[n]]
+    if chrono_timesteps is not None and given:
+        raise ValueError(
+            f"Argument `chrono_timesteps` replaces the constant gate biases, so it cannot be combined with "
+            f"{', '.join(given)}. Received: chrono_timesteps={chrono_timesteps!r}. Pass one or the other."
+        )
     if chrono_timesteps is not None:
-        return gk_initializers.Chrono(
+        given = [f"chrono_timesteps={chrono_timesteps!r}"]
+    keras_style = []
+    if unit_forget_bias is not None:
+        keras_style.append(f"unit_forget_bias={unit_forget_bias!r}")
+    if bias_initializer is not None:
+        keras_style.append(f"bias_initializer={bias_initializer!r}")
+    if given and keras_style:
+        raise ValueError(
+            f"The gate bias is given twice: by {', '.join(given)} and by {', '.join(keras_style)}. "
+            "Use the gate arguments alone, or leave them at their defaults and use Keras's "
+            "`unit_forget_bias`/`bias_initializer`."
+        )
+
+
+def keras_bias_arguments(
+    layout,
+    gates,
+    chrono_timesteps,
+    bias_initializer,
+    unit_forget_bias=None,
+    reset_after=True,
+    seed=None,
+):
+    """Checks the bias arguments of a cell or layer and returns the ones for
+    Keras's constructor.
+
+    `gates` maps the gate arguments (`forget_bias=...`) to their values;
+    `unit_forget_bias` is the LSTM's, `reset_after` the GRU's. Given Keras's
+    own `bias_initializer` or `unit_forget_bias`, the bias is Keras's, with
+    Keras's defaults; otherwise the returned `bias_initializer` is the
+    `Chrono` (with `chrono_timesteps`) or `GateBias` initializer of the whole
+    bias, and the LSTM's `unit_forget_bias` is False.
+    """
+    _check_gate_arguments(
+        gates, GATE_DEFAULTS[layout], chrono_timesteps, unit_forget_bias, bias_initializer
+    )
+    if bias_initializer is not None or unit_forget_bias is not None:
+        initializer = "zeros" if bias_initializer is None else bias_initializer
+        forget_ones = True if unit_forget_bias is None else unit_forget_bias
+    elif chrono_timesteps is not None:
+        initializer = gk_initializers.Chrono(
             chrono_timesteps, layout=layout, reset_after=reset_after, seed=seed
         )
-    gate_values = {name[: -len("_bias")]: value for name, value in gate_args.items()}
-    return gk_initializers.GateBias(layout, reset_after=reset_after, **gate_values)
+        forget_ones = False  # the initializer gives the whole bias, forget gate included
+    else:
+        values = {name[: -len("_bias")]: value for name, value in gates.items()}
+        initializer = gk_initializers.GateBias(layout, reset_after=reset_after, **values)
+        forget_ones = False
+    if layout == "lstm":
+        return {"bias_initializer": initializer, "unit_forget_bias": forget_ones}
+    return {"bias_initializer": initializer}
 
 
-def bias_config(cell, names, **extra):
-    """The bias arguments of a gated cell as given to its constructor: the
-    user's `bias_initializer` (None when not given), the gate arguments
-    `names` read from the cell, and `extra`."""
-    given = cell._bias_initializer_given
+def keep_bias_arguments(layer, gates, chrono_timesteps, bias_initializer, unit_forget_bias=None):
+    """Stores the gate arguments on `layer` (a cell or a layer) under their
+    own names, and whether Keras's bias arguments were given, for `bias_config`.
+
+    Keras's `bias_initializer` and `unit_forget_bias` attributes hold what its
+    `build` uses, which `keras_bias_arguments` computed.
+    """
+    for name, value in gates.items():
+        setattr(layer, name, float(value))
+    layer.chrono_timesteps = chrono_timesteps
+    layer._bias_initializer_given = bias_initializer is not None
+    layer._unit_forget_bias_argument = unit_forget_bias
+
+
+def bias_config(layer, layout):
+    """The bias arguments of `layer` as given to its constructor, for
+    `get_config`: the user's `bias_initializer` (None when not given), the
+    LSTM's `unit_forget_bias`, the gate arguments and `chrono_timesteps`."""
+    given = layer._bias_initializer_given
     config = {
         "bias_initializer": (
-            keras.initializers.serialize(cell.bias_initializer) if given else None
+            keras.initializers.serialize(layer.bias_initializer) if given else None
         ),
-        **extra,
+        **{name: getattr(layer, name) for name in GATE_DEFAULTS[layout]},
+        "chrono_timesteps": layer.chrono_timesteps,
     }
-    config.update({name: getattr(cell, name) for name in names})
+    if layout == "lstm":
+        config["unit_forget_bias"] = layer._unit_forget_bias_argument
     return config
-
-
-def cell_arguments(cell):
-    """The arguments of `cell` for Keras's layer constructor to build its own
-    cell from (the cell `install_cell` then replaces by `cell`).
-
-    The initializers are `cell`'s objects, not names, and the seed is fixed:
-    Keras's cell then draws no seed from Python's `random`, so that after
-    `keras.utils.set_random_seed` the layers built after this one start from
-    the weights they have after a `keras.layers.LSTM` or `GRU`. The layer's
-    own seed, which its config reports, is `cell.seed`.
-    """
-    return {
-        "activation": cell.activation,
-        "recurrent_activation": cell.recurrent_activation,
-        "use_bias": cell.use_bias,
-        "kernel_initializer": cell.kernel_initializer,
-        "recurrent_initializer": cell.recurrent_initializer,
-        "bias_initializer": cell.bias_initializer,
-        "kernel_regularizer": cell.kernel_regularizer,
-        "recurrent_regularizer": cell.recurrent_regularizer,
-        "bias_regularizer": cell.bias_regularizer,
-        "kernel_constraint": cell.kernel_constraint,
-        "recurrent_constraint": cell.recurrent_constraint,
-        "bias_constraint": cell.bias_constraint,
-        "dropout": cell.dropout,
-        "recurrent_dropout": cell.recurrent_dropout,
-        "seed": cell.seed if cell.seed is not None else _DISCARDED_CELL_SEED,
-    }
-
-
-def install_cell(layer, cell, reset_after=None):
-    """Puts `cell` in the place of the cell Keras's layer constructor built
-    from the same arguments, before the layer is built: `layer.cell` is then
-    `cell`, and only `cell` is tracked (its weights, its saved state).
-
-    `reset_after` is the GRU's argument (`None` for the LSTM), for the check of
-    the cuDNN kernel.
-    """
-    keras_cell = layer.cell
-    layer._tracker.untrack(keras_cell)  # Keras's layer tracking: drop the unused cell
-    layer.cell = cell
-    # Keras's constructor made the same decision for its own cell, whose
-    # activations and `use_bias` are `cell`'s: this one is for the cell that runs.
-    if gk_backend.get("rnn").cudnn_disables_jit(
-        cell, layer.unroll, layer.use_cudnn, reset_after=reset_after
-    ):
-        layer.supports_jit = False

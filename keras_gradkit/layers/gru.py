@@ -3,11 +3,12 @@
 import keras
 
 from keras_gradkit import _validation
-from keras_gradkit import initializers as gk_initializers
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.layers import _gated
 
-_GRU_GATE_DEFAULTS = {"update_bias": 0.0, "reset_bias": 0.0, "candidate_bias": 0.0}
+
+def _gates(update_bias, reset_bias, candidate_bias):
+    return {"update_bias": update_bias, "reset_bias": reset_bias, "candidate_bias": candidate_bias}
 
 
 @keras_gradkit_export
@@ -29,10 +30,11 @@ class GRUCell(keras.layers.GRUCell):
     the recurrent ones `b'` at 0; with `chrono_timesteps=T`,
     `b_z ~ log(U[1, T - 1])`, the others 0 (Tallec & Ollivier 2018).
 
-    The cell hands the initializer of that bias to Keras's constructor (a
-    `keras_gradkit.initializers.GateBias` or `Chrono`) and Keras's `build`
-    creates the weights, so the attribute `bias_initializer` holds what Keras
-    uses; `get_config` returns the arguments as given.
+    The cell is Keras's, built by Keras's constructor and `build`: the gate
+    arguments become the initializer of the whole bias (a
+    `keras_gradkit.initializers.GateBias` or `Chrono`), handed to Keras's
+    constructor. The attribute `bias_initializer` therefore holds what Keras's
+    `build` uses, and `get_config` returns the arguments as given.
 
     Args:
         units: int, dimensionality of the output space.
@@ -54,8 +56,8 @@ class GRUCell(keras.layers.GRUCell):
         recurrent_constraint: constraint of `recurrent_kernel`. Defaults to
             `None`.
         bias_constraint: constraint of `bias`. Defaults to `None`.
-        dropout: float in [0, 1], input dropout rate. Defaults to `0.0`.
-        recurrent_dropout: float in [0, 1], recurrent dropout rate. Defaults
+        dropout: float in `[0, 1)`, input dropout rate. Defaults to `0.0`.
+        recurrent_dropout: float in `[0, 1)`, recurrent dropout rate. Defaults
             to `0.0`.
         reset_after: bool, apply the reset gate after the recurrent matrix
             multiplication (`True`, cuDNN compatible, bias `(2, 3 * units)`) or
@@ -119,20 +121,7 @@ class GRUCell(keras.layers.GRUCell):
     ):
         _gated.check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
         _validation.bool_arg("reset_after", reset_after)
-        gates = {
-            "update_bias": update_bias,
-            "reset_bias": reset_bias,
-            "candidate_bias": candidate_bias,
-        }
-        gk_initializers._validate_gate_arguments(
-            gates, _GRU_GATE_DEFAULTS, chrono_timesteps, None, bias_initializer
-        )
-        if bias_initializer is None:
-            keras_bias_initializer = _gated.gate_bias_initializer(
-                "gru", reset_after, gates, chrono_timesteps, seed
-            )
-        else:  # Keras's bias argument: Keras's bias
-            keras_bias_initializer = bias_initializer
+        gates = _gates(update_bias, reset_bias, candidate_bias)
         super().__init__(
             units,
             activation=activation,
@@ -140,7 +129,6 @@ class GRUCell(keras.layers.GRUCell):
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer,
-            bias_initializer=keras_bias_initializer,
             kernel_regularizer=kernel_regularizer,
             recurrent_regularizer=recurrent_regularizer,
             bias_regularizer=bias_regularizer,
@@ -151,28 +139,19 @@ class GRUCell(keras.layers.GRUCell):
             recurrent_dropout=recurrent_dropout,
             reset_after=reset_after,
             seed=seed,
+            **_gated.keras_bias_arguments(
+                "gru", gates, chrono_timesteps, bias_initializer, reset_after=reset_after, seed=seed
+            ),
             **kwargs,
         )
-        self.update_bias = float(update_bias)
-        self.reset_bias = float(reset_bias)
-        self.candidate_bias = float(candidate_bias)
-        self.chrono_timesteps = chrono_timesteps
-        # The argument as given, for the config: `bias_initializer` now holds
-        # what Keras's `build` uses.
-        self._bias_initializer_given = bias_initializer is not None
+        _gated.keep_bias_arguments(self, gates, chrono_timesteps, bias_initializer)
 
     def build(self, input_shape):
         _gated.check_input_dim(input_shape)
         super().build(input_shape)
 
-    def _bias_config(self):
-        """The bias arguments as given to the constructor."""
-        return _gated.bias_config(
-            self, ("update_bias", "reset_bias", "candidate_bias", "chrono_timesteps")
-        )
-
     def get_config(self):
-        return {**super().get_config(), **self._bias_config()}
+        return {**super().get_config(), **_gated.bias_config(self, "gru")}
 
 
 @keras_gradkit_export
@@ -195,9 +174,11 @@ class GRU(keras.layers.GRU):
     `candidate_bias` and `b'` at 0, or, with `chrono_timesteps=T`,
     `b_z ~ log(U[1, T - 1])` and the others 0.
 
-    The layer's cell is a `keras_gradkit.layers.GRUCell`; as there, the
-    attribute `bias_initializer` holds what Keras's `build` uses and
-    `get_config` returns the arguments as given.
+    Keras's constructor builds the layer's cell, a `keras.layers.GRUCell`,
+    from the computed bias initializer (a `keras_gradkit.initializers.GateBias`
+    or `Chrono`); as in `keras_gradkit.layers.GRUCell`, the attribute
+    `bias_initializer` holds what Keras's `build` uses and `get_config`
+    returns the arguments as given.
 
     Args:
         units: int, dimensionality of the output space.
@@ -220,8 +201,8 @@ class GRU(keras.layers.GRU):
         recurrent_constraint: constraint of `recurrent_kernel`. Defaults to
             `None`.
         bias_constraint: constraint of `bias`. Defaults to `None`.
-        dropout: float in [0, 1], input dropout rate. Defaults to `0.0`.
-        recurrent_dropout: float in [0, 1], recurrent dropout rate. Defaults
+        dropout: float in `[0, 1)`, input dropout rate. Defaults to `0.0`.
+        recurrent_dropout: float in `[0, 1)`, recurrent dropout rate. Defaults
             to `0.0`.
         seed: int or `None`, seed of the dropout and of chrono
             initialization. Defaults to `None`.
@@ -301,43 +282,26 @@ class GRU(keras.layers.GRU):
         **kwargs,
     ):
         _gated.check_use_cudnn(use_cudnn)
-        implementation = kwargs.pop("implementation", 2)
-        # Our cell, from the arguments keras.layers.GRU builds its cell from:
-        # built first, so that they are checked before Keras sees them and the
-        # seeds are drawn where keras.layers.GRU draws them.
-        cell = GRUCell(
+        _gated.check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
+        _validation.bool_arg("reset_after", reset_after)
+        gates = _gates(update_bias, reset_bias, candidate_bias)
+        super().__init__(
             units,
             activation=activation,
             recurrent_activation=recurrent_activation,
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
             kernel_regularizer=kernel_regularizer,
             recurrent_regularizer=recurrent_regularizer,
             bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
             kernel_constraint=kernel_constraint,
             recurrent_constraint=recurrent_constraint,
             bias_constraint=bias_constraint,
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
-            reset_after=reset_after,
             seed=seed,
-            update_bias=update_bias,
-            reset_bias=reset_bias,
-            candidate_bias=candidate_bias,
-            chrono_timesteps=chrono_timesteps,
-            dtype=kwargs.get("dtype", None),
-            trainable=kwargs.get("trainable", True),
-            name="gru_cell",
-            implementation=implementation,
-        )
-        # Keras's constructor builds a keras.layers.GRUCell from the same
-        # arguments (with the computed bias initializer), which `install_cell`
-        # replaces by ours.
-        super().__init__(
-            units,
-            activity_regularizer=activity_regularizer,
             return_sequences=return_sequences,
             return_state=return_state,
             go_backwards=go_backwards,
@@ -345,27 +309,16 @@ class GRU(keras.layers.GRU):
             unroll=unroll,
             reset_after=reset_after,
             use_cudnn=use_cudnn,
-            implementation=implementation,
-            **_gated.cell_arguments(cell),
+            **_gated.keras_bias_arguments(
+                "gru", gates, chrono_timesteps, bias_initializer, reset_after=reset_after, seed=seed
+            ),
             **kwargs,
         )
-        _gated.install_cell(self, cell, reset_after=reset_after)
-
-    @property
-    def update_bias(self):
-        return self.cell.update_bias
-
-    @property
-    def reset_bias(self):
-        return self.cell.reset_bias
-
-    @property
-    def candidate_bias(self):
-        return self.cell.candidate_bias
-
-    @property
-    def chrono_timesteps(self):
-        return self.cell.chrono_timesteps
+        _gated.keep_bias_arguments(self, gates, chrono_timesteps, bias_initializer)
 
     def get_config(self):
-        return {**super().get_config(), "use_cudnn": self.use_cudnn, **self.cell._bias_config()}
+        return {
+            **super().get_config(),
+            "use_cudnn": self.use_cudnn,
+            **_gated.bias_config(self, "gru"),
+        }

@@ -5,12 +5,12 @@ from keras import ops
 
 from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
+from keras_gradkit.backend.common.ind_loops import IndRecurrence, clip_gradient
 
 # The mark `keras.layers.RNN` looks for to create a cell's dropout masks
 # before its loop and forget them after the call (see `backend/keras_private.py`).
 from keras_gradkit.backend.keras_private import DropoutRNNCell
 from keras_gradkit.constraints import MaxAbs
-from keras_gradkit.layers._ind_loops import clip_gradient
 from keras_gradkit.layers._ind_recurrence import ind_recurrence, masked_output_repeats_state
 
 
@@ -472,18 +472,18 @@ class IndRNN(keras.layers.RNN):
         kernel = None if cell.kernel is None else ops.copy(cell.kernel)
         u = ops.copy(cell.recurrent_kernel)
         bias = ops.copy(cell.bias) if cell.use_bias else ops.zeros((cell.units,), u.dtype)
-        states = ind_recurrence(
+        recurrence = IndRecurrence(
             x,
             kernel,
             bias,
             u,
             h0,
-            step_mask,
-            cell.activation,
+            mask=step_mask,
+            activation=cell.activation,
             last_only=not self.return_sequences,
-            training=training,
             grad_clipping=cell.grad_clipping,
         )
+        states = ind_recurrence(recurrence, training=training)
         return self._outputs(states, step_mask)
 
     def _outputs(self, states, step_mask):

@@ -52,9 +52,9 @@ class LayerNormLSTMCell(LSTMCell):
         recurrent_constraint: constraint of `recurrent_kernel`. Defaults to
             `None`.
         bias_constraint: constraint of `bias`. Defaults to `None`.
-        dropout: float in [0, 1], input dropout rate (one mask for all
+        dropout: float in `[0, 1)`, input dropout rate (one mask for all
             gates). Defaults to `0.0`.
-        recurrent_dropout: float in [0, 1], recurrent dropout rate (one mask
+        recurrent_dropout: float in `[0, 1)`, recurrent dropout rate (one mask
             for all gates). Defaults to `0.0`.
         seed: int or `None`, seed of the dropout and of chrono
             initialization. Defaults to `None`.

@@ -2,11 +2,17 @@
 
 import keras
 
-from keras_gradkit import initializers as gk_initializers
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.layers import _gated
 
-_LSTM_GATE_DEFAULTS = {"input_bias": 0.0, "forget_bias": 1.0, "cell_bias": 0.0, "output_bias": 0.0}
+
+def _gates(forget_bias, input_bias, cell_bias, output_bias):
+    return {
+        "forget_bias": forget_bias,
+        "input_bias": input_bias,
+        "cell_bias": cell_bias,
+        "output_bias": output_bias,
+    }
 
 
 @keras_gradkit_export
@@ -28,11 +34,12 @@ class LSTMCell(keras.layers.LSTMCell):
     `chrono_timesteps=T`, `b_f ~ log(U[1, T - 1])` and `b_i = -b_f` (Tallec &
     Ollivier 2018).
 
-    The cell hands the initializer of that bias to Keras's constructor (a
-    `keras_gradkit.initializers.GateBias` or `Chrono`, with
-    `unit_forget_bias=False`) and Keras's `build` creates the weights, so the
-    attributes `bias_initializer` and `unit_forget_bias` hold what Keras
-    uses; `get_config` returns the arguments as given.
+    The cell is Keras's, built by Keras's constructor and `build`: the gate
+    arguments become the initializer of the whole bias (a
+    `keras_gradkit.initializers.GateBias` or `Chrono`), handed to Keras's
+    constructor with `unit_forget_bias=False`. The attributes
+    `bias_initializer` and `unit_forget_bias` therefore hold what Keras's
+    `build` uses, and `get_config` returns the arguments as given.
 
     Args:
         units: int, dimensionality of the output space.
@@ -61,8 +68,8 @@ class LSTMCell(keras.layers.LSTMCell):
         recurrent_constraint: constraint of `recurrent_kernel`. Defaults to
             `None`.
         bias_constraint: constraint of `bias`. Defaults to `None`.
-        dropout: float in [0, 1], input dropout rate. Defaults to `0.0`.
-        recurrent_dropout: float in [0, 1], recurrent dropout rate. Defaults
+        dropout: float in `[0, 1)`, input dropout rate. Defaults to `0.0`.
+        recurrent_dropout: float in `[0, 1)`, recurrent dropout rate. Defaults
             to `0.0`.
         seed: int or `None`, seed of the dropout and of chrono
             initialization. Defaults to `None`.
@@ -127,25 +134,7 @@ class LSTMCell(keras.layers.LSTMCell):
         **kwargs,
     ):
         _gated.check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
-        gates = {
-            "forget_bias": forget_bias,
-            "input_bias": input_bias,
-            "cell_bias": cell_bias,
-            "output_bias": output_bias,
-        }
-        gk_initializers._validate_gate_arguments(
-            gates, _LSTM_GATE_DEFAULTS, chrono_timesteps, unit_forget_bias, bias_initializer
-        )
-        if bias_initializer is None and unit_forget_bias is None:
-            keras_bias_initializer = _gated.gate_bias_initializer(
-                "lstm", True, gates, chrono_timesteps, seed
-            )
-            keras_unit_forget_bias = (
-                False  # the initializer gives the whole bias, forget gate included
-            )
-        else:  # Keras's bias arguments: Keras's bias, with Keras's defaults
-            keras_bias_initializer = "zeros" if bias_initializer is None else bias_initializer
-            keras_unit_forget_bias = True if unit_forget_bias is None else unit_forget_bias
+        gates = _gates(forget_bias, input_bias, cell_bias, output_bias)
         super().__init__(
             units,
             activation=activation,
@@ -153,8 +142,6 @@ class LSTMCell(keras.layers.LSTMCell):
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer,
-            bias_initializer=keras_bias_initializer,
-            unit_forget_bias=keras_unit_forget_bias,
             kernel_regularizer=kernel_regularizer,
             recurrent_regularizer=recurrent_regularizer,
             bias_regularizer=bias_regularizer,
@@ -164,32 +151,21 @@ class LSTMCell(keras.layers.LSTMCell):
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             seed=seed,
+            **_gated.keras_bias_arguments(
+                "lstm", gates, chrono_timesteps, bias_initializer, unit_forget_bias, seed=seed
+            ),
             **kwargs,
         )
-        self.forget_bias = float(forget_bias)
-        self.input_bias = float(input_bias)
-        self.cell_bias = float(cell_bias)
-        self.output_bias = float(output_bias)
-        self.chrono_timesteps = chrono_timesteps
-        # The arguments as given, for the config: `bias_initializer` and
-        # `unit_forget_bias` now hold what Keras's `build` uses.
-        self._bias_initializer_given = bias_initializer is not None
-        self._unit_forget_bias_argument = unit_forget_bias
+        _gated.keep_bias_arguments(
+            self, gates, chrono_timesteps, bias_initializer, unit_forget_bias
+        )
 
     def build(self, input_shape):
         _gated.check_input_dim(input_shape)
         super().build(input_shape)
 
-    def _bias_config(self):
-        """The bias arguments as given to the constructor."""
-        return _gated.bias_config(
-            self,
-            ("forget_bias", "input_bias", "cell_bias", "output_bias", "chrono_timesteps"),
-            unit_forget_bias=self._unit_forget_bias_argument,
-        )
-
     def get_config(self):
-        return {**super().get_config(), **self._bias_config()}
+        return {**super().get_config(), **_gated.bias_config(self, "lstm")}
 
 
 @keras_gradkit_export
@@ -212,9 +188,12 @@ class LSTM(keras.layers.LSTM):
     `b_o = output_bias` at initialization, or, with `chrono_timesteps=T`,
     `b_f ~ log(U[1, T - 1])`, `b_i = -b_f`, `b_c = b_o = 0`.
 
-    The layer's cell is a `keras_gradkit.layers.LSTMCell`; as there, the
-    attributes `bias_initializer` and `unit_forget_bias` hold what Keras's
-    `build` uses and `get_config` returns the arguments as given.
+    Keras's constructor builds the layer's cell, a `keras.layers.LSTMCell`,
+    from the computed bias initializer (a `keras_gradkit.initializers.GateBias`
+    or `Chrono`, with `unit_forget_bias=False`); as in
+    `keras_gradkit.layers.LSTMCell`, the attributes `bias_initializer` and
+    `unit_forget_bias` hold what Keras's `build` uses and `get_config` returns
+    the arguments as given.
 
     Args:
         units: int, dimensionality of the output space.
@@ -243,8 +222,8 @@ class LSTM(keras.layers.LSTM):
         recurrent_constraint: constraint of `recurrent_kernel`. Defaults to
             `None`.
         bias_constraint: constraint of `bias`. Defaults to `None`.
-        dropout: float in [0, 1], input dropout rate. Defaults to `0.0`.
-        recurrent_dropout: float in [0, 1], recurrent dropout rate. Defaults
+        dropout: float in `[0, 1)`, input dropout rate. Defaults to `0.0`.
+        recurrent_dropout: float in `[0, 1)`, recurrent dropout rate. Defaults
             to `0.0`.
         seed: int or `None`, seed of the dropout and of chrono
             initialization. Defaults to `None`.
@@ -328,76 +307,43 @@ class LSTM(keras.layers.LSTM):
         **kwargs,
     ):
         _gated.check_use_cudnn(use_cudnn)
-        implementation = kwargs.pop("implementation", 2)
-        # Our cell, from the arguments keras.layers.LSTM builds its cell from:
-        # built first, so that they are checked before Keras sees them and the
-        # seeds are drawn where keras.layers.LSTM draws them.
-        cell = LSTMCell(
+        _gated.check_cell_arguments(units, use_bias, dropout, recurrent_dropout)
+        gates = _gates(forget_bias, input_bias, cell_bias, output_bias)
+        super().__init__(
             units,
             activation=activation,
             recurrent_activation=recurrent_activation,
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
             recurrent_initializer=recurrent_initializer,
-            bias_initializer=bias_initializer,
-            unit_forget_bias=unit_forget_bias,
             kernel_regularizer=kernel_regularizer,
             recurrent_regularizer=recurrent_regularizer,
             bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
             kernel_constraint=kernel_constraint,
             recurrent_constraint=recurrent_constraint,
             bias_constraint=bias_constraint,
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             seed=seed,
-            forget_bias=forget_bias,
-            input_bias=input_bias,
-            cell_bias=cell_bias,
-            output_bias=output_bias,
-            chrono_timesteps=chrono_timesteps,
-            dtype=kwargs.get("dtype", None),
-            trainable=kwargs.get("trainable", True),
-            name="lstm_cell",
-            implementation=implementation,
-        )
-        # Keras's constructor builds a keras.layers.LSTMCell from the same
-        # arguments (with the computed bias initializer), which `install_cell`
-        # replaces by ours.
-        super().__init__(
-            units,
-            unit_forget_bias=cell.unit_forget_bias,
-            activity_regularizer=activity_regularizer,
             return_sequences=return_sequences,
             return_state=return_state,
             go_backwards=go_backwards,
             stateful=stateful,
             unroll=unroll,
             use_cudnn=use_cudnn,
-            implementation=implementation,
-            **_gated.cell_arguments(cell),
+            **_gated.keras_bias_arguments(
+                "lstm", gates, chrono_timesteps, bias_initializer, unit_forget_bias, seed=seed
+            ),
             **kwargs,
         )
-        _gated.install_cell(self, cell)
-
-    @property
-    def forget_bias(self):
-        return self.cell.forget_bias
-
-    @property
-    def input_bias(self):
-        return self.cell.input_bias
-
-    @property
-    def cell_bias(self):
-        return self.cell.cell_bias
-
-    @property
-    def output_bias(self):
-        return self.cell.output_bias
-
-    @property
-    def chrono_timesteps(self):
-        return self.cell.chrono_timesteps
+        _gated.keep_bias_arguments(
+            self, gates, chrono_timesteps, bias_initializer, unit_forget_bias
+        )
 
     def get_config(self):
-        return {**super().get_config(), "use_cudnn": self.use_cudnn, **self.cell._bias_config()}
+        return {
+            **super().get_config(),
+            "use_cudnn": self.use_cudnn,
+            **_gated.bias_config(self, "lstm"),
+        }

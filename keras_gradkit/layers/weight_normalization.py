@@ -16,6 +16,13 @@ _TRANSPOSED = (
 _SUPPORTED = (keras.layers.Dense,) + _CONVS + _TRANSPOSED + (keras.layers.RNN,)
 # Statistics of the first batch: variance floor for units that are constant.
 _INIT_EPSILON = 1e-6
+# `rnn_kernel`: the cell's kernels it normalizes, and the lengths of each.
+_RNN_KERNELS = {
+    "recurrent": ("recurrent_kernel",),
+    "input": ("kernel",),
+    "both": ("kernel", "recurrent_kernel"),
+}
+_LENGTHS = {"kernel": "g", "recurrent_kernel": "recurrent_g"}
 
 
 @keras_gradkit_export
@@ -39,15 +46,21 @@ class WeightNormalization(keras.layers.Wrapper):
     what the wrapped layer computes.
 
     A recurrent layer (`keras.layers.SimpleRNN`, `LSTM`, `GRU`,
-    `keras_gradkit.layers.IndRNN`, `LSTM`, `GRU`, or `keras.layers.RNN`
-    around a cell that keeps its input kernel in `cell.kernel`) has its
-    cell's input kernel normalized, `v = .layer.cell.kernel` of shape
-    `(input_dim, k * units)` with one `g` per column (`k = 4` gates for an
-    LSTM, 3 for a GRU, 1 otherwise); the recurrent kernel is left as it is.
-    The wrapped layer runs as usual (masking, `return_sequences`,
-    `return_state`, `go_backwards`, `stateful`, initial states), its cell
-    reading the normalized kernel during the call; Keras's fused LSTM and
-    GRU implementations get it too, as Keras hands them `cell.kernel`.
+    `keras_gradkit.layers.LSTM`, `GRU`, or `keras.layers.RNN` around a cell
+    that keeps its kernels in `cell.kernel` and `cell.recurrent_kernel`) has
+    its cell's recurrent kernel normalized by default, as tensorflow-addons'
+    `WeightNormalization` did: `u = .layer.cell.recurrent_kernel` of shape
+    `(units, k * units)`, with one length per column in the wrapper's weight
+    `.recurrent_g` (`k = 4` gates for an LSTM, 3 for a GRU, 1 otherwise).
+    `rnn_kernel="input"` normalizes the input kernel `v = .layer.cell.kernel`
+    of shape `(input_dim, k * units)` instead (its lengths in `.g`), and
+    `rnn_kernel="both"` the two, each with its own lengths.
+    `keras_gradkit.layers.IndRNN`, whose recurrent kernel is a vector of one
+    weight per unit, takes `rnn_kernel="input"` only. The wrapped layer runs
+    as usual (masking, `return_sequences`, `return_state`, `go_backwards`,
+    `stateful`, initial states), its cell reading the normalized kernels
+    during the call; Keras's fused LSTM and GRU implementations get them
+    too, as Keras hands them the cell's `kernel` and `recurrent_kernel`.
 
     `data_init=True` is the paper's data-dependent initialization: in the
     first call with `training=True` (the first `fit` step), with
@@ -61,11 +74,18 @@ class WeightNormalization(keras.layers.Wrapper):
     the wrapped layer's bias, because a train step may not write trainable
     variables on every backend; the gradients and optimizer updates are those
     of the paper's `g` and `b`. Without a bias (`use_bias=False`) only the
-    variance is set. For a recurrent layer only `g` is set, from the
-    variance of `x_t . v / ||v||` over the batch and the (unmasked) time
-    steps; the gate biases keep the values their initializers gave them, and
-    there is no `bias_offset`. The decision is made with `ops.cond` on the
-    flag, so it works under `jit_compile=True`.
+    variance is set. For a recurrent layer only the input kernel's `g` is
+    set (with `rnn_kernel="input"` or `"both"`), from the variance of
+    `x_t . v / ||v||` over the batch and the (unmasked) time steps; the gate
+    biases keep the values their initializers gave them, and there is no
+    `bias_offset`. The recurrent kernel's `recurrent_g` is never
+    data-initialized: it starts at `||u||`, so the recurrence starts as the
+    recurrent initializer made it (the recurrent pre-activations depend on
+    the states the layer itself computes, and the paper's recipe is for
+    feed-forward ones; tensorflow-addons advised against it for RNNs). So
+    with the default `rnn_kernel="recurrent"`, `data_init` has no effect on
+    a recurrent layer. The decision is made with `ops.cond` on the flag, so
+    it works under `jit_compile=True`.
 
     The norms are computed in float32 under mixed precision; the product with
     the input runs in the compute dtype. Masks are passed on as the wrapped
@@ -75,15 +95,25 @@ class WeightNormalization(keras.layers.Wrapper):
     Args:
         layer: a `keras.layers.Dense`, `Conv1D`, `Conv2D`, `Conv3D`,
             `Conv1DTranspose`/`Conv2DTranspose`/`Conv3DTranspose`, or a
-            `keras.layers.RNN` with a single cell whose input kernel is
-            `cell.kernel` of shape `(input_dim, k * units)` (e.g.
+            `keras.layers.RNN` with a single cell whose kernels are
+            `cell.kernel` of shape `(input_dim, k * units)` and
+            `cell.recurrent_kernel` of shape `(units, k * units)` (e.g.
             `keras.layers.SimpleRNN`/`LSTM`/`GRU`,
-            `keras_gradkit.layers.IndRNN`/`LSTM`/`GRU`), or a subclass of
-            these, built or not. Its kernel (the cell's input kernel for a
-            recurrent layer) becomes `v`; its bias and activation are used as
-            they are.
+            `keras_gradkit.layers.LSTM`/`GRU`, and
+            `keras_gradkit.layers.IndRNN` with `rnn_kernel="input"`), or a
+            subclass of these, built or not. Its kernel (the cell's kernels
+            that `rnn_kernel` chooses, for a recurrent layer) is normalized;
+            its bias and activation are used as they are.
         data_init: bool, whether to apply the data-dependent initialization
-            on the first training batch. Defaults to `True`.
+            on the first training batch (to the input kernel only).
+            Defaults to `True`.
+        rnn_kernel: `"recurrent"`, `"input"` or `"both"`: which kernel of a
+            recurrent layer's cell is normalized, `cell.recurrent_kernel`
+            (lengths `.recurrent_g`), `cell.kernel` (lengths `.g`) or both.
+            Used for recurrent layers only. Defaults to `"recurrent"`, as
+            tensorflow-addons' `WeightNormalization` (a configuration saved
+            without this argument, by keras_gradkit before it existed, loads
+            as `"input"`, what it computed then).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...). The
             dtype policy defaults to the wrapped layer's.
 
@@ -118,8 +148,12 @@ class WeightNormalization(keras.layers.Wrapper):
     >>> lstm = keras_gradkit.layers.WeightNormalization(keras.layers.LSTM(5))
     >>> tuple(lstm(np.random.rand(2, 6, 3).astype("float32")).shape)
     (2, 5)
-    >>> tuple(lstm.g.shape), tuple(lstm.layer.cell.kernel.shape)  # 4 gates
-    ((20,), (3, 20))
+    >>> tuple(lstm.recurrent_g.shape), tuple(lstm.layer.cell.recurrent_kernel.shape)  # 4 gates
+    ((20,), (5, 20))
+    >>> both = keras_gradkit.layers.WeightNormalization(keras.layers.GRU(4), rnn_kernel="both")
+    >>> _ = both(np.random.rand(2, 6, 3).astype("float32"))
+    >>> tuple(both.g.shape), tuple(both.recurrent_g.shape)  # 3 gates
+    ((12,), (12,))
 
     References:
         Salimans & Kingma, [Weight Normalization: A Simple Reparameterization
@@ -127,12 +161,14 @@ class WeightNormalization(keras.layers.Wrapper):
         https://arxiv.org/abs/1602.07868), 2016.
     """
 
-    def __init__(self, layer, data_init=True, **kwargs):
+    def __init__(self, layer, data_init=True, rnn_kernel="recurrent", **kwargs):
         _check_layer(layer)
         _validation.bool_arg("data_init", data_init)
+        _validation.one_of("rnn_kernel", rnn_kernel, _RNN_KERNELS)
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
         self.data_init = data_init
+        self.rnn_kernel = rnn_kernel
         # Inputs and the kernel reach `call` uncast: the norms need float32.
         self.autocast = False
         self.supports_masking = layer.supports_masking
@@ -141,6 +177,20 @@ class WeightNormalization(keras.layers.Wrapper):
     @property
     def _is_rnn(self):
         return isinstance(self.layer, keras.layers.RNN)
+
+    def _kernel_names(self):
+        """The attributes normalized: `kernel` of the layer, or of the RNN's
+        cell `kernel`, `recurrent_kernel` or both."""
+        return _RNN_KERNELS[self.rnn_kernel] if self._is_rnn else ("kernel",)
+
+    @property
+    def _initializes(self):
+        """Whether data init applies: to an input kernel (never the recurrent one)."""
+        return self.data_init and "kernel" in self._kernel_names()
+
+    def _length(self, name):
+        """The lengths `g` (input kernel) or `recurrent_g` of the kernel `name`."""
+        return getattr(self, _LENGTHS[name])
 
     # Where the output units sit in the kernel and in the outputs.
     def _kernel_unit_axis(self):
@@ -151,32 +201,46 @@ class WeightNormalization(keras.layers.Wrapper):
             return rank - 1
         return 1 if self.layer.data_format == "channels_first" else rank - 1
 
-    def _kernel_variable(self):
-        """`v`: the layer's kernel, or the input kernel of the RNN's cell."""
+    def _kernel_variable(self, name="kernel"):
+        """`v`: the layer's kernel, or the RNN cell's kernel `name`."""
         if not self._is_rnn:
             return self.layer.kernel
         cell = self.layer.cell
-        kernel = vars(cell).get("kernel")
-        if not isinstance(kernel, keras.Variable) or len(kernel.shape) != 2:
-            got = "missing" if kernel is None else f"a {type(kernel).__name__}"
-            if hasattr(kernel, "shape"):
-                got += f" of shape {tuple(kernel.shape)}"
+        kernel = vars(cell).get(name)
+        if isinstance(kernel, keras.Variable) and len(kernel.shape) == 2:
+            return kernel
+        got = "missing" if kernel is None else f"a {type(kernel).__name__}"
+        if hasattr(kernel, "shape"):
+            got += f" of shape {tuple(kernel.shape)}"
+        if name == "recurrent_kernel" and hasattr(kernel, "shape") and len(kernel.shape) == 1:
             raise ValueError(
-                "Argument `layer` must be an RNN whose cell keeps its input kernel, of shape "
-                "(input_dim, units), in a variable `cell.kernel`: WeightNormalization "
-                "normalizes that kernel. Received: layer="
-                f"{self.layer.name!r} with a {type(cell).__name__} cell whose `kernel` is {got}"
+                "Argument `rnn_kernel` must be 'input' for a recurrent layer whose recurrent "
+                "kernel is a vector, one weight per unit (as in IndRNN): normalizing a single "
+                f"weight per unit would leave only its sign. Received: rnn_kernel={self.rnn_kernel!r}"
+                f" for layer {self.layer.name!r}, whose `cell.recurrent_kernel` is {got}"
             )
-        return kernel
+        shape = "(input_dim, units)" if name == "kernel" else "(units, units)"
+        role = "input" if name == "kernel" else "recurrent"
+        raise ValueError(
+            f"Argument `layer` must be an RNN whose cell keeps its {role} kernel, of shape "
+            f"{shape}, in a variable `cell.{name}`: WeightNormalization with "
+            f"rnn_kernel={self.rnn_kernel!r} normalizes that kernel. Received: layer="
+            f"{self.layer.name!r} with a {type(cell).__name__} cell whose `{name}` is {got}"
+        )
 
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        kernel = self._kernel_variable()
-        units = kernel.shape[self._kernel_unit_axis()]
-        self.g = self.add_weight(shape=(units,), name="g", initializer="ones", autocast=False)
-        self.g.assign(self._kernel_norm(ops.convert_to_tensor(kernel)))
-        if self.data_init:
+        for name in self._kernel_names():
+            kernel = self._kernel_variable(name)
+            units = kernel.shape[self._kernel_unit_axis()]
+            g = self.add_weight(
+                shape=(units,), name=_LENGTHS[name], initializer="ones", autocast=False
+            )
+            g.assign(self._kernel_norm(ops.convert_to_tensor(kernel)))
+            setattr(self, _LENGTHS[name], g)
+        if self._initializes:
+            units = self.g.shape[0]
             self.g_offset = self._add_state("g_offset", (units,), "zeros", "float32")
             if not self._is_rnn:
                 self.bias_offset = self._add_state("bias_offset", (units,), "zeros", "float32")
@@ -207,9 +271,9 @@ class WeightNormalization(keras.layers.Wrapper):
         shape[unit_axis] = -1
         return shape
 
-    def _direction(self):
-        """`v / ||v||` per unit, float32."""
-        v = ops.cast(ops.convert_to_tensor(self._kernel_variable()), "float32")
+    def _direction(self, name="kernel"):
+        """`v / ||v||` per unit of the kernel `name`, float32."""
+        v = ops.cast(ops.convert_to_tensor(self._kernel_variable(name)), "float32")
         rank = len(v.shape)
         norm = ops.reshape(
             self._kernel_norm(v), self._unit_shape(rank, self._kernel_unit_axis() % rank)
@@ -283,7 +347,7 @@ class WeightNormalization(keras.layers.Wrapper):
 
     def _offsets(self, inputs, direction, g, bias, training, mask):
         """`(g_offset, bias_offset)` for this call (None when there is none)."""
-        if not self.data_init:
+        if not self._initializes:
             return None, None
         variables = self._offset_variables()
         offsets = tuple(ops.convert_to_tensor(v) for v in variables)
@@ -308,21 +372,22 @@ class WeightNormalization(keras.layers.Wrapper):
                 f"initial_state (a {type(initial_state).__name__}) for a wrapped "
                 f"{type(self.layer).__name__} layer"
             )
-        direction = self._direction()
-        g = ops.cast(ops.convert_to_tensor(self.g), "float32")
         bias = self._bias()
-        g_offset, bias_offset = self._offsets(inputs, direction, g, bias, training, mask)
-        if g_offset is not None:
-            g = g + g_offset
-        if bias_offset is not None and bias is not None:
-            bias = bias + bias_offset
-        kernel = self._scaled(direction, g)
+        kernels = {}
+        for name in self._kernel_names():
+            direction = self._direction(name)
+            g = ops.cast(ops.convert_to_tensor(self._length(name)), "float32")
+            if name == "kernel":
+                g_offset, bias_offset = self._offsets(inputs, direction, g, bias, training, mask)
+                if g_offset is not None:
+                    g = g + g_offset
+                if bias_offset is not None and bias is not None:
+                    bias = bias + bias_offset
+            kernels[name] = self._scaled(direction, g)
         if self._is_rnn:
-            # In the dtype the cell computes in (its policy may differ from ours).
-            kernel = ops.cast(kernel, self.layer.cell.compute_dtype)
-            return self._call_rnn(inputs, kernel, training, mask, initial_state)
+            return self._call_rnn(inputs, kernels, training, mask, initial_state)
         dtype = self.compute_dtype
-        outputs = self._linear(ops.cast(inputs, dtype), ops.cast(kernel, dtype))
+        outputs = self._linear(ops.cast(inputs, dtype), ops.cast(kernels["kernel"], dtype))
         if bias is not None:
             out_rank = len(outputs.shape)
             bias_shape = self._unit_shape(out_rank, self._output_unit_axis(out_rank))
@@ -331,29 +396,33 @@ class WeightNormalization(keras.layers.Wrapper):
             outputs = self.layer.activation(outputs)
         return outputs
 
-    def _call_rnn(self, inputs, kernel, training, mask, initial_state):
-        # The cell reads `self.kernel` at each step, and Keras's fused LSTM
-        # and GRU read `cell.kernel`: for this call both see the normalized
-        # tensor, so the gradient reaches `v` and `g` through it. Setting the
-        # instance attribute directly keeps the layer's variable tracking as
-        # it is; the variable is put back even if the call fails.
+    def _call_rnn(self, inputs, kernels, training, mask, initial_state):
+        # The cell reads `self.kernel` and `self.recurrent_kernel` at each
+        # step, and Keras's fused LSTM and GRU read them from the cell: for
+        # this call both see the normalized tensors, so the gradient reaches
+        # `v` and `g` through them. Setting the instance attributes directly
+        # keeps the layer's variable tracking as it is; the variables are put
+        # back even if the call fails.
         cell = self.layer.cell
-        variable = self._kernel_variable()
-        object.__setattr__(cell, "kernel", kernel)
+        variables = {name: self._kernel_variable(name) for name in kernels}
+        for name, kernel in kernels.items():
+            # In the dtype the cell computes in (its policy may differ from ours).
+            object.__setattr__(cell, name, ops.cast(kernel, cell.compute_dtype))
         try:
             return self.layer(inputs, initial_state=initial_state, mask=mask, training=training)
         finally:
-            object.__setattr__(cell, "kernel", variable)
+            for name, variable in variables.items():
+                object.__setattr__(cell, name, variable)
 
     def remove(self):
         """Returns a plain layer that computes what the wrapper computes.
 
         The new layer is of the wrapped layer's class, made from its config
-        and built for the same input shape. Its kernel (the cell's input
-        kernel, for a recurrent layer) is the normalized `g * v / ||v||` and
-        its bias the one the wrapper adds, both with the data-dependent
-        initialization's offsets included; its other weights are copies of
-        the wrapped layer's. The wrapper and its variables are left
+        and built for the same input shape. Its kernel (for a recurrent
+        layer, the cell's kernels that `rnn_kernel` chooses) is the
+        normalized `g * v / ||v||` and its bias the one the wrapper adds,
+        both with the data-dependent initialization's offsets included; its
+        other weights are copies of the wrapped layer's. The wrapper and its variables are left
         unchanged, so it can still be used and trained. Use it to serve or
         export a model without the wrapper's per-call normalization.
 
@@ -383,8 +452,8 @@ class WeightNormalization(keras.layers.Wrapper):
                 "batch (or call `build(input_shape)`) first. Received: an unbuilt "
                 f"WeightNormalization of layer {self.layer.name!r}"
             )
-        kernel, bias = self._effective_weights()
-        replaced = {id(self._kernel_variable()): kernel}
+        kernels, bias = self._effective_weights()
+        replaced = {id(self._kernel_variable(name)): kernels[name] for name in kernels}
         if bias is not None:
             replaced[id(self._bias_variable())] = bias
         layer = self.layer
@@ -396,15 +465,18 @@ class WeightNormalization(keras.layers.Wrapper):
         return plain
 
     def _effective_weights(self):
-        """The kernel and bias the (inference) call uses, offsets included, as NumPy."""
-        g = ops.cast(ops.convert_to_tensor(self.g), "float32")
+        """The kernels (by attribute name) and bias the (inference) call uses,
+        offsets included, as NumPy."""
         bias = self._bias()
-        if self.data_init:
-            g = g + ops.convert_to_tensor(self.g_offset)
-            if bias is not None:
-                bias = bias + ops.convert_to_tensor(self.bias_offset)
-        kernel = ops.convert_to_numpy(self._scaled(self._direction(), g))
-        return kernel, (None if bias is None else ops.convert_to_numpy(bias))
+        kernels = {}
+        for name in self._kernel_names():
+            g = ops.cast(ops.convert_to_tensor(self._length(name)), "float32")
+            if name == "kernel" and self._initializes:
+                g = g + ops.convert_to_tensor(self.g_offset)
+                if bias is not None:
+                    bias = bias + ops.convert_to_tensor(self.bias_offset)
+            kernels[name] = ops.convert_to_numpy(self._scaled(self._direction(name), g))
+        return kernels, (None if bias is None else ops.convert_to_numpy(bias))
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -413,13 +485,19 @@ class WeightNormalization(keras.layers.Wrapper):
         return self.layer.compute_mask(inputs, mask)
 
     def get_config(self):
-        return {**super().get_config(), "data_init": self.data_init}
+        return {
+            **super().get_config(),
+            "data_init": self.data_init,
+            "rnn_kernel": self.rnn_kernel,
+        }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         # Keras's Wrapper pops "layer" from the dict it is given; keep the
-        # caller's config intact.
-        return super().from_config(dict(config), custom_objects=custom_objects)
+        # caller's config intact. Configs saved before `rnn_kernel` existed
+        # normalized an RNN's input kernel: they load as they were saved.
+        config = {"rnn_kernel": "input", **config}
+        return super().from_config(config, custom_objects=custom_objects)
 
 
 def _check_layer(layer):

@@ -10,7 +10,7 @@ import functools
 
 import jax
 
-from keras_gradkit.layers import _ind_loops
+from keras_gradkit.backend.common import ind_loops
 
 # Steps unrolled per iteration of `lax.scan`: a little unrolling speeds the
 # loop up; more compiles longer and runs slower on short sequences.
@@ -20,40 +20,22 @@ _JAX_UNROLL = 2
 # Jitted so that a layer called outside a jitted step (eagerly, in a custom
 # loop or a test) compiles its scan once per shape, instead of at every call:
 # an eager `lax.scan` traces and compiles its body anew each time. Inside
-# Keras's jitted train step the inner `jit` is inlined.
+# Keras's jitted train step the inner `jit` is inlined. The parameters are
+# `IndRecurrence`'s fields in order, its options static (a compiled scan per
+# activation, output and clip).
 @functools.partial(jax.jit, static_argnames=("activation", "last_only", "grad_clipping"))
 def _scanned(x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping):
-    return _ind_loops.scanned_recurrence(
-        x,
-        kernel,
-        bias,
-        u,
-        h0,
-        mask,
-        activation,
-        last_only,
-        unroll=_JAX_UNROLL,
-        grad_clipping=grad_clipping,
+    recurrence = ind_loops.IndRecurrence(
+        x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping
     )
+    return ind_loops.scanned_recurrence(recurrence, unroll=_JAX_UNROLL)
 
 
-def ind_recurrence(
-    x, kernel, bias, u, h0, mask, activation, last_only, training, grad_clipping=None
-):
-    """The states of the recurrence (see `keras_gradkit.layers._ind_recurrence.ind_recurrence`),
-    by `ops.scan` for every activation; `training` changes nothing."""
+def ind_recurrence(recurrence, training):
+    """The states of `recurrence`, an `ind_loops.IndRecurrence`, by `ops.scan`
+    for every activation; `training` changes nothing."""
     del training
-    return _scanned(
-        x,
-        kernel,
-        bias,
-        u,
-        h0,
-        mask,
-        activation=activation,
-        last_only=last_only,
-        grad_clipping=grad_clipping,
-    )
+    return _scanned(*recurrence)
 
 
 def masked_output_repeats_state():

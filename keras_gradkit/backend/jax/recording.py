@@ -15,7 +15,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gradkit import _recording
+from keras_gradkit.backend import keras_private
+from keras_gradkit.backend.common import hooks
 
 # The sinks' states of the step being traced (or run eagerly) by a train
 # function of `make_train_function`: {sink: state}, or None outside one.
@@ -29,10 +30,11 @@ class Sink:
     gradient-accumulation micro-step); only the counted ones are kept.
     """
 
-    def __init__(self, spec):
+    def __init__(self, spec, num_totals):
         self._shapes = {}
+        self._num_totals = num_totals
         self._host = None  # the values callbacks sent, or None
-        self._host_totals = np.zeros(len(_recording.TOTALS), "float64")
+        self._host_totals = np.zeros(num_totals, "float64")
         self._callbacks = False  # whether any step used a callback
         self._device = None  # the state a collecting step returned, or None
         self._carried_totals = None  # device totals kept across a change of layout
@@ -45,24 +47,24 @@ class Sink:
         if self._device is not None:  # the layout changed: the next collecting step starts afresh
             self._carried_totals, self._device = self._device["totals"], None
 
-    def initial_state(self):
+    def _initial_state(self):
         """The state a collecting step starts from, before any step published."""
         totals = self._carried_totals
         return {
             "published": np.zeros((), "bool"),
-            "totals": np.zeros(len(_recording.TOTALS), "float32") if totals is None else totals,
+            "totals": np.zeros(self._num_totals, "float32") if totals is None else totals,
             "values": {
                 name: [np.zeros(s, "float32") for s in shapes]
                 for name, shapes in self._shapes.items()
             },
         }
 
-    @property
-    def state(self):
-        return self.initial_state() if self._device is None else self._device
+    # The state a train function of `make_train_function` carries (this
+    # module's own business: not part of the `Sink` contract).
+    def _carried_state(self):
+        return self._initial_state() if self._device is None else self._device
 
-    @state.setter
-    def state(self, state):
+    def _carry(self, state):
         self._device = state
         self._newest = "device"
 
@@ -147,7 +149,7 @@ def install(optimizer, monitor):
         def stateless_apply(optimizer_variables, grads, trainable_variables):
             if not monitor.active:
                 return original(optimizer_variables, grads, trainable_variables)
-            tvs = optimizer._trainable_variables
+            tvs = keras_private.trainable_variables_of(optimizer)
             mapping = list(zip(tvs, trainable_variables)) + list(
                 zip(optimizer.variables, optimizer_variables)
             )
@@ -159,7 +161,7 @@ def install(optimizer, monitor):
 
         return stateless_apply
 
-    return _recording.wrap_method(optimizer, "stateless_apply", make_wrapper)
+    return hooks.wrap_method(optimizer, "stateless_apply", make_wrapper)
 
 
 def collects_on_device():
@@ -169,7 +171,7 @@ def collects_on_device():
     return jax.process_count() == 1
 
 
-def make_train_function(model, sinks=()):
+def make_train_function(model, sinks):
     """Makes the model's train function anew, with `sinks` collected on the device.
 
     The step is jitted as Keras's own (`donate_argnums=0`, the distribution's
@@ -193,13 +195,13 @@ def make_train_function(model, sinks=()):
     if not model.run_eagerly and model.jit_compile:
         out_shardings = None
         if keras.distribution.distribution() is not None:
-            out_shardings = (None, model._get_state_sharding_spec(), None)
+            out_shardings = (None, keras_private.state_sharding_spec(model), None)
         step = jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
 
     def train_step(state, data):
-        logs, state, sink_states = step(state, [s.state for s in sinks], data)
+        logs, state, sink_states = step(state, [s._carried_state() for s in sinks], data)
         for sink, sink_state in zip(sinks, sink_states):
-            sink.state = sink_state
+            sink._carry(sink_state)
         return logs, state
 
-    model.train_function = model._make_function(train_step)
+    model.train_function = keras_private.make_function(model, train_step)

@@ -11,8 +11,20 @@ in the replica context; otherwise its stateful end runs once, in a
 import tensorflow as tf
 from keras import ops
 
-# The cross-replica sum of a list of gradients, as the monitor's hook sums them.
-from keras_gradkit.backend.tensorflow.recording import _replica_sum
+
+def replica_sum():
+    """A function summing a list of gradients (None entries kept) over the
+    replicas, inside a replica context; None outside a strategy."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return None
+    context = tf.distribute.get_replica_context()
+
+    def summed(values):
+        present = [g for g in values if g is not None]
+        reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else [])
+        return [None if g is None else next(reduced) for g in values]
+
+    return summed
 
 
 def run_step(compute, finish, inner_apply):
@@ -39,7 +51,7 @@ def run_step(compute, finish, inner_apply):
         finish(result, lambda: inner_apply(grads_for_inner))
         return
     context = tf.distribute.get_replica_context()
-    result, grads_for_inner = compute(_replica_sum(), context.num_replicas_in_sync)
+    result, grads_for_inner = compute(replica_sum(), context.num_replicas_in_sync)
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
         finish(result, lambda: inner_apply(grads_for_inner))
         return

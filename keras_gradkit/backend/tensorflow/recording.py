@@ -3,10 +3,12 @@ and the monitor's hook on the optimizer's `apply` (private)."""
 
 import tensorflow as tf
 
-from keras_gradkit import _recording
+from keras_gradkit.backend.common import hooks
+from keras_gradkit.backend.common.variable_sink import VariableSink, check_sinks
+from keras_gradkit.backend.tensorflow.distribute import replica_sum
 
 
-class Sink(_recording.VariableSink):
+class Sink(VariableSink):
     """Variables assigned in the step; read with one `tf.function` (one device sync)."""
 
     def add(self, name, shapes):
@@ -27,33 +29,22 @@ def snapshot(variable):
     return tf.identity(value.read_value() if hasattr(value, "read_value") else value)
 
 
-def _replica_sum():
-    """Sums gradients over the replicas, inside a replica context; None outside a strategy."""
-    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        return None
-    context = tf.distribute.get_replica_context()
-
-    def replica_sum(values):
-        present = [g for g in values if g is not None]
-        reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else [])
-        return [None if g is None else next(reduced) for g in values]
-
-    return replica_sum
-
-
 def install(optimizer, monitor):
-    """Hooks `monitor` on `optimizer.apply` (see `_recording.hook_apply`),
+    """Hooks `monitor` on `optimizer.apply` (see `hooks.hook_apply`),
     summing the gradients over replicas under a strategy; returns its removal."""
-    return _recording.hook_apply(optimizer, monitor, snapshot, replica_sum=_replica_sum)
+    return hooks.hook_apply(optimizer, monitor, snapshot, replica_sum=replica_sum)
 
 
 def collects_on_device():
-    """Whether the train function must be made anew to collect the sinks:
-    no, the step assigns their variables wherever it runs."""
+    """No: the step assigns the sinks' variables wherever it runs."""
     return False
 
 
-def make_train_function(model, sinks=()):
-    """Makes the model's train function anew (traced anew at its first call);
-    the sinks are variables the step assigns."""
+def make_train_function(model, sinks):
+    """Makes the model's train function anew (traced anew at its first call).
+
+    The sinks need no carrying: they are variables the step assigns, which
+    must exist before the trace (a `VariableSink` makes them when created).
+    """
+    check_sinks(sinks)
     model.make_train_function(force=True)

@@ -7,7 +7,7 @@ the step's arithmetic; `benchmarks/README.md` has the measurements.
 
 import torch
 
-from keras_gradkit.layers import _ind_loops
+from keras_gradkit.backend.common import ind_loops
 
 # Activations by name, as PyTorch functions: the PyTorch engine calls them once
 # per step, where going through `keras.ops` would cost more than the step.
@@ -43,10 +43,12 @@ def _torch_blocks(steps):
     return [(start, min(start + _TORCH_BLOCK, steps)) for start in range(0, steps, _TORCH_BLOCK)]
 
 
-def _torch_states(x, kernel, bias, u, h0, mask, name):
+def _torch_states(recurrence, name):
     """Forward loop of the PyTorch engine: each block of steps is projected
     straight into the `(T, batch, units)` states buffer, then updated in place,
     two or three PyTorch operations per step."""
+    x, kernel, bias, u = recurrence.x, recurrence.kernel, recurrence.bias, recurrence.u
+    h0, mask = recurrence.h0, recurrence.mask
     steps, units = x.shape[0], h0.shape[-1]
     states = torch.empty((steps,) + tuple(h0.shape), dtype=h0.dtype, device=h0.device)
     rows = states.unbind(0)  # views of the steps, made in one call
@@ -70,20 +72,22 @@ def _torch_states(x, kernel, bias, u, h0, mask, name):
     return states
 
 
-def _torch_backward(
-    grad_states, grad_last, states, x, kernel, u, h0, mask, name, need_x, clip=None
-):
+def _torch_backward(upstream, states, recurrence, name, need_x):
     """Backward loop of the PyTorch engine, a block of steps at a time, from
     the last: the gradients w.r.t. `x` (when `need_x`), `kernel` (None
-    without one), `bias`, `u` and `h0`.
+    without one), `bias`, `u` and `h0`, given `upstream`, the gradient
+    w.r.t. every state or, with `last_only`, w.r.t. the last state.
 
     With `a_t = act'(pre_t)`, the gradient reaching state `t` is
     `g_t = grad_t + g_{t+1} * a_{t+1} * u` (`g_{t+1}` alone through a masked
     step) and `dpre_t = g_t * a_t` (zero at a masked step). The factors
     `a_t * u` are computed for a whole block at once, so the loop runs one
     PyTorch operation per step; the weight gradients are a few operations per
-    block. With `clip`, `dpre_t = clip(g_t * a_t)` and the step before
+    block. With `grad_clipping`, `dpre_t = clip(g_t * a_t)` and the step before
     receives `dpre_t * u` (a loop of a few operations per step)."""
+    x, kernel, u = recurrence.x, recurrence.kernel, recurrence.u
+    h0, mask, clip = recurrence.h0, recurrence.mask, recurrence.grad_clipping
+    grad_states, grad_last = (None, upstream) if recurrence.last_only else (upstream, None)
     dkernel = None if kernel is None else torch.zeros_like(kernel)
     dbias, du = torch.zeros_like(u), torch.zeros_like(u)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
@@ -160,53 +164,40 @@ def _clipped_block_chain(g_rows, slope_rows, skip_rows, grad_rows, carry, u, n, 
     return carry
 
 
-def _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, clip):
+def _torch_recurrence(recurrence):
     """The PyTorch engine: a `torch.autograd.Function` whose forward and
     backward loops run plain PyTorch operations in place, a few per step,
     with the input projection and the weight gradients one matrix product
     per block of steps."""
-    name = _TORCH_ACTIVATIONS[activation.__name__]
+    name = _TORCH_ACTIVATIONS[recurrence.activation.__name__]
 
     class Recurrence(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, kernel, bias, u, h0):
-            states = _torch_states(x, kernel, bias, u, h0, mask, name)
+            tensors = recurrence._replace(x=x, kernel=kernel, bias=bias, u=u, h0=h0)
+            states = _torch_states(tensors, name)
             ctx.save_for_backward(states, x, kernel, u, h0)
-            return states[-1].clone() if last_only else states
+            return states[-1].clone() if recurrence.last_only else states
 
         @staticmethod
         def backward(ctx, upstream):
             states, x, kernel, u, h0 = ctx.saved_tensors
-            grad_states, grad_last = (None, upstream) if last_only else (upstream, None)
-            return _torch_backward(
-                grad_states,
-                grad_last,
-                states,
-                x,
-                kernel,
-                u,
-                h0,
-                mask,
-                name,
-                ctx.needs_input_grad[0],
-                clip,
-            )
+            tensors = recurrence._replace(x=x, kernel=kernel, u=u, h0=h0)
+            return _torch_backward(upstream, states, tensors, name, ctx.needs_input_grad[0])
 
-    return Recurrence.apply(x, kernel, bias, u, h0)
+    return Recurrence.apply(
+        recurrence.x, recurrence.kernel, recurrence.bias, recurrence.u, recurrence.h0
+    )
 
 
-def ind_recurrence(
-    x, kernel, bias, u, h0, mask, activation, last_only, training, grad_clipping=None
-):
-    """The states of the recurrence (see `keras_gradkit.layers._ind_recurrence.ind_recurrence`):
-    the autograd engine, or `ops.scan` for activations without a hand-written
-    derivative; `training` changes nothing."""
+def ind_recurrence(recurrence, training):
+    """The states of `recurrence`, an `ind_loops.IndRecurrence`: the autograd
+    engine, or `ops.scan` for activations without a hand-written derivative;
+    `training` changes nothing."""
     del training
-    if _ind_loops.slope_for(activation) is None:
-        return _ind_loops.scanned_recurrence(
-            x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping=grad_clipping
-        )
-    return _torch_recurrence(x, kernel, bias, u, h0, mask, activation, last_only, grad_clipping)
+    if ind_loops.slope_for(recurrence.activation) is None:
+        return ind_loops.scanned_recurrence(recurrence)
+    return _torch_recurrence(recurrence)
 
 
 def masked_output_repeats_state():

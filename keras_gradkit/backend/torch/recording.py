@@ -4,9 +4,10 @@ every step."""
 
 from keras import ops
 
-from keras_gradkit import _recording
+from keras_gradkit.backend.common import hooks
+from keras_gradkit.backend.common.variable_sink import VariableSink, check_sinks
 
-Sink = _recording.VariableSink
+Sink = VariableSink
 
 
 def snapshot(variable):
@@ -15,16 +16,17 @@ def snapshot(variable):
 
 
 def install(optimizer, monitor):
-    """Hooks `monitor` on `optimizer.apply` (see `_recording.hook_apply`); returns its removal."""
-    return _recording.hook_apply(optimizer, monitor, snapshot)
+    """Hooks `monitor` on `optimizer.apply` (see `hooks.hook_apply`); returns its removal."""
+    return hooks.hook_apply(optimizer, monitor, snapshot)
 
 
 def collects_on_device():
-    """Whether the train function must be made anew to collect the sinks:
-    no, the step assigns their variables wherever it runs."""
+    """No: the step assigns the sinks' variables wherever it runs."""
     return False
 
 
-def make_train_function(model, sinks=()):
-    """Makes the model's train function anew; the sinks are variables the step assigns."""
+def make_train_function(model, sinks):
+    """Makes the model's train function anew (eager: the hook is in every
+    step). The sinks need no carrying: they are variables the step assigns."""
+    check_sinks(sinks)
     model.make_train_function(force=True)

@@ -1,5 +1,6 @@
-"""The IndRNN recurrence in `keras.ops` (private): the loops that the
-backend engines (`keras_gradkit/backend/<name>/ind_recurrence.py`) share.
+"""The IndRNN recurrence in `keras.ops` (private): what it computes
+(`IndRecurrence`) and the loops that the backend engines
+(`keras_gradkit/backend/<name>/ind_recurrence.py`) share.
 
 - `chunked_recurrence`: chunks of steps per loop iteration and a
   hand-written backward pass (TensorFlow's engine, compiled by XLA in
@@ -11,6 +12,8 @@ backend engines (`keras_gradkit/backend/<name>/ind_recurrence.py`) share.
 Nothing here depends on the backend; `benchmarks/README.md` has the
 measurements behind the choices.
 """
+
+from typing import Any, NamedTuple
 
 import keras
 from keras import ops
@@ -25,6 +28,44 @@ _PAD_CHUNK = 16
 # Loop iterations that may overlap (TensorFlow's `parallel_iterations`); the
 # steps `ops.scan` unrolls unless an engine chooses otherwise.
 PARALLEL = 8
+
+
+class IndRecurrence(NamedTuple):
+    """One run of `h_t = activation(x_t @ kernel + bias + u * h_{t-1})` over
+    time-major inputs: the tensors, the activation and the options, as every
+    engine and loop receives them.
+
+    Fields:
+        x: `(timesteps, batch, features)`.
+        kernel: `(features, units)`, or None for the recurrence alone
+            (`x_t + bias + u * h_{t-1}`, `features == units`).
+        bias: `(units,)`.
+        u: `(units,)`, the recurrent weights.
+        h0: `(batch, units)`, the initial state.
+        mask: optional boolean `(timesteps, batch, 1)`; masked steps keep the
+            previous state. Defaults to `None`.
+        activation: the activation. Relu, tanh, sigmoid and linear have
+            hand-written derivatives (functions of the stored states).
+            Defaults to `keras.activations.relu`.
+        last_only: bool, return only the last state; the backward pass then
+            skips the (all-zero) gradients of the other states. Defaults to
+            `False`.
+        grad_clipping: positive float or None: during backpropagation the
+            gradient w.r.t. each step's pre-activation is clipped
+            elementwise to `[-grad_clipping, grad_clipping]`, as Lasagne's
+            `grad_clipping`; the forward pass is unchanged. Defaults to
+            `None`.
+    """
+
+    x: Any
+    kernel: Any
+    bias: Any
+    u: Any
+    h0: Any
+    mask: Any = None
+    activation: Any = keras.activations.relu
+    last_only: bool = False
+    grad_clipping: float | None = None
 
 
 def _relu_slope(h):
@@ -155,11 +196,13 @@ def _next_state(h, x_row, keep, u, activation, grad_clipping=None):
     return new if keep is None else ops.where(keep, new, h)
 
 
-def _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk):
+def _scan_forward(recurrence, chunk):
     """States of `h_t = act(x_t @ kernel + bias + u * h_{t-1})` (kept where
     `mask` is False) for time-major `x`, as `(T, batch, units)`. The input
     projection is one matrix product per chunk of steps, so the projected
     sequence is never stored."""
+    x, kernel, bias, u = recurrence.x, recurrence.kernel, recurrence.bias, recurrence.u
+    h0, mask, activation = recurrence.h0, recurrence.mask, recurrence.activation
 
     def step(carry, inputs):
         h = carry[-1]
@@ -180,7 +223,7 @@ def _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk):
     return ops.reshape(states, (-1,) + tuple(ops.shape(h0)))
 
 
-def written_forward(x, kernel, bias, u, h0, mask, activation, chunk):
+def written_forward(recurrence, chunk):
     """`_scan_forward` for XLA (TensorFlow in training): the same states,
     each written into the `(T, batch, units)` buffer as soon as it is computed
     and read back from it for the next step.
@@ -192,9 +235,11 @@ def written_forward(x, kernel, bias, u, h0, mask, activation, chunk):
     to the written one, so it does not fold the read into the write, and
     each step is computed once. Needs a known length; falls back to
     `_scan_forward` otherwise."""
+    x, kernel, bias, u = recurrence.x, recurrence.kernel, recurrence.bias, recurrence.u
+    h0, mask, activation = recurrence.h0, recurrence.mask, recurrence.activation
     steps = x.shape[0]
     if not isinstance(steps, int):
-        return _scan_forward(x, kernel, bias, u, h0, mask, activation, chunk)
+        return _scan_forward(recurrence, chunk)
     x_chunks = _chunked(x, chunk)
     m_chunks = None if mask is None else _chunked(mask, chunk)
     row_shape = (1,) + tuple(ops.shape(h0))
@@ -279,13 +324,14 @@ def _weight_gradients(dpre, h_prev, x_chunk, kernel):
     return dx, dkernel, ops.sum(dpre_flat, axis=0), ops.sum(dpre * h_prev, axis=(0, 1))
 
 
-def _scan_backward(
-    grad_states, grad_last, states, x, kernel, u, h0, mask, slope_of, chunk, clip=None
-):
+def _scan_backward(upstream, states, recurrence, slope_of, chunk):
     """Gradients w.r.t. `x`, `kernel` (None without one), `bias`, `u` and
-    `h0`, given the gradient w.r.t. every state (`grad_states`) or, when only
-    the last state is used, w.r.t. the last state (`grad_last`,
-    `grad_states=None`); `clip` clips each step's pre-activation gradient."""
+    `h0`, given `upstream`, the gradient w.r.t. every state or, with
+    `last_only`, w.r.t. the last state (the others' are then all zero and
+    skipped); `grad_clipping` clips each step's pre-activation gradient."""
+    x, kernel, u = recurrence.x, recurrence.kernel, recurrence.u
+    h0, mask = recurrence.h0, recurrence.mask
+    grad_states, grad_last = (None, upstream) if recurrence.last_only else (upstream, None)
     state_chunks = _chunked(states, chunk)
     # The state just before each chunk: h0, then each chunk's last state.
     previous = ops.concatenate([ops.expand_dims(h0, 0), state_chunks[:-1, -1]], axis=0)
@@ -306,7 +352,7 @@ def _scan_backward(
             chunk,
             grad_states is not None,
             mask is not None,
-            clip,
+            recurrence.grad_clipping,
         )
         out = (dx, c, du, dbias) + ((dkernel,) if has_kernel else ())
         return out, out
@@ -330,19 +376,11 @@ def _scan_backward(
 
 
 def chunked_recurrence(
-    x,
-    kernel,
-    bias,
-    u,
-    h0,
-    mask,
-    activation,
-    last_only,
+    recurrence,
     chunk=None,
     max_chunk=MAX_CHUNK,
     backward_max_chunk=None,
     forward=_scan_forward,
-    grad_clipping=None,
 ):
     """TensorFlow's engine: chunks of `chunk` steps per loop iteration (one
     input projection per chunk) and a hand-written backward pass. `chunk`
@@ -350,81 +388,48 @@ def chunked_recurrence(
     `max_chunk`, and the sequence is padded with masked steps when there is
     no divisor of at least 8. The backward loop takes the largest divisor up
     to `backward_max_chunk` when that is longer (and the length is known).
-    `forward` runs the forward loop (`written_forward` under XLA).
-    `kernel` may be None (the recurrence alone, `x` already projected);
-    `grad_clipping` clips each step's pre-activation gradient."""
-    steps = x.shape[0]
+    `forward(recurrence, chunk)` runs the forward loop (`written_forward`
+    under XLA). Returns the states of `recurrence` (an `IndRecurrence`), or
+    its last state."""
+    steps = recurrence.x.shape[0]
     if chunk is None:
         chunk = _chunk_size(steps, max_chunk)
     if chunk < _MIN_CHUNK and (steps is None or steps > max_chunk):
         # No good divisor (or an unknown length): pad with masked steps, which
         # keep the state, rather than loop one step at a time.
-        return _padded_recurrence(
-            x,
-            kernel,
-            bias,
-            u,
-            h0,
-            mask,
-            activation,
-            last_only,
-            backward_max_chunk,
-            forward,
-            grad_clipping,
-        )
+        return _padded_recurrence(recurrence, backward_max_chunk, forward)
     backward_chunk = chunk
     if backward_max_chunk is not None and isinstance(steps, int):
         backward_chunk = max(chunk, _chunk_size(steps, backward_max_chunk))
-    slope_of = slope_for(activation)
-    has_kernel = kernel is not None
+    slope_of = slope_for(recurrence.activation)
+    has_kernel = recurrence.kernel is not None
 
-    def recurrence(*args):
-        # (x, kernel, bias, u, h0), or (x, bias, u, h0) without a kernel.
+    def run(*args):
+        # (x, kernel, bias, u, h0), or (x, bias, u, h0) without a kernel: the
+        # tensors whose gradients the backward pass returns.
         x, bias, u, h0 = args[0], args[-3], args[-2], args[-1]
         kernel = args[1] if has_kernel else None
-        states = forward(x, kernel, bias, u, h0, mask, activation, chunk)
+        inner = recurrence._replace(x=x, kernel=kernel, bias=bias, u=u, h0=h0)
+        states = forward(inner, chunk)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            grad_states, grad_last = (None, upstream) if last_only else (upstream, None)
-            grads = _scan_backward(
-                grad_states,
-                grad_last,
-                states,
-                x,
-                kernel,
-                u,
-                h0,
-                mask,
-                slope_of,
-                backward_chunk,
-                grad_clipping,
-            )
+            grads = _scan_backward(upstream, states, inner, slope_of, backward_chunk)
             return grads if has_kernel else grads[:1] + grads[2:]
 
-        return (states[-1] if last_only else states), grad
+        return (states[-1] if recurrence.last_only else states), grad
 
-    args = (x, kernel, bias, u, h0) if has_kernel else (x, bias, u, h0)
-    return ops.custom_gradient(recurrence)(*args)
+    tensors = (recurrence.x, recurrence.kernel, recurrence.bias, recurrence.u, recurrence.h0)
+    args = tensors if has_kernel else tensors[:1] + tensors[2:]
+    return ops.custom_gradient(run)(*args)
 
 
-def _padded_recurrence(
-    x,
-    kernel,
-    bias,
-    u,
-    h0,
-    mask,
-    activation,
-    last_only,
-    backward_max_chunk=None,
-    forward=_scan_forward,
-    grad_clipping=None,
-):
+def _padded_recurrence(recurrence, backward_max_chunk=None, forward=_scan_forward):
     """`chunked_recurrence` on the sequence padded with masked steps (which
     keep the state) to a multiple of `_PAD_CHUNK`; the padding's states are
     dropped."""
+    x, h0, mask = recurrence.x, recurrence.h0, recurrence.mask
     steps = ops.shape(x)[0]
     padding = (-steps) % _PAD_CHUNK
     pad_shape = (padding,) + tuple(ops.shape(x)[1:-1])
@@ -434,32 +439,25 @@ def _padded_recurrence(
         mask = ops.broadcast_to(mask, (steps,) + tuple(ops.shape(mask)))
     mask = ops.concatenate([mask, ops.zeros(pad_shape + (1,), "bool")], axis=0)
     states = chunked_recurrence(
-        x,
-        kernel,
-        bias,
-        u,
-        h0,
-        mask,
-        activation,
-        last_only,
+        recurrence._replace(x=x, mask=mask),
         chunk=_PAD_CHUNK,
         backward_max_chunk=backward_max_chunk,
         forward=forward,
-        grad_clipping=grad_clipping,
     )
-    return states if last_only else states[:steps]
+    return states if recurrence.last_only else states[:steps]
 
 
-def scanned_recurrence(
-    x, kernel, bias, u, h0, mask, activation, last_only, unroll=PARALLEL, grad_clipping=None
-):
+def scanned_recurrence(recurrence, unroll=PARALLEL):
     """JAX's engine (and every backend's for activations without a
     hand-written derivative): `ops.scan` over the steps, differentiated
     automatically, `unroll` steps unrolled per loop iteration. The input
     projection stays inside the step, which XLA fuses: projecting the whole
     sequence before the loop is slower, as the projected sequence and its
-    gradient then travel through memory. `kernel` may be None;
-    `grad_clipping` clips each step's pre-activation gradient."""
+    gradient then travel through memory. Returns the states of `recurrence`
+    (an `IndRecurrence`), or its last state."""
+    x, kernel, bias, u = recurrence.x, recurrence.kernel, recurrence.bias, recurrence.u
+    mask, activation = recurrence.mask, recurrence.activation
+    grad_clipping = recurrence.grad_clipping
 
     def step(h, inputs):
         keep = None if mask is None else inputs[1]
@@ -468,5 +466,5 @@ def scanned_recurrence(
         return h, h
 
     inputs = (x,) if mask is None else (x, mask)
-    last, states = _scan(step, h0, inputs, unroll=unroll)
-    return last if last_only else states
+    last, states = _scan(step, recurrence.h0, inputs, unroll=unroll)
+    return last if recurrence.last_only else states

@@ -1,4 +1,4 @@
-"""The gradient across depth: one norm per layer (private).
+"""The gradient across depth: one norm per layer.
 
 For the model's top-level layers in order (a nested block counts as one
 layer), the L2 norm of the gradient of the layer's trainable

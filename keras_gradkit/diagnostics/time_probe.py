@@ -1,7 +1,7 @@
-"""Gradient of the loss with respect to each time step of a sequence (private).
+"""Gradient of the loss with respect to each time step of a sequence.
 
-Used by `GradientBoard(time_probe=(x, y))`. Runs outside the train step, on a
-small fixed batch. The backend's part (`keras_gradkit.backend.<name>.probe`)
+Used by `keras_gradkit.diagnose` and `GradientBoard(time_probe=(x, y))`.
+Runs outside the train step, on a small fixed batch. The backend's part (`keras_gradkit.backend.<name>.probe`)
 traces the gradient once per model and probe on TensorFlow and JAX, and runs
 it eagerly on PyTorch; every call reads the model's current weights and
 assigns no variable.
@@ -16,75 +16,9 @@ import numpy as np
 from keras import ops
 
 from keras_gradkit import backend
+from keras_gradkit.diagnostics import graph
 
 REACH_FRACTION = 1e-3
-_SHAPES = "float sequences of shape (batch, timesteps, features) or integer token ids of shape (batch, timesteps)"
-
-
-def validate_time_probe(time_probe):
-    """Checks the `time_probe` argument of `GradientBoard`.
-
-    Args:
-        time_probe: None, or a tuple `(x, y)`: `x` float sequences of shape
-            `(batch, timesteps, features)` or integer token ids of shape
-            `(batch, timesteps)`; `y` their targets (an array or a structure
-            of arrays), each with `batch` rows.
-
-    Returns:
-        None, or `(x, y)` as NumPy arrays (`y` keeps its structure).
-
-    Raises:
-        TypeError: `time_probe` is not a tuple or list, or `x` is not an array.
-        ValueError: `x` is neither of the two kinds above (an image batch, a
-            float matrix, integer sequences with features), it is empty, or
-            `y` has a different number of rows.
-    """
-    if time_probe is None:
-        return None
-    if not isinstance(time_probe, (tuple, list)):
-        raise TypeError(
-            "Argument `time_probe` must be None or a tuple `(x, y)` of a small batch of sequences and their "
-            f"targets. Received: time_probe of type {type(time_probe).__name__}{_shape_note(time_probe)}"
-        )
-    if len(time_probe) != 2:
-        raise ValueError(
-            "Argument `time_probe` must be None or a tuple `(x, y)` of a small batch of sequences and their "
-            f"targets. Received: time_probe with {len(time_probe)} entries"
-        )
-    x, y = time_probe
-    x = np.asarray(x)
-    if x.dtype == object:
-        raise TypeError(
-            f"Argument `time_probe` must hold {_SHAPES}. Received: time_probe[0] of type {type(x).__name__}"
-        )
-    dtype = keras.backend.standardize_dtype(x.dtype)
-    kind = (
-        "float"
-        if keras.backend.is_float_dtype(dtype)
-        else "int"
-        if keras.backend.is_int_dtype(dtype)
-        else None
-    )
-    if (kind, x.ndim) not in (("float", 3), ("int", 2)) or x.shape[0] == 0:
-        hint = " (cast token ids to an integer dtype)" if (kind, x.ndim) == ("float", 2) else ""
-        raise ValueError(
-            f"Argument `time_probe` must hold {_SHAPES}{hint}. "
-            f"Received: time_probe[0] with shape={x.shape} and dtype={dtype}"
-        )
-    y = keras.tree.map_structure(np.asarray, y)
-    rows = {a.shape[0] for a in keras.tree.flatten(y) if a.ndim}
-    if rows - {x.shape[0]}:
-        shapes = [a.shape for a in keras.tree.flatten(y)]
-        raise ValueError(
-            "Argument `time_probe` must have as many targets as sequences. "
-            f"Received: time_probe with x.shape={x.shape} and y shapes {shapes}"
-        )
-    return x, y
-
-
-def _shape_note(value):
-    shape = getattr(value, "shape", None)
-    return "" if shape is None else f" with shape={tuple(shape)}"
 
 
 def reach(norms, fraction=REACH_FRACTION):
@@ -104,63 +38,6 @@ def reach(norms, fraction=REACH_FRACTION):
     if above.all():
         return int(norms.size)
     return int(norms.size - 1 - np.flatnonzero(~above)[-1])
-
-
-def recurrent_layers(model):
-    """Top-level recurrent layers of a functional (or Sequential) model."""
-    if _model_input(model) is None:
-        return []
-    return [
-        layer
-        for layer in model.layers
-        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
-    ]
-
-
-def _model_inputs(model):
-    """The model's symbolic inputs; none for a subclassed or unbuilt model."""
-    try:
-        return list(model.inputs or [])
-    except (AttributeError, ValueError):
-        return []
-
-
-def _model_input(model):
-    """The model's single symbolic input, or None."""
-    inputs = _model_inputs(model)
-    return inputs[0] if len(inputs) == 1 else None
-
-
-def _model_output(model):
-    """The model's symbolic output, in the structure the model returns."""
-    try:
-        return model.output
-    except AttributeError:  # Sequential has `outputs` only
-        outputs = model.outputs
-        return outputs[0] if len(outputs) == 1 else outputs
-
-
-def _consumers(model, tensor):
-    """The top-level layers whose (first) call takes `tensor`."""
-    found = []
-    for layer in model.layers:
-        try:
-            inputs = keras.tree.flatten(layer.input)
-        except (AttributeError, ValueError):
-            continue
-        if any(t is tensor for t in inputs):
-            found.append(layer)
-    return found
-
-
-def _mask_of(tensor):
-    """The (batch, timesteps) boolean mask Keras attached to `tensor`, or None."""
-    mask = getattr(tensor, "_keras_mask", None)  # set by Embedding(mask_zero=True), Masking
-    return mask if mask is not None and len(mask.shape) == 2 else None
-
-
-def _as_list(value):
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 class _Target(NamedTuple):
@@ -339,12 +216,12 @@ class TimeProbe:
         return text
 
     def _check_shape(self):
-        inputs = _model_inputs(self.model)
+        inputs = graph.model_inputs(self.model)
         if len(inputs) > 1:
             raise ValueError(
                 f"{self._describe()}, but the model takes {len(inputs)} inputs; the probe needs one."
             )
-        expected = _model_input(self.model)
+        expected = graph.model_input(self.model)
         if expected is None:
             return
         shape = tuple(expected.shape)
@@ -382,7 +259,7 @@ class TimeProbe:
 
     # ----------------------------------------------------------- targets
     def _build_targets(self):
-        inputs = _model_input(self.model)
+        inputs = graph.model_input(self.model)
         if inputs is None:
             if self._tokens:
                 raise ValueError(
@@ -394,8 +271,8 @@ class TimeProbe:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             targets = [self._token_target(inputs) if self._tokens else self._input_target(inputs)]
-            for layer in recurrent_layers(self.model):
-                if not self._tokens and _takes_only(layer, inputs):
+            for layer in graph.recurrent_layers(self.model):
+                if not self._tokens and graph.takes_only(layer, inputs):
                     # Its input sequence is the model input: the same
                     # gradient, measured once.
                     self._names.append(layer.name)
@@ -410,8 +287,8 @@ class TimeProbe:
         return self.model(seq, training=True)
 
     def _input_target(self, inputs):
-        consumers = _consumers(self.model, inputs)
-        mask = _mask_of(consumers[0].output) if len(consumers) == 1 else None
+        consumers = graph.consumers(self.model, inputs)
+        mask = graph.mask_of(consumers[0].output) if len(consumers) == 1 else None
         masker = None if mask is None else keras.Model(inputs, mask)
 
         def head(x):
@@ -420,9 +297,9 @@ class TimeProbe:
         return _Target("input", head, self._call_model)
 
     def _token_target(self, inputs):
-        consumers = _consumers(self.model, inputs)
+        consumers = graph.consumers(self.model, inputs)
         embedded = consumers[0].output if len(consumers) == 1 else None
-        if not _is_sequence(embedded, self.x.shape[1]):
+        if not graph.is_sequence(embedded, self.x.shape[1]):
             names = (
                 ", ".join(f"`{layer.name}` ({type(layer).__name__})" for layer in consumers)
                 or "none"
@@ -432,7 +309,7 @@ class TimeProbe:
                 "returning float sequences of shape (batch, timesteps, features): the probe differentiates with "
                 f"respect to its output. Layers taking the input: {names}."
             )
-        mask = _mask_of(embedded)
+        mask = graph.mask_of(embedded)
         probed = [embedded] if mask is None else [embedded, mask]
         return self._split("input", inputs, probed, mask_index=None if mask is None else 1)
 
@@ -440,7 +317,7 @@ class TimeProbe:
         try:
             # After a Masking layer (or with initial states) the layer's
             # inputs are [sequence, mask, ...]: the rest travel along.
-            probed = _as_list(layer.input)
+            probed = graph.as_list(layer.input)
         except (AttributeError, ValueError):  # a layer used twice
             return None
         masks = [i for i, t in enumerate(probed) if i and t.dtype == "bool" and len(t.shape) == 2]
@@ -451,10 +328,10 @@ class TimeProbe:
 
     def _split(self, name, inputs, probed, mask_index):
         head_model = keras.Model(inputs, probed)
-        tail_model = keras.Model(probed, _model_output(self.model))
+        tail_model = keras.Model(probed, graph.model_output(self.model))
 
         def head(x):
-            outputs = _as_list(head_model(x, training=True))
+            outputs = graph.as_list(head_model(x, training=True))
             return outputs[0], outputs[1:], None if mask_index is None else outputs[mask_index]
 
         def tail(seq, extras):
@@ -547,25 +424,9 @@ def _loss_scale(model):
     return 1.0
 
 
-def _takes_only(layer, tensor):
-    """Whether `layer`'s (only) input is `tensor`."""
-    try:
-        inputs = _as_list(layer.input)
-    except (AttributeError, ValueError):
-        return False
-    return len(inputs) == 1 and inputs[0] is tensor
-
-
 def _same(a, b):
     """Whether two `(loss, number of variables)` pairs are the same (the loss by identity)."""
     return a[0] is b[0] and a[1] == b[1]
-
-
-def _is_sequence(tensor, timesteps):
-    """Whether `tensor` is a float symbolic (batch, timesteps, features) tensor."""
-    if not isinstance(tensor, keras.KerasTensor) or len(tensor.shape) != 3:
-        return False
-    return keras.backend.is_float_dtype(tensor.dtype) and tensor.shape[1] in (None, timesteps)
 
 
 def _per_step_norms(grad, mask):

@@ -1,0 +1,66 @@
+"""The L2 norm and the global norm: the package's one definition of each.
+
+The clipping policies, the recording of each optimizer step and the
+gradient doctor all measure gradients with these functions. A sparse
+gradient (TensorFlow's `IndexedSlices`, deduplicated) counts as its dense
+tensor. Everything is computed in float32.
+
+A step measures every gradient once: `reusing(grads, squares)` lets the
+policy it then applies (which calls the same functions) reuse those squared
+norms instead of computing them again. The reuse is by object identity and
+only for the duration of the `with` block, so it holds inside a trace too.
+"""
+
+import contextlib
+
+from keras import ops
+
+from keras_gradkit import backend
+
+# {id(gradient): (gradient, squared norm)} while a step's norms may be reused.
+_known = {}
+
+
+def squared_norm(g):
+    """The sum of the squares of `g`'s entries, in float32 (None for None)."""
+    if g is None:
+        return None
+    known = _known.get(id(g))
+    if known is not None and known[0] is g:
+        return known[1]
+    values = backend.get("sparse").values_of(g)
+    return ops.sum(ops.square(ops.cast(values, "float32")))
+
+
+def norm(g):
+    """The L2 norm of `g` in float32 (None for a None gradient)."""
+    square = squared_norm(g)
+    return None if square is None else ops.sqrt(square)
+
+
+def global_norm_of_squares(squares):
+    """`sqrt(sum(squares))` over the entries that are not None (0 if none)."""
+    present = [s for s in squares if s is not None]
+    if not present:
+        return ops.zeros((), "float32")
+    return ops.sqrt(ops.sum(ops.stack(present)))
+
+
+def global_norm(grads):
+    """The L2 norm of all the non-None gradients of `grads` taken together."""
+    return global_norm_of_squares([squared_norm(g) for g in grads])
+
+
+@contextlib.contextmanager
+def reusing(grads, squares):
+    """Within the block, `squared_norm(g)` of an entry of `grads` returns
+    the matching entry of `squares` (already computed) instead of computing it."""
+    added = [id(g) for g in grads if g is not None and id(g) not in _known]
+    for g, s in zip(grads, squares):
+        if g is not None and id(g) in added:
+            _known[id(g)] = (g, s)
+    try:
+        yield
+    finally:
+        for key in added:
+            _known.pop(key, None)

@@ -1,0 +1,76 @@
+"""A recording sink made of `keras.Variable`s (TensorFlow, PyTorch; private).
+
+The variables belong to no optimizer or layer, so nothing Keras saves
+changes. They are assigned inside the step, wherever it runs, and created
+outside any trace, under the distribution strategy's scope when there is
+one. See `keras_gradkit.recording.contract.Sink`.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+class VariableSink:
+    """The latest values a step published, and running totals of its counts.
+
+    Args:
+        spec: `{name: [shape, ...]}` of the float32 values a step publishes.
+        num_totals: the length of the counts vector a step adds to the totals.
+    """
+
+    def __init__(self, spec, num_totals):
+        self._variables = {}
+        self._published = self._variable("published", (), 0.0)
+        self._totals = self._variable("totals", (num_totals,), 0.0)
+        for name, shapes in spec.items():
+            self.add(name, shapes)
+
+    def _variable(self, name, shape, value=0.0):
+        return keras.Variable(
+            np.full(shape, value, "float32"),
+            trainable=False,
+            dtype="float32",
+            aggregation="only_first_replica",
+            name=f"gradkit_recording_{name}",
+        )
+
+    def add(self, name, shapes):
+        self._variables[name] = [
+            self._variable(f"{name}_{i}", shape) for i, shape in enumerate(shapes)
+        ]
+
+    def publish(self, when, values, counts):
+        for name, tensors in values.items():
+            for variable, value in zip(self._variables[name], tensors):
+                variable.assign(ops.where(when, value, variable))
+        self._published.assign(ops.where(when, 1.0, self._published))
+        self._totals.assign_add(ops.where(when, counts, ops.zeros_like(counts)))
+
+    def read(self):
+        published, totals, *flat = [
+            np.asarray(ops.convert_to_numpy(t)) for t in self._read_tensors()
+        ]
+        if not published:
+            return None, totals
+        values, i = {}, 0
+        for name in sorted(self._variables):
+            n = len(self._variables[name])
+            values[name], i = flat[i : i + n], i + n
+        return values, totals
+
+    def _all(self):
+        return [self._published, self._totals] + [
+            v for name in sorted(self._variables) for v in self._variables[name]
+        ]
+
+    def _read_tensors(self):
+        return [ops.convert_to_tensor(v) for v in self._all()]
+
+
+def check_sinks(sinks):
+    """Raises `TypeError` unless every sink is a `VariableSink`: on the
+    backends that use them, a train function needs no more than that."""
+    for sink in sinks:
+        if not isinstance(sink, VariableSink):
+            raise TypeError(f"Expected VariableSink sinks on this backend. Received: {sink!r}")

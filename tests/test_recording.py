@@ -1,0 +1,73 @@
+"""The recording contract (`keras_gradkit.recording.contract`): every
+backend implements it in full, totals are named, and a step's norms are
+computed once."""
+
+import keras
+import numpy as np
+
+from keras_gradkit import backend, clipping, recording
+from keras_gradkit.backend.common import norms
+from keras_gradkit.recording import contract
+
+
+def test_the_running_backend_implements_the_contract():
+    module = backend.get("recording")
+    assert isinstance(module, contract.RecordingBackend)
+    sink = module.Sink({"values": [(3,)]}, len(contract.Totals._fields))
+    assert isinstance(sink, contract.Sink)
+
+
+def test_a_published_step_reads_back_with_named_totals():
+    variables = [keras.Variable(np.ones((2,), "float32"), name="w")]
+    recorder = recording.Recorder(variables, update_norms=True)
+    assert recorder.latest() is None
+    assert recorder.totals() == contract.Totals()
+    scalars = contract.StepScalars(
+        step=0.0,
+        global_norm=3.0,
+        global_norm_clipped=1.0,
+        threshold=1.0,
+        clipped=True,
+        skipped=False,
+        loss_scale=float("nan"),
+    )
+    update = (keras.ops.convert_to_tensor([0.5]), keras.ops.convert_to_tensor([2.0]))
+    for _ in range(2):
+        recorder.publish(True, scalars, keras.ops.convert_to_tensor([3.0]), update)
+    latest = recorder.latest()
+    assert latest.global_norm == 3.0 and latest.clipped and not latest.skipped
+    totals = latest.totals
+    assert (totals.steps, totals.clipped_steps, totals.applied_steps) == (2, 2, 2)
+    assert totals.global_norm_sum == 6.0 and totals.global_norm_clipped_sum == 2.0
+    np.testing.assert_allclose(totals.update_ratio_square_sum, 2 * 0.25**2, rtol=1e-6)
+    assert totals.since(contract.Totals(steps=1)).steps == 1
+
+
+def test_a_micro_step_is_not_counted():
+    variables = [keras.Variable(np.ones((2,), "float32"))]
+    recorder = recording.Recorder(variables, update_norms=False)
+    scalars = contract.StepScalars(0.0, 1.0, 1.0, float("nan"), False, False, float("nan"))
+    recorder.publish(False, scalars, keras.ops.convert_to_tensor([1.0]))
+    assert recorder.latest() is None and recorder.totals().steps == 0
+
+
+def test_the_policy_reuses_the_norms_of_the_step():
+    grads = [keras.ops.convert_to_tensor(np.array([3.0, 4.0], "float32"))]
+    planted = [keras.ops.convert_to_tensor(np.float32(100.0))]  # not the true square (25)
+    with norms.reusing(grads, planted):
+        inside = float(keras.ops.convert_to_numpy(clipping.global_norm(grads)))
+    outside = float(keras.ops.convert_to_numpy(clipping.global_norm(grads)))
+    assert inside == 10.0 and outside == 5.0
+
+
+def test_measure_step_matches_numpy():
+    variables = [keras.Variable(np.zeros((2,), "float32")), keras.Variable(np.zeros((1,)))]
+    optimizer = keras.optimizers.SGD()
+    optimizer.build(variables)
+    grads = [np.array([3.0, 4.0], "float32"), np.array([12.0], "float32")]
+    measured = recording.measure_step(optimizer, grads, variables, clipping.ClipByGlobalNorm(6.5))
+    as_float = lambda t: float(keras.ops.convert_to_numpy(t))
+    assert [as_float(n) for n in measured.norms] == [5.0, 12.0]
+    assert as_float(measured.global_norm) == 13.0
+    np.testing.assert_allclose(as_float(measured.global_norm_clipped), 6.5, rtol=1e-6)
+    assert bool(keras.ops.convert_to_numpy(measured.info["clipped"]))
