@@ -270,7 +270,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return keras_private.own_variables(self) + self.inner_optimizer.variables
 
     # ---------------------------------------------------------- forwarding
     @property

@@ -80,3 +80,15 @@ def test_jax_trainer_helpers():
     model.fit(x, y, epochs=1, verbose=0)  # builds the trainer's state
     assert callable(keras_private.make_function(model, lambda state, data: (None, state)))
     keras_private.state_sharding_spec(model)  # no distribution: runs, whatever it returns
+
+
+def test_own_variables_are_an_optimizers_own_slots():
+    model = _model()
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    own = keras_private.own_variables(optimizer)
+    assert [v.path for v in own] == [v.path for v in optimizer.variables]
+    wrapper = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
+    wrapper.build(model.trainable_variables)
+    inner = {id(v) for v in wrapper.inner_optimizer.variables}
+    assert not any(id(v) in inner for v in keras_private.own_variables(wrapper))

@@ -27,6 +27,7 @@ __all__ = [
     "keras_mask",
     "make_function",
     "micro_step_count",
+    "own_variables",
     "state_sharding_spec",
     "trainable_variables_of",
     "variable_index",
@@ -39,6 +40,14 @@ def trainable_variables_of(optimizer):
     them as `_trainable_variables` and exposes no public list (its
     `variables` are the optimizer's own slots)."""
     return list(optimizer._trainable_variables)
+
+
+def own_variables(optimizer):
+    """The variables an optimizer created itself (`_variables`): a wrapper's
+    `variables` are these plus its inner optimizer's, as Keras's own
+    `LossScaleOptimizer` composes them; `variables` is overridden there, so
+    only the private list holds the wrapper's own."""
+    return list(optimizer._variables)
 
 
 def variable_index(optimizer, variable):

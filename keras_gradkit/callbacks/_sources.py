@@ -4,16 +4,13 @@ import keras
 
 from keras_gradkit import clipping
 from keras_gradkit.optimizers import ClippedOptimizer
-from keras_gradkit.recording import Totals
+from keras_gradkit.recording import Totals, optimizer_chain
 
 
 def find_clipped_optimizer(optimizer):
     """The `ClippedOptimizer` in `optimizer`'s wrapping chain, or None."""
-    while optimizer is not None:
-        if isinstance(optimizer, ClippedOptimizer):
-            return optimizer
-        optimizer = getattr(optimizer, "inner_optimizer", None)
-    return None
+    chain = optimizer_chain(optimizer)
+    return next((o for o in chain if isinstance(o, ClippedOptimizer)), None)
 
 
 class Counts(tuple):

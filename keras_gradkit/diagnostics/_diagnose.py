@@ -1,7 +1,5 @@
 """`keras_gradkit.diagnose`: one batch, one report."""
 
-import math
-
 import keras
 import numpy as np
 
@@ -130,7 +128,7 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
         )
     variable_norms, results = _probe(model, x, y, sample_weight, time).compute_all()
     names, norms = depth.layer_norms(model, variable_norms)
-    total = math.sqrt(sum(n * n for n in variable_norms.values()))
+    total = norms.host_norm(list(variable_norms.values()))
     return checks.assemble(
         model, names, norms, total, time_results=results, thresholds=thresholds, notes=notes
     )

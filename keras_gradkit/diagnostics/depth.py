@@ -5,7 +5,7 @@ layer), the L2 norm of the gradient of the layer's trainable
 variables taken together. Layers without trainable variables have none.
 """
 
-import numpy as np
+from keras_gradkit.backend.common import norms
 
 PLUGIN = "keras_gradkit_gradient_depth"
 DESCRIPTION = (
@@ -22,10 +22,7 @@ def layer_gradient_norms(model, gradients):
     """
     return layer_norms(
         model,
-        {
-            path: float(np.sqrt(np.sum(np.square(np.asarray(g, "float64")))))
-            for path, g in gradients.items()
-        },
+        {path: norms.host_norm(g) for path, g in gradients.items()},
     )
 
 
@@ -37,7 +34,7 @@ def layer_norms(model, variable_norms):
         model: a Keras model.
         variable_norms: `{variable.path: float}`.
     """
-    names, norms = [], []
+    names, found = [], []
     for layer in getattr(model, "layers", []):
         parts = [
             variable_norms[v.path] for v in layer.trainable_variables if v.path in variable_norms
@@ -45,8 +42,8 @@ def layer_norms(model, variable_norms):
         if not parts:
             continue
         names.append(layer.name)
-        norms.append(float(np.sqrt(sum(float(p) ** 2 for p in parts))))
-    return names, norms
+        found.append(norms.host_norm(parts))
+    return names, found
 
 
 def first_to_last(norms):

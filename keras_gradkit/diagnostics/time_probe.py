@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_gradkit import backend
+from keras_gradkit.backend.common import norms
 from keras_gradkit.diagnostics import graph
 
 REACH_FRACTION = 1e-3
@@ -380,7 +381,9 @@ class TimeProbe:
 
         grads = self._backend.gradients(loss, [ops.convert_to_tensor(v.value) for v in trainable])
         # Only the norms leave the device.
-        return ops.stack([_norm(g) for g in grads] or [ops.zeros((), "float32")])
+        return ops.stack(
+            [norms.norm(g, overflow_safe=True) for g in grads] or [ops.zeros((), "float32")]
+        )
 
     def _target_gradient(self, target, x, y, sample_weight, scale):
         seq, extras, mask = target.head(x)
@@ -400,15 +403,6 @@ class TimeProbe:
 
         grad = self._backend.gradient(loss, seq)
         return (grad,) if mask is None else (grad, mask)
-
-
-def _norm(g):
-    """The L2 norm of `g` in float32, scaled by its largest entry so that
-    squares of large finite entries do not overflow (NaN or inf stay so)."""
-    g = ops.cast(g, "float32")
-    peak = ops.max(ops.abs(g)) if len(g.shape) else ops.abs(g)
-    unit = ops.where(peak > 0, peak, ops.ones_like(peak))
-    return peak * ops.sqrt(ops.sum(ops.square(g / unit)))
 
 
 def _tensors(value):

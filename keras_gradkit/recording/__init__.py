@@ -28,6 +28,7 @@ from keras_gradkit.recording.step import (
     base_optimizer,
     equivalent_policy,
     measure_step,
+    optimizer_chain,
     publish_step,
     scalars_of,
     scatter,

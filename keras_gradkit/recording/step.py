@@ -33,11 +33,20 @@ def scatter(indices, values, size):
     return ops.stack(out)
 
 
+def optimizer_chain(optimizer):
+    """The optimizer and those it wraps (`inner_optimizer`), outermost first."""
+    while optimizer is not None:
+        yield optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+
+
 def base_optimizer(optimizer):
     """The optimizer that really updates (under any `LossScaleOptimizer`)."""
-    while isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        optimizer = optimizer.inner_optimizer
-    return optimizer
+    return next(
+        o
+        for o in optimizer_chain(optimizer)
+        if not isinstance(o, keras.optimizers.LossScaleOptimizer)
+    )
 
 
 def equivalent_policy(optimizer):

@@ -13,6 +13,7 @@ only for the duration of the `with` block, so it holds inside a trace too.
 
 import contextlib
 
+import numpy as np
 from keras import ops
 
 from keras_gradkit import backend
@@ -32,8 +33,18 @@ def squared_norm(g):
     return ops.sum(ops.square(ops.cast(values, "float32")))
 
 
-def norm(g):
-    """The L2 norm of `g` in float32 (None for a None gradient)."""
+def norm(g, overflow_safe=False):
+    """The L2 norm of `g` in float32 (None for a None gradient).
+
+    With `overflow_safe=True` the entries are first divided by the largest
+    one, so that the squares of large finite entries do not overflow (NaN
+    and inf stay so); the step's measures do without it, for speed.
+    """
+    if overflow_safe and g is not None:
+        g = ops.cast(backend.get("sparse").values_of(g), "float32")
+        peak = ops.max(ops.abs(g)) if len(g.shape) else ops.abs(g)
+        unit = ops.where(peak > 0, peak, ops.ones_like(peak))
+        return peak * ops.sqrt(ops.sum(ops.square(g / unit)))
     square = squared_norm(g)
     return None if square is None else ops.sqrt(square)
 
@@ -49,6 +60,12 @@ def global_norm_of_squares(squares):
 def global_norm(grads):
     """The L2 norm of all the non-None gradients of `grads` taken together."""
     return global_norm_of_squares([squared_norm(g) for g in grads])
+
+
+def host_norm(values):
+    """The L2 norm of host values (an array, or the norms of the parts of a
+    whole), as a Python float computed in float64."""
+    return float(np.sqrt(np.sum(np.square(np.asarray(values, "float64")))))
 
 
 @contextlib.contextmanager
