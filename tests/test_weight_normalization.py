@@ -691,7 +691,7 @@ class TestWeightNormalization:
         rng = np.random.default_rng(34)
         x = (rng.normal(size=(4, 6, 3)) * 2 + 1).astype("float32")
         recurrent = WeightNormalization(keras.layers.LSTM(3, return_sequences=True))
-        assert recurrent.rnn_kernel == "recurrent" and recurrent.data_init
+        assert recurrent.rnn_kernel == "auto" and recurrent.data_init  # the recurrent kernel
         recurrent.build(x.shape)
         assert len(recurrent.trainable_weights) == 4  # recurrent_g, kernel, recurrent_kernel, bias
         assert not recurrent.non_trainable_weights
@@ -718,7 +718,7 @@ class TestWeightNormalization:
     def test_rnn_kernel_must_be_one_of_the_choices(self):
         with pytest.raises(
             ValueError,
-            match="Argument `rnn_kernel` must be one of 'recurrent', 'input', 'both'. "
+            match="Argument `rnn_kernel` must be one of 'auto', 'recurrent', 'input', 'both'. "
             "Received: rnn_kernel='hidden'",
         ):
             WeightNormalization(keras.layers.Dense(2), rnn_kernel="hidden")
@@ -731,16 +731,39 @@ class TestWeightNormalization:
         ):
             wrapper.build((2, 4, 5))
 
+    @pytest.mark.parametrize(
+        "make,expected",
+        [
+            (lambda: keras.layers.LSTM(3), ("recurrent_kernel",)),
+            (lambda: keras.layers.SimpleRNN(3), ("recurrent_kernel",)),
+            (lambda: IndRNN(3), ("kernel",)),
+        ],
+        ids=["LSTM", "SimpleRNN", "IndRNN"],
+    )
+    def test_auto_is_the_recurrent_kernel_unless_it_is_a_vector(self, make, expected):
+        wrapper = WeightNormalization(make())
+        assert wrapper.rnn_kernel == "auto"
+        wrapper.build((2, 4, 5))
+        assert wrapper._kernel_names() == expected
+        assert wrapper.get_config()["rnn_kernel"] == "auto"
+        x = np.random.default_rng(30).normal(size=(2, 4, 5)).astype("float32")
+        np.testing.assert_allclose(  # before training, the wrapped layer's own output
+            keras.ops.convert_to_numpy(wrapper(x)),
+            keras.ops.convert_to_numpy(wrapper.layer(x)),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
     def test_config_without_rnn_kernel_is_the_input_kernel(self):
         """A config saved before `rnn_kernel` existed loads as the input-kernel
         normalization it was; the argument itself round-trips."""
-        for rnn_kernel in ("recurrent", "input", "both"):
+        for rnn_kernel in ("auto", "recurrent", "input", "both"):
             config = WeightNormalization(keras.layers.GRU(2), rnn_kernel=rnn_kernel).get_config()
             assert config["rnn_kernel"] == rnn_kernel
             assert WeightNormalization.from_config(config).rnn_kernel == rnn_kernel
         del config["rnn_kernel"]
         assert WeightNormalization.from_config(config).rnn_kernel == "input"
-        assert WeightNormalization(keras.layers.GRU(2)).rnn_kernel == "recurrent"
+        assert WeightNormalization(keras.layers.GRU(2)).rnn_kernel == "auto"
 
     def test_keras_file_saved_before_rnn_kernel_loads_as_saved(self, tmp_path):
         """`tests/data/weight_normalization_input_kernel.keras` was saved by

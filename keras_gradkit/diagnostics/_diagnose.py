@@ -127,8 +127,8 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
             "(batch, timesteps, features) or token ids (batch, timesteps)): not measured through time."
         )
     variable_norms, results = _probe(model, x, y, sample_weight, time).compute_all()
-    names, norms = depth.layer_norms(model, variable_norms)
+    names, by_layer = depth.layer_norms(model, variable_norms)
     total = norms.host_norm(list(variable_norms.values()))
     return checks.assemble(
-        model, names, norms, total, time_results=results, thresholds=thresholds, notes=notes
+        model, names, by_layer, total, time_results=results, thresholds=thresholds, notes=notes
     )

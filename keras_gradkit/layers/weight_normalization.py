@@ -18,6 +18,7 @@ _SUPPORTED = (keras.layers.Dense,) + _CONVS + _TRANSPOSED + (keras.layers.RNN,)
 _INIT_EPSILON = 1e-6
 # `rnn_kernel`: the cell's kernels it normalizes, and the lengths of each.
 _RNN_KERNELS = {
+    "auto": None,  # resolved once the layer is built: see `_kernel_names`
     "recurrent": ("recurrent_kernel",),
     "input": ("kernel",),
     "both": ("kernel", "recurrent_kernel"),
@@ -56,7 +57,8 @@ class WeightNormalization(keras.layers.Wrapper):
     of shape `(input_dim, k * units)` instead (its lengths in `.g`), and
     `rnn_kernel="both"` the two, each with its own lengths.
     `keras_gradkit.layers.IndRNN`, whose recurrent kernel is a vector of one
-    weight per unit, takes `rnn_kernel="input"` only. The wrapped layer runs
+    weight per unit, has its input kernel normalized (the default `"auto"`
+    chooses it; `"recurrent"` and `"both"` are refused). The wrapped layer runs
     as usual (masking, `return_sequences`, `return_state`, `go_backwards`,
     `stateful`, initial states), its cell reading the normalized kernels
     during the call; Keras's fused LSTM and GRU implementations get them
@@ -83,7 +85,7 @@ class WeightNormalization(keras.layers.Wrapper):
     recurrent initializer made it (the recurrent pre-activations depend on
     the states the layer itself computes, and the paper's recipe is for
     feed-forward ones; tensorflow-addons advised against it for RNNs). So
-    with the default `rnn_kernel="recurrent"`, `data_init` has no effect on
+    with `rnn_kernel="recurrent"` (the default for a matrix recurrent kernel), `data_init` has no effect on
     a recurrent layer. The decision is made with `ops.cond` on the flag, so
     it works under `jit_compile=True`.
 
@@ -100,20 +102,22 @@ class WeightNormalization(keras.layers.Wrapper):
             `cell.recurrent_kernel` of shape `(units, k * units)` (e.g.
             `keras.layers.SimpleRNN`/`LSTM`/`GRU`,
             `keras_gradkit.layers.LSTM`/`GRU`, and
-            `keras_gradkit.layers.IndRNN` with `rnn_kernel="input"`), or a
+            `keras_gradkit.layers.IndRNN`, input kernel only), or a
             subclass of these, built or not. Its kernel (the cell's kernels
             that `rnn_kernel` chooses, for a recurrent layer) is normalized;
             its bias and activation are used as they are.
         data_init: bool, whether to apply the data-dependent initialization
             on the first training batch (to the input kernel only).
             Defaults to `True`.
-        rnn_kernel: `"recurrent"`, `"input"` or `"both"`: which kernel of a
-            recurrent layer's cell is normalized, `cell.recurrent_kernel`
-            (lengths `.recurrent_g`), `cell.kernel` (lengths `.g`) or both.
-            Used for recurrent layers only. Defaults to `"recurrent"`, as
-            tensorflow-addons' `WeightNormalization` (a configuration saved
-            without this argument, by keras_gradkit before it existed, loads
-            as `"input"`, what it computed then).
+        rnn_kernel: `"auto"`, `"recurrent"`, `"input"` or `"both"`: which
+            kernel of a recurrent layer's cell is normalized,
+            `cell.recurrent_kernel` (lengths `.recurrent_g`), `cell.kernel`
+            (lengths `.g`) or both. `"auto"` is `"recurrent"`, as
+            tensorflow-addons' `WeightNormalization`, except for a cell
+            whose recurrent kernel is a vector (IndRNN), where it is
+            `"input"`. Used for recurrent layers only. Defaults to `"auto"`
+            (a configuration saved without this argument, by keras_gradkit
+            before it existed, loads as `"input"`, what it computed then).
         **kwargs: base layer keyword arguments (`name`, `dtype`, ...). The
             dtype policy defaults to the wrapped layer's.
 
@@ -161,7 +165,7 @@ class WeightNormalization(keras.layers.Wrapper):
         https://arxiv.org/abs/1602.07868), 2016.
     """
 
-    def __init__(self, layer, data_init=True, rnn_kernel="recurrent", **kwargs):
+    def __init__(self, layer, data_init=True, rnn_kernel="auto", **kwargs):
         _check_layer(layer)
         _validation.bool_arg("data_init", data_init)
         _validation.one_of("rnn_kernel", rnn_kernel, _RNN_KERNELS)
@@ -181,7 +185,15 @@ class WeightNormalization(keras.layers.Wrapper):
     def _kernel_names(self):
         """The attributes normalized: `kernel` of the layer, or of the RNN's
         cell `kernel`, `recurrent_kernel` or both."""
-        return _RNN_KERNELS[self.rnn_kernel] if self._is_rnn else ("kernel",)
+        if not self._is_rnn:
+            return ("kernel",)
+        if self.rnn_kernel != "auto":
+            return _RNN_KERNELS[self.rnn_kernel]
+        # A recurrent kernel that is a vector (IndRNN) has one weight per
+        # unit: its normalization would keep only the sign.
+        recurrent = vars(self.layer.cell).get("recurrent_kernel")
+        vector = isinstance(recurrent, keras.Variable) and len(recurrent.shape) == 1
+        return _RNN_KERNELS["input" if vector else "recurrent"]
 
     @property
     def _initializes(self):
