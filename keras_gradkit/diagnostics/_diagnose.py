@@ -5,6 +5,7 @@ import numpy as np
 
 from keras_gradkit import _cache
 from keras_gradkit.backend import keras_private
+from keras_gradkit.backend.common import norms
 from keras_gradkit.diagnostics import batch, checks, depth, graph, time_probe
 from keras_gradkit.diagnostics.report import Report
 from keras_gradkit.diagnostics.thresholds import check_thresholds
