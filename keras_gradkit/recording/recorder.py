@@ -129,7 +129,9 @@ def _counts(scalars, update):
         global_norm_clipped_sum=ops.where(summed, after, zero),
         update_ratio_square_sum=ratio_squares,
     )
-    return ops.stack([ops.cast(c, "float32") for c in counts])
+    # Six counts, then three sums: one cast for the counts (fewer eager ops).
+    flags, sums = counts[:6], counts[6:]
+    return ops.concatenate([ops.cast(ops.stack(flags), "float32"), ops.stack(sums)])
 
 
 def flat_statistics(latest, counts, variables, update_norms, threshold=math.nan):
