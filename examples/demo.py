@@ -98,7 +98,34 @@ def main(argv=None):
     return results
 
 
+def doctor_findings(run_dir):
+    """The findings of the latest `diagnosis` report of a run, read back from
+    its event files: `["kind at where", ...]`, `[]` for "No finding"."""
+    import re
+
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+
+    acc = pea.EventAccumulator(os.path.join(run_dir, "train"), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    if "diagnosis" not in acc.Tags().get("tensors", []):
+        return None
+    text = acc.Tensors("diagnosis")[-1].tensor_proto.string_val[0].decode()
+    return [f"{k} at {w}" for k, w in re.findall(r"^\*\*\d+\. `(\w+)` at `([^`]+)`", text, re.M)]
+
+
+def print_doctor(args):
+    print("\nThe gradient doctor (TensorBoard's Text dashboard, tag `diagnosis`):")
+    for model, label in (("indrnn", "IndRNN"), ("lstm", "LSTM")):
+        found = doctor_findings(os.path.join(args.logdir, f"{model}_T{args.seq_len}"))
+        if found is None:
+            what = "no report written"
+        else:
+            what = "; ".join(found) if found else "no finding"
+        print(f"    {label:7s}{what}")
+
+
 def print_summary(args, results):
+    print_doctor(args)
     tensorboard = os.path.join(os.path.relpath(os.path.dirname(sys.executable)), "tensorboard")
     if not os.path.exists(tensorboard):
         tensorboard = "tensorboard"
@@ -116,7 +143,8 @@ then open http://localhost:6006 and compare the two runs:
   Histograms   gradients/...: the gradient of every variable, per epoch.
   Scalars      gradient_norm/global (before clipping), gradient_norm/global_clipped,
                clipping/clipped_fraction, update_ratio/..., epoch_loss.
-  Text logs of the backend: {args.logdir}/backend.log""",
+  Text         diagnosis: the doctor's report of each epoch, each finding with its advice.
+  Logs of the backend (and the doctor's warnings): {args.logdir}/backend.log""",
         flush=True,
     )
 

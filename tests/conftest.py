@@ -27,11 +27,35 @@ the test at the end of its call. Everything else runs on all three backends.
 
 import gc
 import os
+import shutil
 import sys
+import tempfile
 import types
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# JAX: XLA's compile is most of the JAX run's time (the models are tiny), so
+# - LLVM optimizes the generated CPU code at level 0, not 3: the same HLO
+#   programs (XLA's own passes, fusion included, are unchanged) compiled in
+#   half the time; `tests/test_ind_rnn.py` took 300 s of CPU, 135 s with it;
+# - the compiled programs go to a persistent compilation cache, one folder
+#   per run that the pytest-xdist workers and the processes the tests start
+#   inherit through the environment: a program one of them compiled (an
+#   initializer's draw, the same small model in another test or process) is
+#   read back instead of compiled again.
+# Set before the backend is imported (XLA reads its flags once); the run
+# that made the folder removes it (`pytest_unconfigure`).
+_JAX_CACHE_DIR_MADE_HERE = None
+if os.environ["KERAS_BACKEND"] == "jax":
+    if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+        ).strip()
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        _JAX_CACHE_DIR_MADE_HERE = tempfile.mkdtemp(prefix="keras_gradkit_jax_cache_")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE_DIR_MADE_HERE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import keras
 import pytest
@@ -71,22 +95,123 @@ _VIOLATIONS = pytest.StashKey[list]()
 
 
 def pytest_collection_modifyitems(config, items):
-    if BACKEND == BACKEND_FREE_BACKEND:
-        return
-    kept, deselected = [], []
+    if BACKEND != BACKEND_FREE_BACKEND:
+        kept, deselected = [], []
+        for item in items:
+            (deselected if item.get_closest_marker("backend_free") else kept).append(item)
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = kept
+        skip = pytest.mark.skip(reason=f"about TensorFlow itself; the backend is {BACKEND}")
+        for item in items:
+            if "tensorflow_only" in item.keywords:
+                item.add_marker(skip)
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers > 1:
+        items[:] = _slow_tests_first(items, workers, config.getoption("dist", None))
+
+
+# The tests that take tens of seconds on 2 cores: (`file::test` or a prefix of
+# it, "shared" when the tests share a module-scoped fixture that must run
+# once, the backends it costs time on, its rough CPU seconds). Under
+# pytest-xdist each worker's queue starts with its share of them (the
+# heaviest first, each to the least loaded worker) so that none of them is
+# what one worker still runs while the other has finished, and a shared
+# fixture's tests stay in one worker's queue, out of reach of work
+# stealing (which takes from the end of a queue). Only the order changes;
+# a test missing from this list is only scheduled later.
+_ALL = ("tensorflow", "jax", "torch")
+SLOW_TESTS = (
+    ("test_train_export_serve.py", "shared", ("tensorflow",), 60),
+    ("test_demo.py::test_demo_writes_both_runs_quietly", "", ("tensorflow",), 25),
+    ("test_multi_worker.py", "shared", ("tensorflow",), 25),
+    ("test_optimizers_distributed.py", "shared", ("tensorflow",), 20),
+    ("test_distribution_jax.py", "", ("jax",), 30),
+    ("test_docs.py::test_markdown_code_blocks_run[README.md]", "", _ALL, 22),
+    ("test_docs.py::test_markdown_code_blocks_run", "", _ALL, 8),
+    (
+        "test_gradient_board_trust.py::TestGradientBoardTrust::"
+        "test_saved_and_reloaded_state_is_the_same_with_or_without_the_board",
+        "shared",
+        _ALL,
+        25,
+    ),
+    ("test_gradient_board_workflow.py::test_preemption_writes_at_the_true_step", "", _ALL, 20),
+    (
+        "test_gradient_board_trust.py::TestGradientBoardTrust::"
+        "test_backup_and_restore_after_sigkill_ends_as_an_uninterrupted_run",
+        "",
+        _ALL,
+        20,
+    ),
+    ("test_conftest_guard.py::test_guard_fails_marked_tests_that_touch_the_backend", "", _ALL, 9),
+    ("test_conftest_guard.py::test_marked_tests_are_deselected_on_other_backends", "", _ALL, 9),
+    ("test_gradient_board_workflow.py::test_saved_model_reloads_with_the_users", "", _ALL, 9),
+    ("test_gradient_board_workflow.py::test_everything_is_written_and_read_back", "", _ALL, 9),
+    ("test_examples.py", "", _ALL, 8),
+)
+
+
+def _slow_entry(item):
+    """The longest SLOW_TESTS entry that names `item` on this backend, or None."""
+    path, _, test = item.nodeid.partition("::")
+    name = f"{path.rsplit('/', 1)[-1]}::{test}"
+    found = None
+    for entry in SLOW_TESTS:
+        prefix, _, backends, _ = entry
+        if BACKEND in backends and (
+            name == prefix or name.startswith((prefix + "::", prefix + "["))
+        ):
+            if found is None or len(prefix) > len(found[0]):
+                found = entry
+    return found
+
+
+def _slow_tests_first(items, workers, dist):
+    """`items` reordered: with `--dist worksteal` (the first worker gets the
+    first len // workers items, and so on), each worker's share starts with
+    its slow tests; otherwise all slow tests come first. Deterministic, as
+    pytest-xdist needs the same order on every worker."""
+    groups, rest = {}, []  # {entry (shared) or test id: (cost, [items])}
     for item in items:
-        (deselected if item.get_closest_marker("backend_free") else kept).append(item)
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = kept
-    skip = pytest.mark.skip(reason=f"about TensorFlow itself; the backend is {BACKEND}")
-    for item in items:
-        if "tensorflow_only" in item.keywords:
-            item.add_marker(skip)
+        entry = _slow_entry(item)
+        if entry is None or item.get_closest_marker("skip") is not None:
+            rest.append(item)
+            continue
+        prefix, shared, _, cost = entry
+        # A shared group costs its fixture once; other entries cost that much per test.
+        key = prefix if shared == "shared" else item.nodeid
+        groups.setdefault(key, (cost, []))[1].append(item)
+    costed = sorted(groups.values(), key=lambda cost_group: -cost_group[0])  # stable
+    if dist != "worksteal":
+        return [item for _, group in costed for item in group] + rest
+    sizes, left = [], len(items)
+    for i in range(workers):
+        sizes.append(left // (workers - i))
+        left -= sizes[-1]
+    shares, loads = [[] for _ in range(workers)], [0.0] * workers
+    for cost, group in costed:
+        fits = [i for i in range(workers) if len(shares[i]) + len(group) <= sizes[i]]
+        if not fits:
+            return [item for _, group in costed for item in group] + rest
+        i = min(fits, key=lambda i: loads[i])
+        shares[i] += group
+        loads[i] += cost
+    ordered = []
+    for i in range(workers):
+        take = sizes[i] - len(shares[i])
+        ordered += shares[i] + rest[:take]
+        rest = rest[take:]
+    return ordered
 
 
 def pytest_report_header(config):
     return f"keras backend: {BACKEND}"
+
+
+def pytest_unconfigure(config):
+    if _JAX_CACHE_DIR_MADE_HERE is not None:
+        shutil.rmtree(_JAX_CACHE_DIR_MADE_HERE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,8 @@
 
 - Markdown: the ```python (or ```py) blocks of README.md and of every
   docs/**/*.md run in order, in one namespace and working folder per file,
-  all files in the test's process (Keras's global state reset between
-  files). A block whose first
+  in the test's process, one test per file (Keras's global state reset
+  before each file). A block whose first
   non-empty line starts with `# fragment` is skipped; other fence languages
   (bash, console, text, none) are not run.
 - Docstrings: every public class and function of the public subpackages, and
@@ -150,16 +150,33 @@ def run_markdown_blocks(file, blocks, workdir):
     return run_markdown_files({file: blocks}, workdir).get(file)
 
 
-def test_markdown_code_blocks_run(tmp_path):
-    blocks_by_file = {
-        file: runnable_blocks((REPO / file).read_text(encoding="utf-8"))
+def _markdown_files_with_blocks():
+    return [
+        file
         for file in markdown_files()
-    }
-    blocks_by_file = {file: blocks for file, blocks in blocks_by_file.items() if blocks}
-    assert "README.md" in blocks_by_file and len(blocks_by_file) > 1, sorted(blocks_by_file)
-    failures = run_markdown_files(blocks_by_file, tmp_path)
-    if failures:
-        pytest.fail("\n\n".join(failures.values()), pytrace=False)
+        if runnable_blocks((REPO / file).read_text(encoding="utf-8"))
+    ]
+
+
+MARKDOWN_FILES_WITH_BLOCKS = _markdown_files_with_blocks()
+
+
+@pytest.mark.backend_free
+def test_markdown_files_with_python_blocks_are_found():
+    assert "README.md" in MARKDOWN_FILES_WITH_BLOCKS and len(MARKDOWN_FILES_WITH_BLOCKS) > 1, (
+        MARKDOWN_FILES_WITH_BLOCKS
+    )
+
+
+# One test per file (the files share nothing: one namespace and folder each,
+# Keras's state reset between them), so that pytest-xdist spreads the ~1 min
+# of examples over its workers instead of running them all in one test.
+@pytest.mark.parametrize("file", MARKDOWN_FILES_WITH_BLOCKS)
+def test_markdown_code_blocks_run(file, tmp_path):
+    blocks = runnable_blocks((REPO / file).read_text(encoding="utf-8"))
+    failure = run_markdown_blocks(file, blocks, tmp_path)
+    if failure:
+        pytest.fail(failure, pytrace=False)
 
 
 @pytest.mark.backend_free

@@ -507,9 +507,12 @@ def numpy_rnn_time_gradients(proj, cell, head, x, y):
 
 
 def numpy_reach(norms):
-    count = 0
+    # Back from the last step, until a step is zero or below 1e-3 times the
+    # largest step nearer the loss (an exploding gradient reaches every step).
+    count, largest = 0, 0.0
     for value in norms[::-1]:
-        if value < 1e-3 * norms.max():
+        largest = max(largest, value) if np.isfinite(value) else largest
+        if value <= 0 or value < 1e-3 * largest:
             break
         count += 1
     return count

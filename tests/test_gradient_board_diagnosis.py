@@ -130,8 +130,8 @@ def diagnosis_texts(log_dir):
 
 
 def table_findings(markdown):
-    """The `(kind, where)` rows of a report's Markdown table."""
-    rows = re.findall(r"^\| (\w+) \| ([^|]+?) \|", markdown, flags=re.MULTILINE)
+    """The `(kind, where)` of each finding of a report's Markdown."""
+    rows = re.findall(r"^\*\*\d+\. `(\w+)` at `([^`]+)`\*\*", markdown, flags=re.MULTILINE)
     return [(kind, where) for kind, where in rows if kind in KINDS]
 
 

@@ -36,36 +36,55 @@ SKIPPING = "Skipping variable loading"
 
 
 # ----------------------------------------------------------------- helpers
+def start_python(script, *args):
+    """Starts `script` in a fresh interpreter on this backend; `finish` waits for it."""
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def finish(process, timeout=300):
+    """Waits for a `start_python` process (killed on timeout); its `CompletedProcess`."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
 def run_pythons(*calls, timeout=300):
     """Runs each `(script, *args)` of `calls` in a fresh interpreter on this
     backend, all at the same time; returns their `CompletedProcess`es."""
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, *map(str, args)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for script, *args in calls
-    ]
-    results = []
+    processes = [start_python(script, *args) for script, *args in calls]
     try:
-        for process in processes:
-            out, err = process.communicate(timeout=timeout)
-            results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+        return [finish(process, timeout) for process in processes]
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
-    return results
 
 
 def run_python(script, *args, timeout=300):
     """Runs `script` in a fresh interpreter on this backend."""
     return run_pythons((script, *args), timeout=timeout)[0]
+
+
+def run_in_this_process(script, function, *args):
+    """Runs `function(*args)` of `script` (a script for `start_python`, its
+    `__main__` block left out) here: the reference run of a kill-and-resume
+    test, which a fresh interpreter would only make slower (a second import
+    of the backend); its own seeds make it start as the script does."""
+    namespace = {"__name__": "in_this_process"}
+    exec(script, namespace)
+    return namespace[function](*args)
 
 
 def to_numpy(x):
@@ -190,29 +209,30 @@ _LOAD = _BUILD + textwrap.dedent(
     import keras
     import keras_gradkit  # noqa: F401  (registers ClippedOptimizer and the policies)
 
-    case, root = sys.argv[1], sys.argv[2]
+    root, cases = sys.argv[1], sys.argv[2:]
     report = {}
-    for run in ("plain", "board"):
-        for name in ("final.keras", "ckpt.keras", "ckpt.weights.h5"):
-            path = f"{root}/{run}/{name}"
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                if name.endswith(".keras"):
-                    # Keras re-creates the LossScaleOptimizer of a mixed_float16 model only under that
-                    # global policy (otherwise its variables are skipped, with or without keras_gradkit).
-                    keras.config.set_dtype_policy("mixed_float16" if case.startswith("mixed") else "float32")
-                    model = keras.saving.load_model(path)
-                else:
-                    model = build(case)
-                    model.optimizer.build(model.trainable_variables)
-                    model.load_weights(path)
-            report[f"{run}/{name}"] = {
-                "optimizer": type(model.optimizer).__name__,
-                "iterations": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
-                "optimizer_variables": checksum(model.optimizer.variables),
-                "weights": checksum(model.weights),
-                "warnings": [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)],
-            }
+    for case in cases:
+        for run in ("plain", "board"):
+            for name in ("final.keras", "ckpt.keras", "ckpt.weights.h5"):
+                path = f"{root}/{case}/{run}/{name}"
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    if name.endswith(".keras"):
+                        # Keras re-creates the LossScaleOptimizer of a mixed_float16 model only under that
+                        # global policy (otherwise its variables are skipped, with or without keras_gradkit).
+                        keras.config.set_dtype_policy("mixed_float16" if case.startswith("mixed") else "float32")
+                        model = keras.saving.load_model(path)
+                    else:
+                        model = build(case)
+                        model.optimizer.build(model.trainable_variables)
+                        model.load_weights(path)
+                report[f"{case}/{run}/{name}"] = {
+                    "optimizer": type(model.optimizer).__name__,
+                    "iterations": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+                    "optimizer_variables": checksum(model.optimizer.variables),
+                    "weights": checksum(model.weights),
+                    "warnings": [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)],
+                }
     print("REPORT" + json.dumps(report))
     """
 )
@@ -238,6 +258,33 @@ def fit_for_saving(case, directory, with_board):
     return model
 
 
+SAVING_CASES = ("float32-adam", "mixed-adam", "mixed-clipped")
+
+
+@pytest.fixture(scope="module")
+def saved_with_and_without_the_board(tmp_path_factory):
+    """Each of SAVING_CASES trained and saved without and with GradientBoard
+    (`<root>/<case>/plain`, `<root>/<case>/board`): what the models held
+    after training, and the report of one fresh process that loaded back
+    every file of every case (one process for the three cases: a process
+    per case would import the backend twice more and prove nothing more)."""
+    root = tmp_path_factory.mktemp("saving")
+    trained = {}
+    for case in SAVING_CASES:
+        for run, with_board in (("plain", False), ("board", True)):
+            model = fit_for_saving(case, root / case / run, with_board=with_board)
+            trained[case, run] = {
+                "optimizer_type": type(model.optimizer),
+                "optimizer": [
+                    (v.name, tuple(v.shape), to_numpy(v)) for v in model.optimizer.variables
+                ],
+                "checksum": checksum(model.optimizer.variables),
+                "weights": [(w.path, to_numpy(w)) for w in model.weights],
+            }
+    keras.config.set_dtype_policy("float32")
+    return root, trained, run_python(_LOAD, root, *SAVING_CASES)
+
+
 def _sequences(n=16):
     rng = np.random.default_rng(4)
     return rng.normal(size=(n, 5, 2)).astype("float32"), rng.normal(size=(n, 2)).astype("float32")
@@ -255,35 +302,43 @@ def assert_same_checksums(got, want, what, names=True):
 _RESUMABLE = textwrap.dedent(
     """
     import os, signal, sys, warnings
-    warnings.simplefilter("always")
+    if __name__ == "__main__":
+        warnings.simplefilter("always")
     import keras, numpy as np
     import keras_gradkit as gk
 
-    backup_dir, log_dir, out, kill = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "kill"
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 3)).astype("float32")
-    y = (rng.normal(size=(32, 2)) * 3).astype("float32")
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(4, activation="tanh", name="hidden"), keras.layers.Dense(2, name="out")],
-        name="net",
-    )
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
 
-    class KillAfterEpoch1(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if kill and epoch == 1:  # after BackupAndRestore wrote the backup of epoch 1
-                sys.stdout.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
+    def train(backup_dir, log_dir, out, kill):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(32, 3)).astype("float32")
+        y = (rng.normal(size=(32, 2)) * 3).astype("float32")
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential(
+            [keras.Input((3,)), keras.layers.Dense(4, activation="tanh", name="hidden"), keras.layers.Dense(2, name="out")],
+            name="net",
+        )
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
 
-    callbacks = [keras.callbacks.BackupAndRestore(backup_dir)]
-    if log_dir != "-":
-        callbacks.append(gk.callbacks.GradientBoard(log_dir, histogram_freq=1))
-    callbacks.append(KillAfterEpoch1())
-    model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=callbacks)
-    assert isinstance(model.optimizer, keras.optimizers.Adam), type(model.optimizer)
-    np.savez(out, *model.get_weights(), *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
-    print("iterations", int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
+        class KillAfterEpoch1(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if kill and epoch == 1:  # after BackupAndRestore wrote the backup of epoch 1
+                    sys.stdout.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        callbacks = [keras.callbacks.BackupAndRestore(backup_dir)]
+        if log_dir != "-":
+            callbacks.append(gk.callbacks.GradientBoard(log_dir, histogram_freq=1))
+        callbacks.append(KillAfterEpoch1())
+        model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=callbacks)
+        assert isinstance(model.optimizer, keras.optimizers.Adam), type(model.optimizer)
+        np.savez(out, *model.get_weights(), *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
+        iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        print("iterations", iterations)
+        return iterations
+
+
+    if __name__ == "__main__":
+        train(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "kill")
     """
 )
 
@@ -334,33 +389,30 @@ class TestGradientBoardTrust:
         assert steps(read_events(tmp_path), "gradient_norm/global") == [0, 1, 2]
 
     # 2. What Keras saves is the same with or without GradientBoard.
-    @pytest.mark.parametrize("case", ["float32-adam", "mixed-adam", "mixed-clipped"])
-    def test_saved_and_reloaded_state_is_the_same_with_or_without_the_board(self, tmp_path, case):
-        plain = fit_for_saving(case, tmp_path / "plain", with_board=False)
-        plain_opt = [(v.name, tuple(v.shape), to_numpy(v)) for v in plain.optimizer.variables]
-        plain_weights = [to_numpy(w) for w in plain.weights]
-        plain_checksum = checksum(plain.optimizer.variables)
-        board = fit_for_saving(case, tmp_path / "board", with_board=True)
+    @pytest.mark.parametrize("case", SAVING_CASES)
+    def test_saved_and_reloaded_state_is_the_same_with_or_without_the_board(
+        self, saved_with_and_without_the_board, case
+    ):
+        root, trained, result = saved_with_and_without_the_board
+        plain, board = trained[case, "plain"], trained[case, "board"]
         if case.startswith("mixed"):
-            assert isinstance(board.optimizer, keras.optimizers.LossScaleOptimizer)
-        board_opt = [(v.name, tuple(v.shape), to_numpy(v)) for v in board.optimizer.variables]
-        assert [o[:2] for o in board_opt] == [o[:2] for o in plain_opt]
-        for (name, _, got), (_, _, want) in zip(board_opt, plain_opt):
+            assert issubclass(board["optimizer_type"], keras.optimizers.LossScaleOptimizer)
+        assert [o[:2] for o in board["optimizer"]] == [o[:2] for o in plain["optimizer"]]
+        for (name, _, got), (_, _, want) in zip(board["optimizer"], plain["optimizer"]):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=name)
-        assert [w.path for w in board.weights] == [w.path for w in plain.weights]
-        for w, want in zip(board.weights, plain_weights):
-            np.testing.assert_allclose(to_numpy(w), want, rtol=1e-6, atol=1e-6, err_msg=w.path)
-        assert "gradient_norm/global" in read_events(tmp_path / "board" / "logs")
+        assert [path for path, _ in board["weights"]] == [path for path, _ in plain["weights"]]
+        for (path, got), (_, want) in zip(board["weights"], plain["weights"]):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=path)
+        assert "gradient_norm/global" in read_events(root / case / "board" / "logs")
 
-        result = run_python(_LOAD, case, tmp_path)
         assert result.returncode == 0, result.stderr[-4000:]
         report = json.loads(result.stdout.split("REPORT", 1)[1])
         assert {key: entry["warnings"] for key, entry in report.items() if entry["warnings"]} == {}
         assert SKIPPING not in result.stderr, result.stderr[-4000:]
         for name in ("final.keras", "ckpt.keras", "ckpt.weights.h5"):
-            reference, loaded = report[f"plain/{name}"], report[f"board/{name}"]
+            reference, loaded = report[f"{case}/plain/{name}"], report[f"{case}/board/{name}"]
             assert (
-                loaded["optimizer"] == reference["optimizer"] == type(plain.optimizer).__name__
+                loaded["optimizer"] == reference["optimizer"] == plain["optimizer_type"].__name__
             ), name
             assert loaded["iterations"] == reference["iterations"] == 4, name
             assert_same_checksums(
@@ -368,7 +420,7 @@ class TestGradientBoardTrust:
             )
             assert_same_checksums(
                 loaded["optimizer_variables"],
-                plain_checksum,
+                plain["checksum"],
                 f"board/{name} vs in-process",
                 names=False,
             )  # Keras names a loaded model's slots without the model's name
@@ -391,12 +443,17 @@ class TestGradientBoardTrust:
 
     # 3. Killed and resumed with BackupAndRestore: the same end as without either.
     def test_backup_and_restore_after_sigkill_ends_as_an_uninterrupted_run(self, tmp_path):
-        # The uninterrupted run and the one killed midway, side by side.
-        reference, killed = run_pythons(
-            (_RESUMABLE, tmp_path / "b0", "-", tmp_path / "reference.npz", "no"),
-            (_RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "kill"),
+        # The run killed midway in a fresh process; the uninterrupted one,
+        # without GradientBoard, here meanwhile.
+        killing = start_python(
+            _RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "kill"
         )
-        assert reference.returncode == 0, reference.stderr[-4000:]
+        try:
+            reference_iterations = run_in_this_process(
+                _RESUMABLE, "train", str(tmp_path / "b0"), "-", tmp_path / "reference.npz", False
+            )
+        finally:
+            killed = finish(killing)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
         assert not (tmp_path / "resumed.npz").exists()
         resumed = run_python(
@@ -404,7 +461,7 @@ class TestGradientBoardTrust:
         )
         assert resumed.returncode == 0, resumed.stderr[-4000:]
         assert SKIPPING not in resumed.stdout + resumed.stderr, resumed.stderr[-4000:]
-        assert "iterations 16" in reference.stdout, reference.stdout
+        assert reference_iterations == 16
         assert "iterations 16" in resumed.stdout, resumed.stdout
         want, got = np.load(tmp_path / "reference.npz"), np.load(tmp_path / "resumed.npz")
         assert len(want.files) == len(got.files)

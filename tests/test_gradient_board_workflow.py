@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from gradient_testing import value_and_gradients
 from test_gradient_board import data, dense_model, read_events, scalar, steps
-from test_gradient_board_trust import run_python, run_pythons
+from test_gradient_board_trust import finish, run_in_this_process, run_python, start_python
 
 import keras_gradkit as gk
 
@@ -131,38 +131,51 @@ _PREEMPTED = textwrap.dedent(
     import keras, numpy as np
     import keras_gradkit as gk
 
-    log_dir, backup_dir, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 3)).astype("float32")
-    y = (rng.normal(size=(32, 2)) * 5).astype("float32")
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(2)])
-    opt = gk.optimizers.ClippedOptimizer(keras.optimizers.Adam(0.05), gk.clipping.AutoClip(25.0, 8))
-    model.compile(optimizer=opt, loss="mse")
 
-    class Kill(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+    def train(log_dir, backup_dir, out, kill_at):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(32, 3)).astype("float32")
+        y = (rng.normal(size=(32, 2)) * 5).astype("float32")
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(2)])
+        opt = gk.optimizers.ClippedOptimizer(keras.optimizers.Adam(0.05), gk.clipping.AutoClip(25.0, 8))
+        model.compile(optimizer=opt, loss="mse")
 
-    callbacks = [keras.callbacks.BackupAndRestore(backup_dir),
-                 gk.callbacks.GradientBoard(log_dir, update_freq="batch", histogram_freq=0), Kill()]
-    model.fit(x, y, batch_size=8, epochs=6, shuffle=False, verbose=0, callbacks=callbacks)
-    np.savez(out, *model.get_weights())
-    stats = opt.gradient_statistics()
-    np.save(out + ".stats.npy", np.array([stats[k] for k in sorted(stats)]))
+        class Kill(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        callbacks = [keras.callbacks.BackupAndRestore(backup_dir),
+                     gk.callbacks.GradientBoard(log_dir, update_freq="batch", histogram_freq=0), Kill()]
+        model.fit(x, y, batch_size=8, epochs=6, shuffle=False, verbose=0, callbacks=callbacks)
+        np.savez(out, *model.get_weights())
+        stats = opt.gradient_statistics()
+        np.save(out + ".stats.npy", np.array([stats[k] for k in sorted(stats)]))
+
+
+    if __name__ == "__main__":
+        train(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
     """
 )
 
 
 def test_preemption_writes_at_the_true_step(tmp_path):
     # 4 steps per epoch, 24 in all, a backup at every epoch's end. Killed at
-    # step 15, the backup holds step 12: the resumed run rewrites 13-15 and goes on.
-    plain, killed = run_pythons(  # side by side: they share nothing
-        (_PREEMPTED, tmp_path / "plain", tmp_path / "b0", tmp_path / "plain.npz", -1),
-        (_PREEMPTED, tmp_path / "logs", tmp_path / "b1", tmp_path / "r.npz", 15),
-    )
-    assert plain.returncode == 0, plain.stderr[-3000:]
+    # step 15 in a fresh process, the backup holds step 12: the resumed run
+    # rewrites 13-15 and goes on. The uninterrupted run, here meanwhile.
+    killing = start_python(_PREEMPTED, tmp_path / "logs", tmp_path / "b1", tmp_path / "r.npz", 15)
+    try:
+        run_in_this_process(
+            _PREEMPTED,
+            "train",
+            str(tmp_path / "plain"),
+            str(tmp_path / "b0"),
+            str(tmp_path / "plain.npz"),
+            -1,
+        )
+    finally:
+        killed = finish(killing)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     resumed = run_python(_PREEMPTED, tmp_path / "logs", tmp_path / "b1", tmp_path / "r.npz", -1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -62,6 +62,15 @@ def test_keras_mask_of_a_symbolic_tensor():
     assert keras_private.keras_mask(tokens) is None
 
 
+def test_producing_operation_of_a_symbolic_tensor():
+    inputs = keras.Input((3,), name="features")
+    dense = keras.layers.Dense(2, name="d")
+    outputs = dense(inputs)
+    assert keras_private.producing_operation(outputs) is dense
+    assert keras_private.producing_operation(inputs).name == "features"
+    assert keras_private.producing_operation(np.zeros(2)) is None
+
+
 def test_flatten_layers_walks_nested_layers():
     inner = keras.Sequential([keras.layers.LSTM(2, name="lstm")], name="inner")
     outer = keras.Sequential([keras.Input((4, 3)), inner, keras.layers.Dense(1, name="out")])

@@ -47,11 +47,27 @@ def step_norms(grad, mask=None):
         return np.where(mask, norms, 0.0).sum(0) / mask.sum(0)
 
 
+def aligned_step_norms(grad, mask):
+    """Each sequence's unmasked steps, its last one at the last position:
+    entry T-1-d is the mean over the sequences with more than d unmasked
+    steps of ||grad|| at their d-th unmasked step back; NaN where none has."""
+    batch, steps = mask.shape
+    columns = [[] for _ in range(steps)]
+    for i in range(batch):
+        own = [np.linalg.norm(grad[i, t]) for t in range(steps) if mask[i, t]]
+        for d, value in enumerate(reversed(own)):
+            columns[steps - 1 - d].append(value)
+    return np.array([np.mean(c) if c else np.nan for c in columns])
+
+
 def numpy_reach(norms, fraction=1e-3):
+    """Steps back from the last before the first that is zero or below
+    `fraction` times the largest finite step at it or after it."""
     norms = norms[~np.isnan(norms)]
-    count = 0
+    count, largest = 0, 0.0
     for value in norms[::-1]:
-        if value < fraction * norms.max():
+        largest = max(largest, value) if np.isfinite(value) else largest
+        if value <= 0 or value < fraction * largest:
             break
         count += 1
     return count
@@ -178,10 +194,12 @@ class TestTimeProbe:
             )
 
         _, (grad,), _ = value_and_gradients(loss, [s])
-        expected = step_norms(grad, mask)
+        # Each sequence aligned at its last unmasked step: the two steps no
+        # sequence reaches come first.
+        expected = aligned_step_norms(grad, mask)
         norms, r = results["input"]
         np.testing.assert_allclose(norms, expected, rtol=1e-4, atol=1e-9)
-        assert np.isnan(norms[-2:]).all()
+        assert np.isnan(norms[:2]).all()
         assert r == numpy_reach(expected)  # counted back from the last unmasked step
 
     def test_subclassed_model_probes_its_input(self):
@@ -246,7 +264,9 @@ class TestTimeProbe:
         )
         model.compile(optimizer="sgd", loss="mse")
         for name, norms, r in probe(model, x, y).compute():
-            assert np.isnan(norms[-2:]).all() and (norms[:-2] > 0).all(), name
+            # Post-padded, aligned at the last unmasked step: the masked
+            # steps come first.
+            assert np.isnan(norms[:2]).all() and (norms[2:] > 0).all(), name
             assert r == numpy_reach(norms) and r > 0
 
     def test_check_and_compute_change_no_variable(self):

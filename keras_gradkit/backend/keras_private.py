@@ -117,6 +117,13 @@ def keras_mask(tensor):
     return getattr(tensor, "_keras_mask", None)
 
 
+def producing_operation(tensor):
+    """The operation (layer) that made a symbolic tensor, or None: its
+    `_keras_history`, which Keras's functional graph is built from (a
+    Sequential's `InputLayer` is not among its public `layers`)."""
+    return getattr(getattr(tensor, "_keras_history", None), "operation", None)
+
+
 def flatten_layers(layer):
     """The layer and every layer nested in it (`_flatten_layers`, which
     Keras uses for the same walk; no public equivalent covers sublayers

@@ -71,6 +71,18 @@ class StepSources:
         return self.clipped is not None or not isinstance(self.monitor.policy, clipping.NoClip)
 
     @property
+    def intended_clipped(self):
+        """The fraction of updates the policy clips by design:
+        `AutoClip(percentile=p)` (alone or in a `Chain`) intends 1 - p / 100;
+        None for a policy without such an intent."""
+        policy = self.clipped.policy if self.clipped is not None else self.monitor.policy
+        policies = getattr(policy, "policies", None) or [policy]
+        for p in policies:
+            if isinstance(p, clipping.AutoClip):
+                return 1.0 - float(p.percentile) / 100.0
+        return None
+
+    @property
     def can_skip(self):
         """Whether updates can be skipped (a ClippedOptimizer's policy, a LossScaleOptimizer)."""
         return self.clipped is not None or self.loss_scaled

@@ -17,7 +17,7 @@ import numpy as np
 
 from keras_gradkit import _validation
 from keras_gradkit.api_export import keras_gradkit_export
-from keras_gradkit.callbacks import _event_writer, _loop_writer, _summaries
+from keras_gradkit.callbacks import _doctor, _event_writer, _loop_writer, _summaries
 from keras_gradkit.callbacks._attach import Attachment
 from keras_gradkit.callbacks._sources import StepSources
 from keras_gradkit.callbacks._time_probe import validate_time_probe
@@ -85,7 +85,9 @@ class GradientBoard(keras.callbacks.Callback):
       |d loss_i / d x_{i,t}|` for each time step `t` of the model input,
       as an image `time_gradient/input` (log-scale y axis), a tensor
       `time_gradient/input/norms` and a scalar `time_gradient/reach`, the
-      number of steps back from the end over which `n_t >= 1e-3 max_t n_t`.
+      number of steps back from the end before `n_t` is 0 or below 1e-3 of
+      the largest `n_s` nearer the loss (`s > t`; an exploding gradient
+      reaches every step).
       For a functional or Sequential model, the same for the input sequence
       of each recurrent layer: `time_gradient/<layer name>`,
       `time_gradient/<layer name>/norms`, `time_gradient/<layer name>/reach`.
@@ -97,17 +99,22 @@ class GradientBoard(keras.callbacks.Callback):
       `gradient_depth/norms` and a scalar `gradient_depth/first_to_last`.
 
     - every histogram epoch (unless `diagnose=False`), the gradient
-      doctor's report as Markdown on the Text dashboard, tag `diagnosis`:
-      the checks of `keras_gradkit.diagnose` made from what this callback
-      already computed (the latest step's gradient and weight norms per
-      layer, the time probe when given) plus the training-time kinds
-      `large_updates` (the latest step's largest per-layer update ratio, or
-      the root mean square of the update ratios since the previous check),
-      `frequent_clipping`
-      and `skipped_steps` (fractions of the updates since the previous
-      check). Each new `(kind, where)` is warned once with a
-      `keras_gradkit.diagnostics.GradientWarning`; `report` holds the latest
-      report and `findings` every finding seen.
+      doctor's report on the Text dashboard, tag `diagnosis`: the checks of
+      `keras_gradkit.diagnose` made from what this callback already computed
+      (the latest step's gradient and weight norms per layer, the time probe
+      when given), the forward measures of one pass over the `probe` batch
+      (or the time probe's; dead and saturated units, a non-finite output,
+      the data's scale, an output that does not fit the loss), and the
+      training-time kinds: `large_updates` (the latest step's largest
+      per-layer update ratio, or the root mean square of the update ratios
+      since the previous check), `frequent_clipping` (when the clip
+      dominates the step or clips far more than the policy intends),
+      `skipped_steps`, `unchanged_weights` (a layer's weights exactly the
+      same as at the previous check) and `loss_not_decreasing` (the logged
+      loss against its value at the first check). Each new `(kind, where)`
+      is warned once with a `keras_gradkit.diagnostics.GradientWarning` at
+      the line that called `fit`; `report` holds the latest report and
+      `findings` every finding seen.
 
     Keras logs: at each epoch end it adds to `logs` `gradient_norm` (the mean
     of the global gradient norms of the epoch's applied updates; NaN when one
@@ -148,7 +155,8 @@ class GradientBoard(keras.callbacks.Callback):
             integer tokens `(batch, timesteps)` for a model whose first layer
             embeds them (the gradient is then taken with respect to that
             layer's output, and with `mask_zero` the reach counts unmasked
-            steps only; a step masked in every probe sequence reads NaN).
+            steps only: each sequence is aligned at its last unmasked step, and
+            the first T minus the longest sequence's steps read NaN).
             Checked against the model when training starts.
             Defaults to None.
         write_plots: bool, write the time-gradient and depth images. The
@@ -167,6 +175,10 @@ class GradientBoard(keras.callbacks.Callback):
             `fit` without `on_train_end`, so
             `keras.callbacks.BackupAndRestore` keeps its backup.
             Defaults to ().
+        probe: None or a tuple `(x, y)`: one small batch (a few dozen rows)
+            on which each check runs one forward pass for the activation
+            and data measures. Defaults to None: the time probe's batch when
+            given, otherwise those measures are left out (a note says so).
 
     Example:
 
@@ -199,6 +211,7 @@ class GradientBoard(keras.callbacks.Callback):
         thresholds=None,
         stop_on=(),
         raise_on=(),
+        probe=None,
     ):
         super().__init__()
         _check_arguments(log_dir, histogram_freq, update_freq, write_plots, diagnose)
@@ -213,6 +226,7 @@ class GradientBoard(keras.callbacks.Callback):
         self.include = include
         self.exclude = exclude
         self.time_probe = validate_time_probe(time_probe)
+        self.probe = _doctor.validate_probe(probe)
         self.write_plots = write_plots
         self._include = _compile_patterns("include", include)
         self._exclude = _compile_patterns("exclude", exclude)
@@ -232,7 +246,9 @@ class GradientBoard(keras.callbacks.Callback):
         # scalars, over the epoch, since the previous check.
         self._writes = Window(lambda: self._sources.counts())
         self._epoch = Window(lambda: self._sources.totals())
-        self._checks = Window(lambda: (self._sources.counts(), self._sources.totals()[0]))
+        self._checks = Window(lambda: (self._sources.counts(), *self._sources.totals()))
+        self._digests = {}
+        self._loss = _doctor.LossTrack()
 
     @property
     def report(self):
@@ -264,6 +280,11 @@ class GradientBoard(keras.callbacks.Callback):
             "thresholds": self.thresholds.to_dict(),
             "stop_on": list(self.stop_on),
             "raise_on": list(self.raise_on),
+            "probe": (
+                None
+                if self.probe is None
+                else [keras.tree.map_structure(lambda a: a.tolist(), p) for p in self.probe]
+            ),
         }
 
     @property
@@ -337,6 +358,9 @@ class GradientBoard(keras.callbacks.Callback):
         self._sources.invalidate()
         for window in (self._writes, self._epoch, self._checks):
             window.restart()
+        if self.diagnose and self.histogram_freq:
+            self._digests = self._guarded("diagnosis", lambda: _doctor.weight_digests(self.model))
+            self._loss.restart()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.update_freq == "epoch":
@@ -362,7 +386,7 @@ class GradientBoard(keras.callbacks.Callback):
         if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
             keras_logs.update(self._write_histogram_epoch(epoch))
             if self.diagnose:
-                found = self._guarded("diagnosis", lambda: self._check(epoch))
+                found = self._guarded("diagnosis", lambda: self._check(epoch, logs))
         if logs is not None:
             logs.update(keras_logs)
         if self._writer is not None:
@@ -431,13 +455,13 @@ class GradientBoard(keras.callbacks.Callback):
         return _summaries.epoch_logs(norm, clipped, self._sources.has_policy, skipped)
 
     # ------------------------------------------------------------- checks
-    def _check(self, step):
-        """The doctor's report of the latest step (and of the time probe),
-        written to the Text dashboard under `diagnosis`."""
+    def _check(self, step, logs=None):
+        """The doctor's report of the latest step (and of the time probe and
+        the probe batch), written to the Text dashboard under `diagnosis`."""
         latest = self._sources.latest()
         if latest is None:
             return None
-        (counts, totals), _ = self._checks.advance()
+        (counts, totals, clip_totals), _ = self._checks.advance()
         variables = self._sources.variables
 
         def by_layer(values):
@@ -446,6 +470,10 @@ class GradientBoard(keras.callbacks.Callback):
 
         names, norms = by_layer(latest.gradient_norms)
         weights = None if latest.weight_norms is None else by_layer(latest.weight_norms)[1]
+        batch = self.probe if self.probe is not None else self.time_probe
+        forward = _doctor.ForwardMeasures(self.model, batch).measure()
+        training = self._training_measures(latest, counts, totals, by_layer)
+        training = training._replace(**self._progress(counts, clip_totals, logs))
         found = checks.assemble(
             self.model,
             names,
@@ -453,11 +481,12 @@ class GradientBoard(keras.callbacks.Callback):
             latest.global_norm,
             weight_norms=weights,
             time_results=self._time_results,
-            training=self._training_measures(latest, counts, totals, by_layer),
+            training=training,
             # A step the LossScaleOptimizer skipped is not finite by design:
             # it counts in skipped_steps.
             skipped=self._sources.loss_scaled and latest.skipped,
             thresholds=self.thresholds,
+            **forward,
         )
         self._get_writer().write([_event_writer.text_value("diagnosis", found.to_markdown())], step)
         self._report = found
@@ -485,6 +514,24 @@ class GradientBoard(keras.callbacks.Callback):
             rms_update_ratio=rms,
         )
 
+    def _progress(self, counts, clip_totals, logs):
+        """The policy's intent and effect, unchanged weights and the loss's
+        movement since the previous check (`TrainingMeasures` fields)."""
+        shrink = None
+        if clip_totals.global_norm_sum > 0:
+            shrink = clip_totals.global_norm_clipped_sum / clip_totals.global_norm_sum
+        digests = _doctor.weight_digests(self.model)
+        unchanged = _doctor.unchanged(self._digests or {}, digests) if counts[0] else ()
+        self._digests = digests
+        change, loss_checks = self._loss.update(logs)
+        return {
+            "clip_shrink": shrink,
+            "intended_clipped": self._sources.intended_clipped,
+            "unchanged_layers": unchanged,
+            "loss_change": change,
+            "loss_checks": loss_checks,
+        }
+
     def _act_on(self, found):
         """Warns once per new `(kind, where)`; stops or raises as asked."""
         for finding in found.findings:
@@ -497,7 +544,7 @@ class GradientBoard(keras.callbacks.Callback):
                         f"(value {finding.value:.3g}, threshold {finding.threshold:.3g}). "
                         f"{finding.advice}"
                     ),
-                    stacklevel=2,
+                    stacklevel=report.user_stacklevel(),
                 )
         raising = [f for f in found.findings if f.kind in self.raise_on]
         if raising:

@@ -10,8 +10,10 @@ its remedies.
 Modules: `thresholds` (the kinds and `Thresholds`), `report` (`Finding`,
 `Report`, the warning and error), `advice` (what to do, per kind),
 `checks` (measures in, findings out: `assemble`, used by both callers),
-`time_probe` and `depth` (the measures), `graph` (what a functional model's
-graph says), `batch` (the batch `diagnose` measures).
+`time_probe`, `depth`, `activations` and `data` (the measures: through
+time, across depth, one forward pass's units and outputs, the data and the
+loss), `graph` (what a functional model's graph says), `batch` (the batch
+`diagnose` measures).
 """
 
 from keras_gradkit.diagnostics._diagnose import diagnose

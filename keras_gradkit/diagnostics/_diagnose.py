@@ -6,7 +6,7 @@ import numpy as np
 from keras_gradkit import _cache
 from keras_gradkit.backend import keras_private
 from keras_gradkit.backend.common import norms
-from keras_gradkit.diagnostics import batch, checks, depth, graph, time_probe
+from keras_gradkit.diagnostics import activations, batch, checks, data, depth, graph, time_probe
 from keras_gradkit.diagnostics.report import Report
 from keras_gradkit.diagnostics.thresholds import check_thresholds
 
@@ -77,17 +77,19 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
             which the first batch is used.
         y: the batch's targets (None when `x` yields them).
         sample_weight: None, or the batch's per-example weights.
-        thresholds: None (the defaults) or a
-            `keras_gradkit.diagnostics.Thresholds`.
+        thresholds: None (the defaults), a
+            `keras_gradkit.diagnostics.Thresholds` or a dict of its fields.
 
     Returns:
         A `keras_gradkit.diagnostics.Report`: `report.ok`, `report.findings`,
         `report.measures`, `str(report)` a readable table.
 
     Raises:
-        TypeError: `model` is not a Keras model, or `thresholds` is not a
-            `Thresholds`.
-        ValueError: the model is not compiled, or cannot take the batch.
+        TypeError: `model` is not a Keras model, or `thresholds` is neither
+            a `Thresholds` nor a dict of its fields.
+        ValueError: the model is not compiled; `y` is missing for a
+            compiled loss; a ragged list, an empty batch or dataset, rows
+            that differ, or a batch the model or its loss cannot take.
 
     Example:
 
@@ -113,6 +115,15 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
             "not compiled with a loss"
         )
     x, y, sample_weight = batch.first_batch(x, y, sample_weight)
+    try:
+        x, y, sample_weight = batch.check_batch(model, x, y, sample_weight)
+    except ValueError as error:
+        # A batch the loss refuses because the output does not fit it is a
+        # finding (labels outside the output's classes), not only an error.
+        found = _mismatch_report(model, y, error)
+        if found is None:
+            raise
+        return found
     bad = batch.non_finite_entries(x, y, sample_weight)
     if bad:
         return Report(
@@ -127,9 +138,48 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
             "The model has a recurrent layer but `x` is not one array of sequences (float "
             "(batch, timesteps, features) or token ids (batch, timesteps)): not measured through time."
         )
+    rows = len(keras.tree.flatten(x)[0])
+    measured = checks.judgeable_activations(activations.measure_activations(model, x), rows)
+    scales, scale_notes = data.input_scales(model, x, y)
+    mismatches, mismatch_notes = data.output_loss_mismatches(model, y)
     variable_norms, results = _probe(model, x, y, sample_weight, time).compute_all()
     names, by_layer = depth.layer_norms(model, variable_norms)
     total = norms.host_norm(list(variable_norms.values()))
     return checks.assemble(
-        model, names, by_layer, total, time_results=results, thresholds=thresholds, notes=notes
+        model,
+        names,
+        by_layer,
+        total,
+        time_results=results,
+        thresholds=thresholds,
+        notes=notes + list(scale_notes) + list(mismatch_notes),
+        activations=measured,
+        scales=scales,
+        mismatches=mismatches,
+        at_initialization=_at_initialization(model),
     )
+
+
+def _mismatch_report(model, y, error):
+    """The `output_loss_mismatch` report of a batch the model's loss refused,
+    or None when no mismatch explains it."""
+    if y is None:
+        return None
+    try:
+        mismatches, _ = data.output_loss_mismatches(model, y)
+    except Exception:  # the error raised stays the one to see
+        return None
+    if not mismatches:
+        return None
+    findings = [checks.mismatch_finding(m) for m in mismatches]
+    note = f"The model's loss refused the batch, so nothing else was measured: {error}"
+    return Report(findings, {}, [note])
+
+
+def _at_initialization(model):
+    """Whether no update has been applied yet (the optimizer counts none)."""
+    optimizer = getattr(model, "optimizer", None)
+    iterations = getattr(optimizer, "iterations", None)
+    if iterations is None:
+        return True
+    return int(np.asarray(keras.ops.convert_to_numpy(iterations))) == 0

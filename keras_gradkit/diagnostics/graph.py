@@ -12,11 +12,21 @@ def recurrent_layers(model):
     """Top-level recurrent layers of a functional (or Sequential) model."""
     if model_input(model) is None:
         return []
-    return [
-        layer
-        for layer in model.layers
-        if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
-    ]
+    return [layer for layer in model.layers if is_recurrent(layer)]
+
+
+# What `keras.layers.Bidirectional` requires of the layer it wraps: a
+# sequence layer that is not a `keras.layers.RNN` (such as
+# `keras_gradkit.layers.LRU`, a parallel scan) has them too.
+_SEQUENCE_ATTRIBUTES = ("go_backwards", "return_sequences", "return_state")
+
+
+def is_recurrent(layer):
+    """Whether `layer` is a recurrent sequence layer: a `keras.layers.RNN`,
+    a `Bidirectional`, or a layer with their sequence attributes."""
+    if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)):
+        return True
+    return all(hasattr(layer, name) for name in _SEQUENCE_ATTRIBUTES)
 
 
 def model_inputs(model):

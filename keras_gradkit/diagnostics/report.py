@@ -1,15 +1,42 @@
 """What the doctor found: `Finding`, `Report` and how a report reads (text,
 Markdown, plain dict), and the warning and error `GradientBoard` raises."""
 
+import os
+import re
+import sys
 from typing import NamedTuple
 
 import numpy as np
 
-from keras_gradkit.diagnostics.thresholds import BELOW
+from keras_gradkit.diagnostics.thresholds import BELOW, EXACT
 
 
 class GradientWarning(UserWarning):
-    """Warned by `GradientBoard` once per new `(kind, where)` finding."""
+    """Warned by `GradientBoard` once per new `(kind, where)` finding, at the
+    line of the user's code that called `fit`."""
+
+
+# Frames in these packages are not the user's: a warning goes to the first
+# frame outside them (the line that called `fit`).
+_LIBRARY_PACKAGES = ("keras_gradkit", "keras", "tensorflow", "jax", "torch", "optree", "absl")
+
+
+def user_stacklevel():
+    """The `stacklevel` of `warnings.warn` that points at the caller's first
+    frame outside Keras, keras_gradkit and the backends (the user's `fit`
+    call); called directly by the function that warns."""
+    roots = []
+    for name in _LIBRARY_PACKAGES:
+        module = sys.modules.get(name)
+        for path in getattr(module, "__path__", None) or ():
+            roots.append(os.path.join(os.path.realpath(path), ""))
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        filename = os.path.realpath(frame.f_code.co_filename)
+        if not filename.startswith(tuple(roots)) and not filename.startswith("<"):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
 
 
 class GradientError(RuntimeError):
@@ -39,6 +66,10 @@ class Finding(NamedTuple):
         value: float, the measure (see `Thresholds`).
         threshold: float, the threshold it passed.
         advice: str, the remedy and the guide section that explains it.
+        evidence: dict (None: nothing more), what else the check measured
+            that explains the finding: the layers and fractions of dead or
+            saturated units behind a vanishing gradient, the layers whose
+            gradient is zero and why, the mismatch of an output and its loss.
     """
 
     kind: str
@@ -46,9 +77,12 @@ class Finding(NamedTuple):
     value: float
     threshold: float
     advice: str
+    evidence: dict | None = None
 
     def to_dict(self):
-        return dict(self._asdict())
+        d = dict(self._asdict())
+        d["evidence"] = _plain(dict(self.evidence or {}))
+        return d
 
 
 class Report:
@@ -110,10 +144,17 @@ class Report:
         text = "**No finding.**" if self.ok else _markdown_findings(self.findings)
         measured = _describe_measures(self.measures)
         if measured:
-            text += f"\n\nMeasured: {measured}"
+            text += f"\n\nMeasured: {_markdown_prose(measured)}"
         for note in self.notes:
-            text += f"\n\nNote: {note}"
+            text += f"\n\nNote: {_markdown_prose(note)}"
         return text
+
+
+def _threshold_text(f):
+    """`"< 0.001"`, `"> 100"`, or `"-"` for a kind without a threshold."""
+    if f.kind in EXACT:
+        return "-"
+    return ("< " if f.kind in BELOW else "> ") + f"{f.threshold:.3g}"
 
 
 def _text_findings(findings):
@@ -121,13 +162,7 @@ def _text_findings(findings):
     n = len(findings)
     lines = [f"Gradient report: {n} finding{'s' if n > 1 else ''}."]
     rows = [("kind", "where", "value", "threshold")] + [
-        (
-            f.kind,
-            f.where,
-            f"{f.value:.3g}",
-            ("< " if f.kind in BELOW else "> ") + f"{f.threshold:.3g}",
-        )
-        for f in findings
+        (f.kind, f.where, f"{f.value:.3g}", _threshold_text(f)) for f in findings
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for i, row in enumerate(rows):
@@ -137,18 +172,65 @@ def _text_findings(findings):
     lines.append("Advice:")
     for i, f in enumerate(findings, 1):
         lines.append(f"  {i}. {f.kind} at {f.where}: {f.advice}")
+        evidence = describe_evidence(f.evidence)
+        if evidence:
+            lines.append(f"     Evidence: {evidence}")
     return lines
 
 
+_URL_IN_PARENTHESES = re.compile(r"\((https?://[^\s()]+)\)")
+# What Markdown would read as structure inside a paragraph of prose.
+_MARKDOWN_SPECIAL = re.compile(r"([\\|*_\[\]>#])")
+
+
+def _markdown_prose(text):
+    """`text` as a Markdown paragraph that renders as written: code spans
+    kept, other Markdown characters escaped, `(url)` made a link."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # outside code spans
+        # re.split with one group: prose at even indices, URLs at odd ones.
+        pieces = _URL_IN_PARENTHESES.split(parts[i])
+        for j in range(0, len(pieces), 2):
+            pieces[j] = _MARKDOWN_SPECIAL.sub(r"\\\1", pieces[j]).replace("<", "&lt;")
+        for j in range(1, len(pieces), 2):
+            pieces[j] = f"([guide]({pieces[j]}))"
+        parts[i] = "".join(pieces)
+    return "`".join(parts)
+
+
 def _markdown_findings(findings):
-    """The findings as a Markdown table."""
-    rows = ["| kind | where | value | threshold | advice |", "|---|---|---:|---:|---|"]
-    for f in findings:
-        sign = "&lt;" if f.kind in BELOW else "&gt;"
-        rows.append(
-            f"| {f.kind} | {f.where} | {f.value:.3g} | {sign} {f.threshold:.3g} | {f.advice} |"
-        )
-    return "\n".join(rows)
+    """The findings as Markdown paragraphs, one block per finding (no table:
+    TensorBoard's Text dashboard breaks a wide table's words mid-word)."""
+    blocks = []
+    for i, f in enumerate(findings, 1):
+        threshold = "" if f.kind in EXACT else f", threshold {_threshold_text(f)}"
+        head = f"**{i}. `{f.kind}` at `{f.where}`**: value {f.value:.3g}{threshold}"
+        block = [head.replace("< ", "&lt; ").replace("> ", "&gt; "), _markdown_prose(f.advice)]
+        evidence = describe_evidence(f.evidence)
+        if evidence:
+            block.append("Evidence: " + _markdown_prose(evidence))
+        blocks.append("\n\n".join(block))
+    return "\n\n".join(blocks)
+
+
+def describe_evidence(evidence):
+    """A finding's evidence as one line of text (empty when there is none)."""
+    parts = []
+    for key, value in (evidence or {}).items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} {_number(v)}" for k, v in value.items())
+            parts.append(f"{key.replace('_', ' ')}: {inner}")
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{key.replace('_', ' ')}: {', '.join(str(v) for v in value)}")
+        else:
+            parts.append(f"{key.replace('_', ' ')}: {_number(value)}")
+    return "; ".join(parts)
+
+
+def _number(value):
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.3g}"
+    return str(value)
 
 
 def _plain(value):

@@ -7,6 +7,7 @@ threshold a field of `Thresholds` with its range in `_RANGES`), judged in
 
 import dataclasses
 import math
+import reprlib
 
 import numpy as np
 
@@ -16,12 +17,36 @@ INIT_KINDS = (
     "vanishing_across_depth",
     "exploding_across_depth",
     "non_finite_gradient",
+    "non_finite_forward",
+    "output_loss_mismatch",
+    "unscaled_inputs",
+    "zero_gradient",
+    "dead_units",
+    "saturated_units",
 )
-TRAINING_KINDS = ("large_updates", "frequent_clipping", "skipped_steps")
+TRAINING_KINDS = (
+    "large_updates",
+    "frequent_clipping",
+    "skipped_steps",
+    "unchanged_weights",
+    "loss_not_decreasing",
+)
 KINDS = INIT_KINDS + TRAINING_KINDS
 
 # Below the threshold is a finding for these; above it for the others.
-BELOW = frozenset({"vanishing_through_time", "vanishing_across_depth"})
+BELOW = frozenset({"vanishing_through_time", "vanishing_across_depth", "loss_not_decreasing"})
+
+# Kinds without a threshold: what they measure is exact (a zero, a NaN, an
+# unchanged weight) or structural (an output that does not fit its loss).
+EXACT = frozenset(
+    {
+        "non_finite_gradient",
+        "non_finite_forward",
+        "output_loss_mismatch",
+        "zero_gradient",
+        "unchanged_weights",
+    }
+)
 
 # The `Thresholds` field of a kind whose field is not named after it.
 _FIELD_OF_KIND = {
@@ -39,6 +64,10 @@ _RANGES = {
     "update_ratio": (0.0, math.inf, False),
     "clipped_fraction": (0.0, 1.0, True),
     "skipped_fraction": (0.0, 1.0, True),
+    "dead_units": (0.0, 1.0, True),
+    "saturated_units": (0.0, 1.0, True),
+    "unscaled_inputs": (1.0, math.inf, False),
+    "loss_not_decreasing": (0.0, 1.0, False),
 }
 
 
@@ -74,10 +103,35 @@ class Thresholds:
             Defaults to 0.1.
         clipped_fraction: float in (0, 1]: a finding when the clipping
             policy changed more than this fraction of the updates since the
-            previous check. Defaults to 0.5.
+            previous check and the clip dominates the step (it leaves less
+            than a tenth of the gradient's norm, on average); for `AutoClip`,
+            which clips most steps by design, only when the fraction is also
+            more than halfway from its intent to every step. Defaults to 0.5.
         skipped_fraction: float in (0, 1]: a finding when more than this
             fraction of the updates since the previous check were skipped
             (non-finite gradients). Defaults to 0.25.
+        dead_units: float in (0, 1]: a finding when more than this fraction
+            of a layer's ReLU units (`relu`, `relu6`, `ReLU` without a
+            negative slope, the layer's `activation=` or a separate
+            activation layer; not recurrent layers) output 0 for every
+            sample and position of the
+            batch (a batch of at least 16 rows: in fewer, a healthy unit
+            is often 0 for all by chance). Defaults to 0.5.
+        saturated_units: float in (0, 1]: a finding when more than this
+            fraction of a hidden layer's `sigmoid`, `tanh`, `hard_sigmoid` or
+            `softsign` outputs, over the batch, are saturated: the
+            activation's derivative there is below 1% of its largest
+            (`|x| > 4.6` for sigmoid, `|x| > 3.0` for tanh). Defaults to 0.5.
+        unscaled_inputs: float > 1: a finding when a float input feature's
+            root mean square over the batch (or, for a regression loss, the
+            targets') is above this, or the whole input's is below its
+            inverse. Inputs that go first through a normalizing or
+            embedding layer are not measured. Defaults to 100.
+        loss_not_decreasing: float in (0, 1): during training, a finding
+            when the loss Keras logs at each check has never moved from its
+            value at the first check by more than this fraction of it, over
+            at least two further checks, while the gradient is not zero.
+            Defaults to 0.01.
     """
 
     vanishing_through_time: float = 1e-3
@@ -87,6 +141,10 @@ class Thresholds:
     update_ratio: float = 0.1
     clipped_fraction: float = 0.5
     skipped_fraction: float = 0.25
+    dead_units: float = 0.5
+    saturated_units: float = 0.5
+    unscaled_inputs: float = 100.0
+    loss_not_decreasing: float = 1e-3
 
     def __post_init__(self):
         for name, bounds in _RANGES.items():
@@ -97,7 +155,7 @@ class Thresholds:
         return dataclasses.asdict(self)
 
     def for_kind(self, kind):
-        """The threshold of a kind of finding."""
+        """The threshold of a kind of finding (0 for the `EXACT` kinds)."""
         return getattr(self, _FIELD_OF_KIND.get(kind, kind), 0.0)
 
 
@@ -105,14 +163,14 @@ def _checked(name, value, low, high, closed):
     """`value` as a float, if it is a number in the range of `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
         raise TypeError(
-            f"Argument `{name}` must be a float. Received: {name}={value!r} of type "
+            f"Argument `{name}` must be a float. Received: {name}={reprlib.repr(value)} of type "
             f"{type(value).__name__}"
         )
     value = float(value)
     if not (low < value and (value <= high if closed else value < high)):
         bound = "]" if closed else ")"
         raise ValueError(
-            f"Argument `{name}` must be in ({low:g}, {high:g}{bound}. Received: {name}={value!r}"
+            f"Argument `{name}` must be in ({low:g}, {high:g}{bound}. Received: {name}={reprlib.repr(value)}"
         )
     return value
 
@@ -123,12 +181,19 @@ def check_thresholds(thresholds):
     if thresholds is None:
         return Thresholds()
     if isinstance(thresholds, dict):
+        fields = {f.name for f in dataclasses.fields(Thresholds)}
+        unknown = sorted(str(k) for k in thresholds if k not in fields)
+        if unknown:
+            raise ValueError(
+                f"Argument `thresholds` holds unknown keys {reprlib.repr(unknown)}; the keys are "
+                f"{sorted(fields)}. Received: thresholds={reprlib.repr(thresholds)}"
+            )
         return Thresholds(**thresholds)
     if not isinstance(thresholds, Thresholds):
         raise TypeError(
             "Argument `thresholds` must be None, a keras_gradkit.diagnostics.Thresholds or its "
             "`to_dict()`. "
-            f"Received: thresholds={thresholds!r} of type {type(thresholds).__name__}"
+            f"Received: thresholds={reprlib.repr(thresholds)} of type {type(thresholds).__name__}"
         )
     return thresholds
 

@@ -7,6 +7,7 @@ it eagerly on PyTorch; every call reads the model's current weights and
 assigns no variable.
 """
 
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -21,24 +22,203 @@ from keras_gradkit.diagnostics import graph
 
 REACH_FRACTION = 1e-3
 
+# The earliest (latest) steps of a profile: its first (last) tenth, at least one.
+EDGE_FRACTION = 0.1
+
+# At most this many characters of a model's or backend's error go into ours.
+ERROR_CHARACTERS = 240
+
+
+def step_norms(grad):
+    """`||grad_{i,t}||` over the axes after the first two: `(batch, timesteps)`."""
+    grad = np.asarray(grad, dtype="float64")
+    axes = tuple(range(2, grad.ndim))
+    return np.sqrt(np.sum(np.square(grad), axis=axes)) if axes else np.abs(grad)
+
+
+def aligned_profile(norms, mask=None):
+    """The per-step profile of a batch of sequences, each aligned at its last unmasked step.
+
+    A recurrent layer that returns its last output hands the loss's gradient
+    to each sequence at its last unmasked step, whatever the padding: the
+    gradient at a step depends on how many unmasked steps lie between it and
+    that one. So each sequence keeps its unmasked steps, in order, and its
+    last one goes to the last position: entry `T - 1 - d` is the mean, over
+    the sequences with more than `d` unmasked steps, of the norm at the `d`-th
+    unmasked step back from their last. Pre- and post-padded copies of the
+    same sequences give the same profile. A step no sequence reaches (the
+    first `T - longest` entries) is NaN.
+
+    Args:
+        norms: array `(batch, timesteps)`: the gradient norm of each
+            sequence at each step (`step_norms`).
+        mask: None (every step counts: the plain batch mean), or a bool
+            array `(batch, timesteps)`, True at the unmasked steps.
+
+    Returns:
+        A float64 array `(timesteps,)`.
+    """
+    norms = np.asarray(norms, dtype="float64")
+    if mask is None:
+        return norms.mean(axis=0)
+    mask = np.asarray(mask, dtype=bool)
+    steps = norms.shape[1]
+    # How many unmasked steps of its sequence follow each step.
+    back = np.cumsum(mask[:, ::-1], axis=1)[:, ::-1] - 1
+    position = (steps - 1 - back)[mask]
+    totals = np.bincount(position, weights=norms[mask], minlength=steps)
+    counts = np.bincount(position, minlength=steps)
+    return np.divide(totals, counts, out=np.full(steps, np.nan), where=counts > 0)
+
 
 def reach(norms, fraction=REACH_FRACTION):
-    """Number of steps back from the end over which `norms >= fraction * max(norms)`.
+    """How many steps back from the last one the gradient arrives.
 
-    Counts the trailing run of time steps whose gradient norm is at least
-    `fraction` times the largest one: how far back the gradient still arrives.
-    NaN entries (steps masked in every sequence) are left out, so the count
-    is over the unmasked steps.
+    Counted from the last step back, up to the first step whose norm is zero
+    or below `fraction` times the largest finite norm at that step or after
+    it (nearer the loss). A vanishing gradient reaches the last few steps; a
+    healthy one and an exploding one (which grows going back, so never falls
+    below what came after it) reach every step; a zero gradient none. NaN
+    entries (steps no sequence reaches) are left out, so the count is over
+    the measured steps.
     """
     norms = np.asarray(norms, dtype="float64")
     norms = norms[~np.isnan(norms)]
-    peak = np.max(norms) if norms.size else 0.0
-    if not np.isfinite(peak) or peak <= 0.0:
-        return 0
-    above = norms >= fraction * peak
-    if above.all():
+    finite = np.where(np.isfinite(norms), norms, 0.0)
+    nearer = np.maximum.accumulate(finite[::-1])[::-1]
+    arrives = (norms > 0) & (norms >= fraction * nearer)
+    if arrives.all():
         return int(norms.size)
-    return int(norms.size - 1 - np.flatnonzero(~above)[-1])
+    return int(norms.size - 1 - np.flatnonzero(~arrives)[-1])
+
+
+def summarize(norms, mask=None, fraction=REACH_FRACTION):
+    """`{"steps", "early", "late", "peak", "reach"}` of one probed sequence.
+
+    All five come from the same aligned profile: `steps` its measured steps
+    (the longest sequence's unmasked steps), `early` (`late`) the mean of
+    its first (last) tenth, at least one step, `peak` its largest entry and
+    `reach` its `reach`. So `early / peak < fraction` means some early step
+    is below `fraction` times a larger step after it: then `reach < steps`
+    (when the first tenth holds at most `1 / fraction` steps).
+
+    Args:
+        norms: the aligned profile `(timesteps,)` of `TimeProbe.compute`
+            (NaN entries left out), or the per-sequence norms
+            `(batch, timesteps)` with their `mask`, aligned here.
+        mask: None, or the bool mask `(batch, timesteps)` of 2-D `norms`.
+        fraction: float, the fraction of `reach`.
+
+    Returns:
+        A dict, or None when the profile has fewer than two steps or a step
+        that is not finite.
+    """
+    norms = np.asarray(norms, dtype="float64")
+    if norms.ndim == 2:
+        norms = aligned_profile(norms, mask)
+    norms = norms[~np.isnan(norms)]
+    if norms.size < 2 or not np.all(np.isfinite(norms)):
+        return None
+    k = max(1, int(norms.size * EDGE_FRACTION))
+    return {
+        "steps": int(norms.size),
+        "early": float(norms[:k].mean()),
+        "late": float(norms[-k:].mean()),
+        "peak": float(norms.max()),
+        "reach": reach(norms, fraction),
+    }
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NOISE = re.compile(
+    r"^(in user code:|Graph execution error:|Detected at node|Traceback|\[\[|"
+    r"(\w+: )?Exception encountered when calling)"
+)
+
+
+def brief_error(error, limit=ERROR_CHARACTERS):
+    """The gist of an exception's text, at most `limit` characters.
+
+    TensorFlow prefixes a traced function's error with its traceback, and
+    Keras wraps a layer's error with the arguments it received (whole
+    tensors, sometimes): the message proper follows the last frame."""
+    text = _ANSI.sub("", str(error)).split("Arguments received by")[0]
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "')]
+    if frames:
+        frame, lines = lines[frames[-1]], lines[frames[-1] + 1 :]
+        if lines and _indent(lines[0]) > _indent(frame):
+            lines = lines[1:]  # the frame's source line
+    lines = [line.strip() for line in lines]
+    text = " ".join(line for line in lines if line and not _NOISE.match(line))
+    text = re.sub(r"\s*\[Op:[^\]]*\]|\{\{function_node [^}]*\}\}\s*", "", text).strip()
+    text = text or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _indent(line):
+    return len(line) - len(line.lstrip())
+
+
+def failure_message(described, y, error, what="on which the model or its loss fails", loss=True):
+    """The message of `error`, which the model or (`loss`) its loss raised on a batch.
+
+    Args:
+        described: str, what the argument holds ("Argument `x` holds ...").
+        y: the batch's targets, None when none was given: the message then
+            asks for them when the loss failed.
+        error: the exception.
+        what: str, how the batch failed.
+        loss: bool, whether the loss ran (so missing targets can be why).
+    """
+    if loss and y is None:
+        return (
+            f"{described} and no targets, but the model's loss needs them: pass `y` (or a "
+            f"dataset that yields (x, y)). Received: y=None. The loss fails with: "
+            f"{brief_error(error)}"
+        )
+    targets = "" if y is None else f" and targets of shape {describe_shapes(y)}"
+    return f"{described}{targets}, {what}: {brief_error(error)}"
+
+
+def check_forward(model, x, y, described):
+    """Runs `model` and its loss, in training mode, on the first example of
+    the batch (the whole batch for a model with a fixed batch size) and
+    changes no variable (an unbuilt model is built).
+
+    Args:
+        model: a compiled Keras model.
+        x, y: the batch (NumPy structures; `y` may be None).
+        described: str, what the argument holds, to begin the messages.
+
+    Raises:
+        ValueError: the model or its loss cannot take the batch, with the
+            gist of their error (`brief_error`).
+    """
+    rows = None if _fixed_batch_size(model) else 1
+
+    def first(a):
+        return ops.convert_to_tensor(a[:rows] if np.ndim(a) else a)
+
+    kept = backend.get("probe").kept_random_state()
+    with warnings.catch_warnings(), kept, keras.StatelessScope():
+        warnings.simplefilter("ignore")
+        try:
+            inputs = keras.tree.map_structure(first, x)
+            y_pred = model(inputs, training=True)
+        except Exception as e:
+            raise ValueError(f"{described}, which the model cannot take: {brief_error(e)}") from e
+        try:
+            targets = None if y is None else keras.tree.map_structure(first, y)
+            model.compute_loss(x=inputs, y=targets, y_pred=y_pred, training=True)
+        except Exception as e:
+            raise ValueError(
+                failure_message(described, y, e, "which the model's loss cannot take")
+            ) from e
+
+
+def _fixed_batch_size(model):
+    return any(t.shape and t.shape[0] is not None for t in graph.model_inputs(model))
 
 
 class _Target(NamedTuple):
@@ -65,11 +245,15 @@ class TimeProbe:
     - each top-level recurrent layer's input sequence, under the layer's name
       (functional and Sequential models).
 
-    Masked steps are excluded: where a sequence carries a mask
+    Masked steps are excluded, and each sequence is aligned at its last
+    unmasked step (`aligned_profile`): where a sequence carries a mask
     (`Embedding(mask_zero=True)`, `Masking`, the mask a recurrent layer
-    receives), `n_t` is the mean over the examples whose step t is unmasked,
-    and NaN where step t is masked in every example. `reach` skips NaN
-    steps, so it counts unmasked steps only.
+    receives), entry `T - 1 - d` is the mean of `||d loss_i / d s_{i,t}||`
+    over the examples with more than `d` unmasked steps, at their `d`-th
+    unmasked step back from their last, so pre- and post-padded batches
+    give the same norms; the first `T - longest` entries, which no sequence
+    reaches, are NaN. `reach` and `summarize` skip NaN entries, so they count
+    the aligned steps only.
 
     The model runs in training mode, as in a train step (dropout on, batch
     statistics), so `GradientBoard` and `keras_gradkit.diagnose` measure the
@@ -149,13 +333,15 @@ class TimeProbe:
         self._targets = self._build_targets() if self.time else []
         self._backend = backend.get("probe")
         function = self._backend.Function(self._gradients, self.model.variables)
-        args = (_tensors(self.x), _tensors(self.y), _tensors(self.sample_weight))
+        try:
+            args = (_tensors(self.x), _tensors(self.y), _tensors(self.sample_weight))
+        except Exception as e:  # strings on JAX or PyTorch
+            message = self._failure(e, "which the backend cannot convert to tensors", loss=False)
+            raise ValueError(message) from e
         try:
             traced = function.trace(*args, ops.convert_to_tensor(1.0))
         except Exception as e:
-            raise ValueError(
-                f"{self._describe(targets=True)}, on which the model or its loss fails: {e}"
-            ) from e
+            raise ValueError(self._failure(e)) from e
         if not traced:
             self._try_forward()
         self._function, self._args, self._compiled_for = function, args, compiled_for
@@ -168,7 +354,8 @@ class TimeProbe:
 
     def compute(self):
         """A list of `(name, norms, reach)`: the name (`"input"` or the
-        recurrent layer's), a float64 NumPy array `(timesteps,)` and an int."""
+        recurrent layer's), the aligned profile (a float64 NumPy array
+        `(timesteps,)`, see `aligned_profile`) and its `reach`."""
         return self.compute_all()[1]
 
     def compute_all(self):
@@ -177,7 +364,10 @@ class TimeProbe:
         `compute`."""
         self.check()
         scale = _loss_scale(self.model)
-        outputs = self._function(*self._args, ops.convert_to_tensor(scale))
+        try:
+            outputs = self._function(*self._args, ops.convert_to_tensor(scale))
+        except Exception as e:  # raised when the traced function runs (a token id out of range)
+            raise ValueError(self._failure(e)) from e
         variable_norms = {}
         if self.variables:
             values, outputs = outputs[0], outputs[1:]
@@ -188,8 +378,10 @@ class TimeProbe:
         found = {}
         for target, target_outputs in zip(self._targets, outputs):
             grad, *mask = (ops.convert_to_numpy(t) for t in target_outputs)
-            norms = _per_step_norms(np.asarray(grad, "float64") / scale, mask[0] if mask else None)
-            found[target.name] = (target.name, norms, reach(norms))
+            profile = aligned_profile(
+                step_norms(np.asarray(grad, "float64") / scale), mask[0] if mask else None
+            )
+            found[target.name] = (target.name, profile, reach(profile))
         results = [
             (name, *found.get(name, found.get("input"))[1:])
             for name in self._names
@@ -198,23 +390,19 @@ class TimeProbe:
         return variable_norms, results
 
     # ------------------------------------------------------------ checks
-    def _describe(self, targets=False):
+    def _describe(self):
+        """What the argument holds, to begin the messages."""
         if not self.time:
-            shapes = keras.tree.map_structure(lambda a: a.shape, self.x)
-            text = f"Argument `{self._argument}` holds inputs of shape {shapes}"
-            if targets:
-                text += (
-                    f" and targets of shape {keras.tree.map_structure(lambda a: a.shape, self.y)}"
-                )
-            return text
+            return f"Argument `{self._argument}` holds inputs of shape {describe_shapes(self.x)}"
         kind = "token ids" if self._tokens else "sequences"
-        text = (
+        return (
             f"Argument `{self._argument}` holds {kind} of shape {self.x.shape} "
             f"(dtype {self.x.dtype})"
         )
-        if targets:
-            text += f" and targets of shape {keras.tree.map_structure(lambda a: a.shape, self.y)}"
-        return text
+
+    def _failure(self, error, what="on which the model or its loss fails", loss=True):
+        """The message of `error`, raised by the model or (`loss`) its loss on the probe."""
+        return failure_message(self._describe(), self.y, error, what, loss)
 
     def _check_shape(self):
         inputs = graph.model_inputs(self.model)
@@ -241,22 +429,7 @@ class TimeProbe:
             )
 
     def _try_forward(self):
-        first = lambda a: ops.convert_to_tensor(a[:1] if a.ndim else a)  # noqa: E731
-        x = keras.tree.map_structure(first, self.x)
-        y = keras.tree.map_structure(first, self.y)
-        kept = backend.get("probe").kept_random_state()
-        with warnings.catch_warnings(), kept, keras.StatelessScope():
-            warnings.simplefilter("ignore")
-            try:
-                y_pred = self.model(x, training=True)
-            except Exception as e:
-                raise ValueError(f"{self._describe()}, which the model cannot take: {e}") from e
-            try:
-                self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-            except Exception as e:
-                raise ValueError(
-                    f"{self._describe(targets=True)}, which the model's loss cannot take: {e}"
-                ) from e
+        check_forward(self.model, self.x, self.y, self._describe())
 
     # ----------------------------------------------------------- targets
     def _build_targets(self):
@@ -423,14 +596,7 @@ def _same(a, b):
     return a[0] is b[0] and a[1] == b[1]
 
 
-def _per_step_norms(grad, mask):
-    """mean_i ||grad_{i,t}|| over the unmasked examples at each t (NaN where none is)."""
-    grad = np.asarray(grad, dtype="float64")
-    axes = tuple(range(2, grad.ndim))
-    per_step = np.sqrt(np.sum(np.square(grad), axis=axes)) if axes else np.abs(grad)
-    if mask is None:
-        return per_step.mean(axis=0)
-    weights = np.asarray(mask, dtype="float64")
-    counts = weights.sum(axis=0)
-    totals = (per_step * weights).sum(axis=0)
-    return np.divide(totals, counts, out=np.full(counts.shape, np.nan), where=counts > 0)
+def describe_shapes(structure, limit=120):
+    """The shapes of a structure of arrays, at most `limit` characters."""
+    text = str(keras.tree.map_structure(lambda a: tuple(np.shape(a)), structure))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
