@@ -54,6 +54,10 @@ def test_demo_writes_both_runs_quietly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     assert result.stderr == "", result.stderr[-3000:]
     assert f"--logdir {logdir}" in result.stdout and "time_gradient/input" in result.stdout
+    # What the doctor found, per run, and where to see it.
+    assert "The gradient doctor (TensorBoard's Text dashboard, tag `diagnosis`):" in result.stdout
+    assert re.search(r"^    IndRNN .+$", result.stdout, re.M)
+    assert re.search(r"^    LSTM .+$", result.stdout, re.M)
     for run in ("indrnn_T12", "lstm_T12"):
         tags, acc = tensor_tags(logdir / run)
         assert tags["gradient_norm/global"] == "scalars"

@@ -73,7 +73,8 @@ def test_two_devices_give_the_single_device_weights_and_global_norm(tmp_path):
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        # After the suite's own flags (tests/conftest.py), if any.
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
         PYTHONPATH=ROOT,
     )
     code, output = _run([sys.executable, "-c", _TWO_DEVICES, str(tmp_path)], env, timeout=240)

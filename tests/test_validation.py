@@ -97,6 +97,11 @@ CASES = [
     ("histogram_freq", 1.5, TypeError),
     ("write_plots", 1, TypeError),
     ("policies", [1], TypeError),
+    ("state_dim", 2.5, TypeError),
+    ("state_dim", 0, ValueError),
+    ("r_max", 1.5, ValueError),
+    ("r_max", "1", TypeError),
+    ("max_phase", 0.0, ValueError),
 ]
 
 
@@ -108,6 +113,7 @@ def _required_arguments(cls):
         "kernel_size": 2,
         "max_timesteps": 10,
         "max_value": 1.0,
+        "state_dim": 4,
     }
     required = {
         name: values[name]
