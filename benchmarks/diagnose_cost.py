@@ -46,15 +46,19 @@ Part 2, GradientBoard's overhead (`--part overhead`), the setting of
 `benchmarks/gradboard_overhead.py` (2 x LSTM(64) -> Dense(1), T = 50, batch
 32, 20 steps per epoch, MSE, Adam, `jit_compile="auto"`): plain `fit`, Keras
 `TensorBoard(histogram_freq=1)`, `GradientBoard(histogram_freq=1,
-write_plots=False, diagnose=False)` and the same with `diagnose=True` (the
-checks, their Text summary `diagnosis`), each its own model, one untimed
+write_plots=False, diagnose=False)`, the same with `diagnose=True` (the
+checks, their Text summary `diagnosis`) and with `diagnose=True,
+probe=(x[:32], y[:32])` (the checks with their forward pass over the probe
+batch: dead and saturated units, non-finite outputs, the data's scale, the
+output against the loss), each its own model, one untimed
 warm-up `fit`, then round-robin (order rotated each round) one long `fit`
 (`--epochs` epochs in one call) and `--calls` one-epoch `fit` calls. Ratio =
 minimum over the rounds / the plain fit's minimum, as in
 `gradboard_overhead.py`, whose target is GradientBoard's ratio no more than
 Keras TensorBoard's. Inside the same fits, the board's `on_epoch_end` is timed
 per epoch, and with the checks its `_check` (the diagnosis and its Text
-summary) and `_epoch_logs` (the keys added to Keras's logs).
+summary, the forward pass included) and `_epoch_logs` (the keys added to
+Keras's logs).
 
     python benchmarks/diagnose_cost.py --backend all                # 1-2 min per backend on 2 quiet cores, PyTorch 2-5
     python benchmarks/diagnose_cost.py --backend all --quick        # small sizes, a check that it runs
@@ -83,6 +87,9 @@ PLAIN = "plain fit"
 TENSORBOARD = "keras TensorBoard"
 BOARD_OFF = "GradientBoard, diagnose=False"
 BOARD_ON = "GradientBoard, diagnose=True"
+BOARD_PROBE = "GradientBoard, diagnose=True, probe"
+BOARDS = (BOARD_OFF, BOARD_ON, BOARD_PROBE)
+PROBE_ROWS = 32
 MODES = {"long": "one long fit", "repeated": "repeated 1-epoch fits"}
 
 
@@ -548,8 +555,9 @@ class Overhead:
             return []
         if config == TENSORBOARD:
             return [keras.callbacks.TensorBoard(d, histogram_freq=1)]
+        probe = (self.x[:PROBE_ROWS], self.y[:PROBE_ROWS]) if config == BOARD_PROBE else None
         board = gk.callbacks.GradientBoard(
-            d, histogram_freq=1, write_plots=False, diagnose=config == BOARD_ON
+            d, histogram_freq=1, write_plots=False, diagnose=config != BOARD_OFF, probe=probe
         )
         self.wrap(config, board, "on_epoch_end")
         # Private names (update them if they change): the checks and the logs.
@@ -582,7 +590,7 @@ class Overhead:
     def _run(self, log_root):
         a = self.args
         runs = {}
-        for config in (PLAIN, TENSORBOARD, BOARD_OFF, BOARD_ON):
+        for config in (PLAIN, TENSORBOARD, *BOARDS):
             model = self.build()
             callbacks = self.callbacks(config, log_root)
             first, _ = timed(lambda: self.fit(model, callbacks, 1))  # noqa: B023  (called at once)
@@ -656,7 +664,7 @@ class Overhead:
             limit = ratio[mode, TENSORBOARD]
             checks = [
                 f"{n} {ratio[mode, n]:.3f} ({'met' if ratio[mode, n] <= limit else 'NOT met'})"
-                for n in (BOARD_OFF, BOARD_ON)
+                for n in BOARDS
             ]
             on_off = ratio[mode, BOARD_ON] / ratio[mode, BOARD_OFF]
             print(
@@ -665,7 +673,7 @@ class Overhead:
                 + f"; diagnose=True / diagnose=False {on_off:.3f}"
             )
         print("\nthe board's own calls inside the timed fits, ms per epoch (median / min, count):")
-        for config in (BOARD_OFF, BOARD_ON):
+        for config in BOARDS:
             for key, values in self.inner[config].items():
                 if values:
                     print(
@@ -674,15 +682,16 @@ class Overhead:
         for (config, key), count in self.failures.items():
             print(f"  FAILED: {config}: {key} raised {count} time(s); its times are not valid")
         off = self.inner[BOARD_OFF]["on_epoch_end"]
-        on = self.inner[BOARD_ON]["on_epoch_end"]
-        if off and on:
-            per_epoch = med(on) - med(off)
-            step = min(wall["long", PLAIN])
-            print(
-                f"  on_epoch_end, diagnose=True minus diagnose=False: {per_epoch:+.2f} ms per epoch "
-                f"= {per_epoch / (step * a.steps) * 100:+.2f}% of a {a.steps}-step epoch of the plain fit "
-                f"({step:.2f} ms/step)"
-            )
+        step = min(wall["long", PLAIN])
+        for config in (BOARD_ON, BOARD_PROBE):
+            on = self.inner[config]["on_epoch_end"]
+            if off and on:
+                per_epoch = med(on) - med(off)
+                print(
+                    f"  on_epoch_end, {config.split(', ', 1)[1]} minus diagnose=False: "
+                    f"{per_epoch:+.2f} ms per epoch = {per_epoch / (step * a.steps) * 100:+.2f}% of a "
+                    f"{a.steps}-step epoch of the plain fit ({step:.2f} ms/step)"
+                )
         sys.stdout.flush()
 
 

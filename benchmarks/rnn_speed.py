@@ -1,10 +1,15 @@
-"""Times IndRNN training steps in `model.fit`, the path users run.
+"""Times recurrent layers' training steps in `model.fit`, the path users run.
 
 Compares, in one run, on the same data and backend:
 
 - `keras_gradkit.layers.IndRNN` (the fast layer),
 - `keras.layers.RNN(keras_gradkit.layers.IndRNNCell)` (the cell in Keras's loop),
 - `keras.layers.LSTM`,
+- `keras_gradkit.layers.MUT1` (a gated cell in Keras's loop, as LSTM),
+- `keras_gradkit.layers.MinGRU` and `LRU` in both modes (`mode="parallel"`,
+  an associative scan, and `mode="sequential"`, a loop), and `MinLSTM` in
+  the parallel mode. `LRU` keeps the width of its input, so its model
+  projects the input to `units` first (`Dense(units) -> LRU(units)`);
 - `fit overhead`: the same model without the recurrent layer (the time
   steps averaged, then `Dense(1)`), i.e. what `fit` costs around the layer;
 - the floor: the IndRNN recurrence's forward and backward pass, input
@@ -22,6 +27,7 @@ so the epoch's setup, which users spread over many steps, stays out; the
 table reports the median over the epochs.
 
     KERAS_BACKEND=jax python benchmarks/rnn_speed.py
+    python benchmarks/rnn_speed.py --backend all --layers gk.IndRNN LSTM MUT1 "MinGRU parallel"
     python benchmarks/rnn_speed.py --backend torch --timesteps 100 1000 3000
 
 numba is a benchmark-only dependency: `pip install numba`.
@@ -41,7 +47,7 @@ def parse_args():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None)
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch", "all"], default=None)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--units", type=int, default=128)
     parser.add_argument("--features", type=int, default=2)
@@ -67,15 +73,17 @@ def parse_args():
 
 
 ARGS = parse_args()
-if ARGS.backend:
-    os.environ["KERAS_BACKEND"] = ARGS.backend
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _per_backend import dispatch  # noqa: E402
 
-import keras
-import numpy as np
+if dispatch(ARGS.backend, __file__):
+    sys.exit(0)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import keras_gradkit as gk
+import keras_gradkit as gk  # noqa: E402
 
 FLOOR_REPEATS = 9
 # The same loop measured either about 23 or about 32 ms at T = 1000 depending
@@ -87,10 +95,26 @@ LAYERS = {
     "gk.IndRNN": lambda units: gk.layers.IndRNN(units),
     "RNN(IndRNNCell)": lambda units: keras.layers.RNN(gk.layers.IndRNNCell(units)),
     "LSTM": lambda units: keras.layers.LSTM(units),
+    "MUT1": lambda units: gk.layers.MUT1(units),
+    "MinGRU parallel": lambda units: gk.layers.MinGRU(units, mode="parallel"),
+    "MinGRU sequential": lambda units: gk.layers.MinGRU(units, mode="sequential"),
+    "MinLSTM parallel": lambda units: gk.layers.MinLSTM(units, mode="parallel"),
+    "LRU parallel": lambda units: _projected(gk.layers.LRU(units, mode="parallel"), units),
+    "LRU sequential": lambda units: _projected(gk.layers.LRU(units, mode="sequential"), units),
     # No recurrence: what `fit` costs around the layer (data, Dense, loss,
     # optimizer, callbacks). The floor has none of it.
     "fit overhead": lambda units: keras.layers.GlobalAveragePooling1D(),
 }
+
+
+# The two modes of one layer, whose ratio the table ends with.
+MODE_PAIRS = (("MinGRU parallel", "MinGRU sequential"), ("LRU parallel", "LRU sequential"))
+
+
+def _projected(layer, units):
+    """`Dense(units)` then `layer`: the LRU keeps its input's width."""
+    dense = keras.layers.Dense(units)
+    return lambda inputs: layer(dense(inputs))
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -238,6 +262,20 @@ def print_targets(rows):
         print(f"  T = {timesteps}: " + "; ".join(checks))
 
 
+def print_modes(rows):
+    """Each linear recurrence's sequential step time over its parallel one:
+    above 1, the parallel scan is faster."""
+    lines = []
+    for timesteps, result, _ in rows:
+        for parallel, sequential in MODE_PAIRS:
+            if parallel in result and sequential in result:
+                ratio = result[sequential][0] / result[parallel][0]
+                lines.append(f"  T = {timesteps}: {sequential} / {parallel} {ratio:.2f}x")
+    if lines:
+        print("\nsequential / parallel (above 1: the parallel scan is faster):")
+        print("\n".join(lines))
+
+
 def main(args):
     names = args.layers or list(LAYERS)
     header(args)
@@ -269,6 +307,7 @@ def main(args):
             flush=True,
         )
     print_targets(rows)
+    print_modes(rows)
     load = os.getloadavg()
     print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("'vs gk.IndRNN': this layer's time over gk.IndRNN's (above 1: gk.IndRNN is faster).")

@@ -1,4 +1,5 @@
-"""The adding problem of the IndRNN paper: IndRNN against LSTM and SimpleRNN.
+"""The adding problem of the IndRNN paper: IndRNN against LSTM, SimpleRNN and
+the recurrent layers for long sequences (MUT1-3, minGRU, minLSTM, LRU).
 
 Each input has two channels of length T: values drawn from U(0, 1), and a
 marker channel that is 1 at two positions (one in each half of the sequence)
@@ -9,12 +10,26 @@ baseline a model must beat to have learned anything.
     python examples/adding_problem.py --model indrnn --seq-len 500 --steps 3000
     python examples/adding_problem.py --demo            # what `make demo` runs
     python examples/adding_problem.py --model lstm --seq-len 500 --steps 200 --gradboard
+    python examples/adding_problem.py --model mingru --seq-len 1000 --steps 300 --reach
 
 With `--gradboard`, `keras_gradkit.callbacks.GradientBoard` also writes
 gradient histograms, norms, clipping statistics and the gradient of the loss
 with respect to each time step (on a probe batch of validation sequences) to
 the same log directory, and the time-gradient reach is printed at the end;
 `--time-gradient-png FILE` saves the last time-gradient plot as a PNG.
+With `--reach`, `keras_gradkit.diagnose` measures on the probe batch how many
+steps back from the last one the gradient of the loss arrives (its reach,
+out of T), at initialization and after training, and both are printed.
+
+`--model mut1`, `mut2`, `mut3` stack `keras_gradkit.layers.MUT1` ... `MUT3`
+(Jozefowicz et al. 2015), `mingru` and `minlstm` stack `MinGRU` and
+`MinLSTM` (Feng et al. 2024), and `lru` is `Dense(units, relu)` (a linear
+recurrence alone cannot multiply a value by its marker) then `LRU` layers
+(Orvieto et al. 2023) with the paper's long-range ring, |λ| in [0.9, 0.999]
+and phases up to π/10, joined by `Dense(units, gelu)`; one layer each by
+default. The table of the guide "Recurrent layers for long sequences"
+(docs/guides/long_sequences.md) was measured with this script, `--reach`, on
+a reduced budget it states.
 
 Hyperparameters follow the paper and its official adding-problem code
 (`Sunnydreamrain/IndRNN_Theano_Lasagne`, `adding/adding.py`) where they are
@@ -47,7 +62,18 @@ import numpy as np
 import keras_gradkit as gk
 
 BASELINE_MSE = 1.0 / 6.0
-DEFAULT_LR = {"indrnn": 2e-4, "lstm": 2e-3, "simplernn": 2e-3}
+DEFAULT_LR = {
+    "indrnn": 2e-4,
+    "lstm": 2e-3,
+    "simplernn": 2e-3,
+    "mut1": 2e-3,
+    "mut2": 2e-3,
+    "mut3": 2e-3,
+    "mingru": 2e-3,
+    "minlstm": 2e-3,
+    "lru": 1e-3,
+}
+MODELS = tuple(DEFAULT_LR)
 
 
 def adding_batch(rng, batch_size, seq_len):
@@ -109,10 +135,42 @@ def build_model(kind, seq_len, units, num_layers, grad_clipping=None):
     elif kind == "simplernn":
         for i in range(num_layers):
             x = keras.layers.SimpleRNN(units, return_sequences=i < num_layers - 1)(x)
+    elif kind in ("mut1", "mut2", "mut3", "mingru", "minlstm"):
+        layer = {"mingru": gk.layers.MinGRU, "minlstm": gk.layers.MinLSTM}.get(kind)
+        layer = layer or getattr(gk.layers, kind.upper())
+        for i in range(num_layers):
+            x = layer(units, return_sequences=i < num_layers - 1)(x)
+    elif kind == "lru":
+        x = build_lru_stack(x, units, num_layers)
     else:
-        raise ValueError(f"Argument `--model` must be indrnn, lstm or simplernn. Received: {kind}")
+        raise ValueError(f"Argument `--model` must be one of {', '.join(MODELS)}. Received: {kind}")
     outputs = keras.layers.Dense(1)(x)
     return keras.Model(inputs, outputs, name=f"adding_{kind}")
+
+
+def build_lru_stack(x, units, num_layers):
+    """`Dense(units, relu)`, then `num_layers` LRU layers of `units` states
+    joined by `Dense(units, gelu)`; the last returns its last output."""
+    x = keras.layers.Dense(units, activation="relu", name="encoder")(x)
+    for i in range(num_layers):
+        if i:
+            x = keras.layers.Dense(units, activation="gelu")(x)
+        x = gk.layers.LRU(
+            units,
+            r_min=0.9,
+            r_max=0.999,
+            max_phase=np.pi / 10,
+            return_sequences=i < num_layers - 1,
+            name=f"lru_{i}",
+        )(x)
+    return x
+
+
+def time_reach(model, x, y):
+    """`{sequence: reach}` of `keras_gradkit.diagnose` on the batch `(x, y)`:
+    how many steps back from the last one the gradient arrives."""
+    report = gk.diagnose(model, x, y)
+    return {name: s["reach"] for name, s in report.measures.get("time", {}).items()}
 
 
 class PrintValidation(keras.callbacks.Callback):
@@ -151,13 +209,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", choices=["indrnn", "lstm", "simplernn"], default="indrnn")
+    parser.add_argument("--model", choices=MODELS, default="indrnn")
     parser.add_argument("--seq-len", type=int, default=100)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--units", type=int, default=128)
     parser.add_argument("--layers", type=int, default=None, help="2 for indrnn, 1 otherwise")
-    parser.add_argument("--lr", type=float, default=None, help="2e-4 for indrnn, 2e-3 otherwise")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="2e-4 for indrnn, 1e-3 for lru, 2e-3 otherwise"
+    )
     parser.add_argument(
         "--clipping",
         choices=["official", "global-norm"],
@@ -188,6 +248,11 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--probe-size", type=int, default=16, help="probe batch of the time gradient"
+    )
+    parser.add_argument(
+        "--reach",
+        action="store_true",
+        help="print the gradient's reach through time at initialization and after training",
     )
     parser.add_argument(
         "--time-gradient-png", default=None, help="with --gradboard: save the last plot here"
@@ -228,10 +293,12 @@ def main(argv=None):
         f"logs in {logdir}",
         flush=True,
     )
+    probe = (val_x[: args.probe_size], val_y[: args.probe_size])
+    if args.reach:
+        print_reach("initialization", time_reach(model, *probe), args.seq_len)
     printer = PrintValidation(args.eval_every, args.max_minutes, args.target_mse)
     callbacks = [keras.callbacks.TensorBoard(logdir), printer]
     if args.gradboard:
-        probe = (val_x[: args.probe_size], val_y[: args.probe_size])
         callbacks.append(gk.callbacks.GradientBoard(logdir, time_probe=probe))
     start = time.perf_counter()
     history = model.fit(
@@ -251,9 +318,19 @@ def main(argv=None):
         f"{wall:.0f} s | final val MSE {final:.4f} | best {best:.4f} | baseline {BASELINE_MSE:.3f} |",
         flush=True,
     )
+    if args.reach:
+        print_reach("after training", time_reach(model, *probe), args.seq_len)
     if args.gradboard:
         report_time_gradient(logdir, args.seq_len, args.time_gradient_png)
     return final
+
+
+def print_reach(when, reaches, seq_len):
+    print(
+        f"REACH | {when} | "
+        + ", ".join(f"{name}: {steps} of T={seq_len}" for name, steps in reaches.items()),
+        flush=True,
+    )
 
 
 def report_time_gradient(logdir, seq_len, png_path=None):

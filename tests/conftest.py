@@ -112,56 +112,50 @@ def pytest_collection_modifyitems(config, items):
 
 
 # The tests that take tens of seconds on 2 cores: (`file::test` or a prefix of
-# it, "shared" when the tests share a module-scoped fixture that must run
-# once, the backends it costs time on, its rough CPU seconds). Under
-# pytest-xdist each worker's queue starts with its share of them (the
-# heaviest first, each to the least loaded worker) so that none of them is
-# what one worker still runs while the other has finished, and a shared
-# fixture's tests stay in one worker's queue, out of reach of work
-# stealing (which takes from the end of a queue). Only the order changes;
-# a test missing from this list is only scheduled later.
+# it, a group name for tests that share a module-scoped fixture, which must
+# run once, the backends it costs time on, its rough CPU seconds: per test,
+# or per group, its fixture). Under pytest-xdist each worker's queue starts
+# with its share of them (the heaviest first, each to the least loaded
+# worker) so that none of them is what one worker still runs while the
+# other has finished, and a group stays in one worker's queue, out of reach
+# of work stealing (which takes from the end of a queue). Only the order
+# changes; a test missing from this list is only scheduled later.
 _ALL = ("tensorflow", "jax", "torch")
+_SAVED = "test_gradient_board_trust.py::TestGradientBoardTrust::test_"
 SLOW_TESTS = (
-    ("test_train_export_serve.py", "shared", ("tensorflow",), 60),
-    ("test_demo.py::test_demo_writes_both_runs_quietly", "", ("tensorflow",), 25),
-    ("test_multi_worker.py", "shared", ("tensorflow",), 25),
-    ("test_optimizers_distributed.py", "shared", ("tensorflow",), 20),
-    ("test_distribution_jax.py", "", ("jax",), 30),
-    ("test_docs.py::test_markdown_code_blocks_run[README.md]", "", _ALL, 22),
-    ("test_docs.py::test_markdown_code_blocks_run", "", _ALL, 8),
+    ("test_train_export_serve.py", "export", ("tensorflow",), 50),
+    ("test_multi_worker.py", "multi_worker", ("tensorflow",), 25),
+    ("test_optimizers_distributed.py", "mirrored", ("tensorflow",), 20),
+    (_SAVED + "saved_and_reloaded_state_is_the_same_with_or_without", "saved", _ALL, 25),
+    (_SAVED + "optimizer_variable_paths_are_the_same_with_or_without", "saved", _ALL, 25),
+    ("test_demo.py::test_demo_writes_both_runs_quietly", "", ("tensorflow",), 22),
+    ("test_distribution_jax.py::test_two_processes_on_loopback", "", ("jax",), 30),
+    ("test_distribution_jax.py::test_two_devices", "", ("jax",), 10),
+    ("test_docs.py::test_markdown_code_blocks_run[README.md]", "", _ALL, 15),
+    ("test_docs.py::test_markdown_code_blocks_run", "", _ALL, 5),
+    ("test_gradient_board_workflow.py::test_preemption_ends_as_an_uninterrupted_run", "", _ALL, 18),
+    ("test_conftest_guard.py::test_guard_fails_marked_tests_that_touch_the_backend", "", _ALL, 8),
+    ("test_conftest_guard.py::test_marked_tests_are_deselected_on_other_backends", "", _ALL, 8),
+    ("test_gradient_board_workflow.py::test_saved_model_reloads_with_the_users", "", _ALL, 6),
     (
-        "test_gradient_board_trust.py::TestGradientBoardTrust::"
-        "test_saved_and_reloaded_state_is_the_same_with_or_without_the_board",
-        "shared",
-        _ALL,
-        25,
-    ),
-    ("test_gradient_board_workflow.py::test_preemption_writes_at_the_true_step", "", _ALL, 20),
-    (
-        "test_gradient_board_trust.py::TestGradientBoardTrust::"
-        "test_backup_and_restore_after_sigkill_ends_as_an_uninterrupted_run",
+        "test_gradient_board_workflow.py::test_everything_is_written_and_read_back",
         "",
-        _ALL,
-        20,
+        ("jax", "torch"),
+        7,
     ),
-    ("test_conftest_guard.py::test_guard_fails_marked_tests_that_touch_the_backend", "", _ALL, 9),
-    ("test_conftest_guard.py::test_marked_tests_are_deselected_on_other_backends", "", _ALL, 9),
-    ("test_gradient_board_workflow.py::test_saved_model_reloads_with_the_users", "", _ALL, 9),
-    ("test_gradient_board_workflow.py::test_everything_is_written_and_read_back", "", _ALL, 9),
     ("test_examples.py", "", _ALL, 8),
+    ("test_gradient_board_integration.py::test_mirrored_strategy", "", ("tensorflow",), 8),
 )
 
 
 def _slow_entry(item):
-    """The longest SLOW_TESTS entry that names `item` on this backend, or None."""
+    """The longest SLOW_TESTS prefix of `item`'s `file::test` on this backend, or None."""
     path, _, test = item.nodeid.partition("::")
     name = f"{path.rsplit('/', 1)[-1]}::{test}"
     found = None
     for entry in SLOW_TESTS:
         prefix, _, backends, _ = entry
-        if BACKEND in backends and (
-            name == prefix or name.startswith((prefix + "::", prefix + "["))
-        ):
+        if BACKEND in backends and name.startswith(prefix):
             if found is None or len(prefix) > len(found[0]):
                 found = entry
     return found
@@ -178,9 +172,9 @@ def _slow_tests_first(items, workers, dist):
         if entry is None or item.get_closest_marker("skip") is not None:
             rest.append(item)
             continue
-        prefix, shared, _, cost = entry
-        # A shared group costs its fixture once; other entries cost that much per test.
-        key = prefix if shared == "shared" else item.nodeid
+        _, group, _, cost = entry
+        # A group costs its fixture once; other entries cost that much per test.
+        key = group or item.nodeid
         groups.setdefault(key, (cost, []))[1].append(item)
     costed = sorted(groups.values(), key=lambda cost_group: -cost_group[0])  # stable
     if dist != "worksteal":

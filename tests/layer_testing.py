@@ -5,6 +5,7 @@ public API (as keras-hub does), plus the check that an exported SavedModel is
 served by a fresh process that cannot import keras_gradkit.
 """
 
+import atexit
 import json
 import os
 import subprocess
@@ -47,9 +48,14 @@ def assert_keras_file_round_trip(model, inputs, tmp_path, name="model.keras"):
     return loaded
 
 
+# The serving process: fresh (it never imported keras_gradkit, and cannot),
+# started once per test process and reused by every export test, since its
+# start (importing TensorFlow) costs more than serving a small model. Each
+# request is a line `export_dir<TAB>inputs.npz<TAB>outputs.npz`; it answers
+# `ok` or `error <message>` on a line of its own.
 _SERVE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys
+    import importlib.abc, sys, traceback
 
     class _Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -61,19 +67,54 @@ _SERVE_SCRIPT = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
 
-    export_dir, in_path, out_path = sys.argv[1:4]
-    loaded = tf.saved_model.load(export_dir)
-    data = np.load(in_path)
-    inputs = [tf.constant(data[k]) for k in sorted(data.files)]
-    outputs = loaded.serve(*inputs)
-    if not isinstance(outputs, (list, tuple)):
-        outputs = [outputs]
-    signature = loaded.signatures["serving_default"]
-    assert signature is not None
-    assert not any(m.startswith("keras_gradkit") for m in sys.modules)
-    np.savez(out_path, *[o.numpy() for o in outputs])
+    def serve(export_dir, in_path, out_path):
+        loaded = tf.saved_model.load(export_dir)
+        data = np.load(in_path)
+        inputs = [tf.constant(data[k]) for k in sorted(data.files)]
+        outputs = loaded.serve(*inputs)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        signature = loaded.signatures["serving_default"]
+        assert signature is not None
+        assert not any(m.startswith("keras_gradkit") for m in sys.modules)
+        np.savez(out_path, *[o.numpy() for o in outputs])
+
+    for line in sys.stdin:
+        try:
+            serve(*line.rstrip("\\n").split("\\t"))
+            answer = "ok"
+        except Exception:
+            answer = "error " + traceback.format_exc().replace("\\n", " | ")
+        print(answer, flush=True)
     """
 )
+
+_server = None
+
+
+def _serving_process():
+    """The test process's serving process, started on first use."""
+    global _server
+    if _server is None or _server.poll() is not None:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        _server = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_SCRIPT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        atexit.register(_server.kill)
+    return _server
+
+
+def _serve(export_dir, in_path, out_path):
+    server = _serving_process()
+    server.stdin.write(f"{export_dir}\t{in_path}\t{out_path}\n")
+    server.stdin.flush()
+    answer = server.stdout.readline().strip()
+    assert answer == "ok", answer or f"the serving process ended (exit code {server.wait()})"
 
 
 def assert_export_serves(model, inputs, tmp_path, atol=1e-5, rtol=1e-5):
@@ -86,16 +127,7 @@ def assert_export_serves(model, inputs, tmp_path, atol=1e-5, rtol=1e-5):
     out_path = os.path.join(tmp_path, "serve_outputs.npz")
     arrays = _numpy(inputs)
     np.savez(in_path, **{f"x{i:02d}": a for i, a in enumerate(arrays)})
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [sys.executable, "-c", _SERVE_SCRIPT, export_dir, in_path, out_path],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    _serve(export_dir, in_path, out_path)
     served = np.load(out_path)
     served = [served[k] for k in sorted(served.files, key=lambda k: int(k.split("_")[1]))]
     expected = _numpy(model(inputs))

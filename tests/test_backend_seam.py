@@ -23,6 +23,7 @@ FRAMEWORKS = ("tensorflow", "jax", "torch")
 BACKEND_MODULES = (
     "distribute",
     "ind_recurrence",
+    "linear_recurrence",
     "probe",
     "recording",
     "sparse",

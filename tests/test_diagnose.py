@@ -410,7 +410,10 @@ class TestDiagnose:
         initial = initial_weights(family)
         model = build()
         gradients = LossGradients(model)
-        for seed, weights in zip(SEEDS, initial):
+        # Every seed at the first batch size; the others, which prove the
+        # same measures on a batch of another size, with the first seed.
+        seeds = SEEDS if batch_size == BATCH_SIZES[0] else SEEDS[:1]
+        for seed, weights in zip(seeds, initial):
             model.set_weights(weights)
             x, y = data(batch_size, seed)
             try:

@@ -11,6 +11,9 @@ import keras
 import numpy as np
 import pytest
 
+import keras_gradkit as gk
+from keras_gradkit import _cache
+from keras_gradkit.diagnostics import activations
 from keras_gradkit.diagnostics.activations import (
     ActivationMeasures,
     LayerActivation,
@@ -18,6 +21,7 @@ from keras_gradkit.diagnostics.activations import (
 )
 from keras_gradkit.layers import IndRNN, WeightNormalization
 
+BACKEND = keras.backend.backend()
 BATCH = 16
 # One width for the hidden layers of every test: under JAX each eager op
 # compiles once per shape, so shared shapes keep the file fast.
@@ -391,6 +395,43 @@ class TestActivationMeasures:
         measures = measure_activations(model, positive_batch(5))
         assert model.built
         assert [e.layer for e in measures.layers] == ["hidden"]
+
+    def test_the_traced_pass_is_reused_and_reads_the_current_weights(self):
+        # An eager pass costs several training steps on TensorFlow and JAX
+        # (GradientBoard runs one at every check): the pass is traced once.
+        inputs = keras.Input((5,))
+        hidden = keras.layers.Dense(UNITS, name="hidden")(inputs)
+        relu = keras.layers.ReLU(name="relu")(hidden)
+        model = keras.Model(inputs, keras.layers.Dense(3, activation="tanh", name="out")(relu))
+        x = positive_batch(5)
+        first = measure_activations(model, x)
+        traced = _cache.get(model, "activations_pass")
+        kernel, bias = model.get_layer("hidden").get_weights()
+        bias[:2] = -50.0  # two units dead, for the next pass only
+        model.get_layer("hidden").set_weights([kernel, bias])
+
+        second = measure_activations(model, x)
+
+        assert _cache.get(model, "activations_pass") is traced and traced.usable
+        assert traced._function.trace_count == (0 if BACKEND == "torch" else 1)
+        eager = activations._measure(model, *activations._eager_pass(model, x, True))
+        assert second == eager and second != first
+        relu_found = by_name(second)["relu"]
+        assert relu_found.source == "hidden"
+        assert relu_found.dead_fraction == dead_fraction(numpy_dense(model.layers[1], x, "relu"))
+
+    def test_gradient_board_traces_the_pass_once_for_all_its_checks(self, tmp_path):
+        model = keras.Sequential(
+            [keras.Input((5,)), keras.layers.Dense(UNITS, activation="relu"), keras.layers.Dense(1)]
+        )
+        model.compile(optimizer="sgd", loss="mse")
+        x = positive_batch(5)
+        y = np.ones((BATCH, 1), "float32")
+        board = gk.callbacks.GradientBoard(tmp_path, probe=(x, y), write_plots=False)
+        model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[board])
+        traced = _cache.get(model, "activations_pass")
+        assert traced.usable
+        assert traced._function.trace_count == (0 if BACKEND == "torch" else 1)
 
     @pytest.mark.parametrize("activation", ["relu", "relu6"])
     def test_units_dead_by_their_bias_give_the_exact_fraction(self, activation):

@@ -201,6 +201,19 @@ class TestKindsFlagTheBugNotTheFix:
         assert not {"unchanged_weights", "loss_not_decreasing"} & {f.kind for f in board.findings}
 
 
+def test_a_model_with_every_layer_frozen_has_a_zero_gradient():
+    # No trainable variable to differentiate: PyTorch's autograd refuses an
+    # empty list, which `diagnose` once passed on as an error.
+    x, y = data(0)
+    model = mlp([keras.layers.Dense(8, "relu")], keras.layers.Dense(1), 0)
+    for layer in model.layers:
+        layer.trainable = False
+    model.compile(optimizer="sgd", loss="mse")
+    report = gk.diagnose(model, x, y)
+    assert kinds(report) == {"zero_gradient"}
+    assert report.measures["gradient_norm"] == 0.0
+
+
 @pytest.mark.backend_free
 def test_saturation_that_explains_a_vanishing_gradient_is_its_evidence():
     layers = [

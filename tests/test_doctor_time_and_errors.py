@@ -620,6 +620,26 @@ class TestDiagnoseErrors:
         found, y, sample_weight = batch.check_batch(model, [[0.0, 1.0, 2.0]])
         assert found.shape == (1, 3) and y is None and sample_weight is None
 
+    def test_weight_regularizer_is_no_error(self):
+        # The batch check runs the loss in a stateless scope, where Keras's
+        # weight regularizers read the value the scope maps to each variable
+        # (examples/deep_rnn.py's official setup decays its kernels).
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((3,)),
+                keras.layers.Dense(4, kernel_regularizer=keras.regularizers.L2(0.1)),
+                keras.layers.Dense(1),
+            ]
+        )
+        model.compile(optimizer="sgd", loss="mse")
+        before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+        x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+        report = gk.diagnose(model, x, np.ones((8, 1), "float32"))
+        assert report.measures["gradient_norm"] > 0
+        for w, old in zip(model.weights, before):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), old)
+
     @pytest.mark.backend_free
     def test_first_batch_converts_and_checks(self):
         x, y, sample_weight = batch.first_batch([[0, 1, 2], [3, 4, 5]], [0.5, 1.0], None)

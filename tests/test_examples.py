@@ -62,7 +62,7 @@ def test_adding_problem(tmp_path):
         "--seq-len",
         "16",
         "--steps",
-        "20",
+        "10",  # one evaluation, one epoch of GradientBoard (its time probe costs seconds each)
         "--eval-every",
         "10",
         "--units",
@@ -144,6 +144,8 @@ def test_normalization(tmp_path):
         "2",
         "--epochs",
         "1",
+        "--batch-size",
+        "2048",  # the whole split in one batch: one train and one test step to compile
         "--variants",
         "groupnorm",
         "--logdir",

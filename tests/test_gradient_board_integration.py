@@ -1,5 +1,6 @@
-"""GradientBoard under `MirroredStrategy` (2 logical CPU devices, in a fresh
-process) and read back by the real TensorBoard server over HTTP."""
+"""GradientBoard read back by the real TensorBoard server over HTTP. (Under
+`MirroredStrategy`: test_optimizers_distributed.py, whose fresh process with
+2 logical CPU devices it shares.)"""
 
 import json
 import os
@@ -12,64 +13,8 @@ import urllib.request
 
 import keras
 import numpy as np
-import pytest
-from test_gradient_board import data, norm, numpy_dense_gradients, read_events, scalar
 
 import keras_gradkit as gk
-
-_MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import os, sys
-    os.environ["KERAS_BACKEND"] = "tensorflow"
-    import tensorflow as tf
-
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    import keras_gradkit as gk
-
-    out_dir = sys.argv[1]
-    data = np.load(os.path.join(out_dir, "data.npz"))
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        keras.utils.set_random_seed(3)
-        model = keras.Sequential(
-            [keras.Input((3,)), keras.layers.Dense(4, activation="tanh", name="hidden"),
-             keras.layers.Dense(2, name="out")], name="net")
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    np.savez(os.path.join(out_dir, "w0.npz"), *model.get_weights())
-    board = gk.callbacks.GradientBoard(os.path.join(out_dir, "logs"))
-    model.fit(data["x"], data["y"], batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[board])
-    print(type(model.optimizer).__name__, strategy.num_replicas_in_sync)
-    """
-)
-
-
-@pytest.mark.tensorflow_only
-def test_mirrored_strategy_logs_the_aggregated_gradient(tmp_path):
-    x, y = data(n=8)
-    np.savez(tmp_path / "data.npz", x=x, y=y)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.split()[-2:] == ["SGD", "2"]  # given back after fit
-    w0 = np.load(tmp_path / "w0.npz")
-    grads = numpy_dense_gradients([w0[f"arr_{i}"] for i in range(4)], x, y)
-    events = read_events(tmp_path / "logs")
-    # The full-batch gradient, not one replica's half (Keras's own clipping sees that).
-    assert scalar(events, "gradient_norm/global") == pytest.approx(norm(grads), rel=1e-5)
-    buckets = events["gradients/net/hidden/kernel"][1][-1][1]
-    assert buckets[:, 2].sum() == 12
-    np.testing.assert_allclose(
-        [buckets[0, 0], buckets[-1, 1]], [grads[0].min(), grads[0].max()], rtol=1e-4
-    )
-
 
 # The real TensorBoard server, started with TensorFlow blocked from import so
 # that it comes up in seconds (it then reads event files with its own reader).

@@ -6,7 +6,6 @@ those of the real steps, checked against NumPy. Runs on every backend."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -258,7 +257,7 @@ def fit_for_saving(case, directory, with_board):
     return model
 
 
-SAVING_CASES = ("float32-adam", "mixed-adam", "mixed-clipped")
+SAVING_CASES = ("float32-adam", "float32-clipped", "mixed-adam", "mixed-clipped")
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +265,8 @@ def saved_with_and_without_the_board(tmp_path_factory):
     """Each of SAVING_CASES trained and saved without and with GradientBoard
     (`<root>/<case>/plain`, `<root>/<case>/board`): what the models held
     after training, and the report of one fresh process that loaded back
-    every file of every case (one process for the three cases: a process
-    per case would import the backend twice more and prove nothing more)."""
+    every file of every case (one process for all cases: a process per case
+    would import the backend again each time and prove nothing more)."""
     root = tmp_path_factory.mktemp("saving")
     trained = {}
     for case in SAVING_CASES:
@@ -280,6 +279,7 @@ def saved_with_and_without_the_board(tmp_path_factory):
                 ],
                 "checksum": checksum(model.optimizer.variables),
                 "weights": [(w.path, to_numpy(w)) for w in model.weights],
+                "paths": [v.path for v in model.optimizer.variables],
             }
     keras.config.set_dtype_policy("float32")
     return root, trained, run_python(_LOAD, root, *SAVING_CASES)
@@ -297,50 +297,6 @@ def assert_same_checksums(got, want, what, names=True):
     np.testing.assert_allclose(
         [g[2:] for g in got], [w[2:] for w in want], rtol=1e-6, atol=1e-6, err_msg=what
     )
-
-
-_RESUMABLE = textwrap.dedent(
-    """
-    import os, signal, sys, warnings
-    if __name__ == "__main__":
-        warnings.simplefilter("always")
-    import keras, numpy as np
-    import keras_gradkit as gk
-
-
-    def train(backup_dir, log_dir, out, kill):
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(32, 3)).astype("float32")
-        y = (rng.normal(size=(32, 2)) * 3).astype("float32")
-        keras.utils.set_random_seed(3)
-        model = keras.Sequential(
-            [keras.Input((3,)), keras.layers.Dense(4, activation="tanh", name="hidden"), keras.layers.Dense(2, name="out")],
-            name="net",
-        )
-        model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
-
-        class KillAfterEpoch1(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if kill and epoch == 1:  # after BackupAndRestore wrote the backup of epoch 1
-                    sys.stdout.flush()
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        callbacks = [keras.callbacks.BackupAndRestore(backup_dir)]
-        if log_dir != "-":
-            callbacks.append(gk.callbacks.GradientBoard(log_dir, histogram_freq=1))
-        callbacks.append(KillAfterEpoch1())
-        model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=callbacks)
-        assert isinstance(model.optimizer, keras.optimizers.Adam), type(model.optimizer)
-        np.savez(out, *model.get_weights(), *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
-        iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        print("iterations", iterations)
-        return iterations
-
-
-    if __name__ == "__main__":
-        train(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "kill")
-    """
-)
 
 
 # ------------------------------------------------------------------- tests
@@ -426,49 +382,19 @@ class TestGradientBoardTrust:
             )  # Keras names a loaded model's slots without the model's name
             assert_same_checksums(loaded["weights"], reference["weights"], f"board/{name} weights")
 
-    @pytest.mark.parametrize(
-        "case", ["float32-adam", "float32-clipped", "mixed-adam", "mixed-clipped"]
-    )
-    def test_optimizer_variable_paths_are_the_same_with_or_without_the_board(self, tmp_path, case):
+    @pytest.mark.parametrize("case", SAVING_CASES)
+    def test_optimizer_variable_paths_are_the_same_with_or_without_the_board(
+        self, saved_with_and_without_the_board, case
+    ):
         # Keras saves optimizer variables by position, not by path, but the
         # paths are what users (and GradientBoard's tags) see.
-        x, y = _sequences()
-        paths = {}
-        for with_board in (False, True):
-            model = build_saving_model(case)
-            callbacks = [gk.callbacks.GradientBoard(tmp_path / "logs")] if with_board else []
-            model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
-            paths[with_board] = [v.path for v in model.optimizer.variables]
-        assert paths[True] == paths[False]
+        _, trained, _ = saved_with_and_without_the_board
+        assert trained[case, "board"]["paths"] == trained[case, "plain"]["paths"]
 
-    # 3. Killed and resumed with BackupAndRestore: the same end as without either.
-    def test_backup_and_restore_after_sigkill_ends_as_an_uninterrupted_run(self, tmp_path):
-        # The run killed midway in a fresh process; the uninterrupted one,
-        # without GradientBoard, here meanwhile.
-        killing = start_python(
-            _RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "kill"
-        )
-        try:
-            reference_iterations = run_in_this_process(
-                _RESUMABLE, "train", str(tmp_path / "b0"), "-", tmp_path / "reference.npz", False
-            )
-        finally:
-            killed = finish(killing)
-        assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
-        assert not (tmp_path / "resumed.npz").exists()
-        resumed = run_python(
-            _RESUMABLE, tmp_path / "b1", tmp_path / "logs", tmp_path / "resumed.npz", "no"
-        )
-        assert resumed.returncode == 0, resumed.stderr[-4000:]
-        assert SKIPPING not in resumed.stdout + resumed.stderr, resumed.stderr[-4000:]
-        assert reference_iterations == 16
-        assert "iterations 16" in resumed.stdout, resumed.stdout
-        want, got = np.load(tmp_path / "reference.npz"), np.load(tmp_path / "resumed.npz")
-        assert len(want.files) == len(got.files)
-        for key in want.files:  # the weights, then Adam's variables
-            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)
-        # Epochs 0-1 before the kill, 2-3 after the resume.
-        assert steps(read_events(tmp_path / "logs"), "gradient_norm/global") == [0, 1, 2, 3]
+    # 3. Killed and resumed with BackupAndRestore, the same end as without
+    # either: test_gradient_board_workflow.py's preemption test (its run
+    # killed mid-epoch with SIGKILL, compared with uninterrupted runs with
+    # and without the board).
 
     # 4. Traced once; a re-compiled optimizer is recorded.
     def test_train_function_is_traced_once_and_a_recompiled_optimizer_is_recorded(self, tmp_path):

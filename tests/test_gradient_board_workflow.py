@@ -127,7 +127,9 @@ def test_steps_line_up_with_keras_tensorboard(tmp_path, update_freq):
 
 _PREEMPTED = textwrap.dedent(
     """
-    import os, signal, sys
+    import os, signal, sys, warnings
+    if __name__ == "__main__":
+        warnings.simplefilter("always")
     import keras, numpy as np
     import keras_gradkit as gk
 
@@ -144,14 +146,21 @@ _PREEMPTED = textwrap.dedent(
         class Kill(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
                 if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == kill_at:
+                    sys.stdout.flush()
                     os.kill(os.getpid(), signal.SIGKILL)
 
-        callbacks = [keras.callbacks.BackupAndRestore(backup_dir),
-                     gk.callbacks.GradientBoard(log_dir, update_freq="batch", histogram_freq=0), Kill()]
+        callbacks = [keras.callbacks.BackupAndRestore(backup_dir)]
+        if log_dir != "-":
+            callbacks.append(gk.callbacks.GradientBoard(log_dir, update_freq="batch", histogram_freq=1))
+        callbacks.append(Kill())
         model.fit(x, y, batch_size=8, epochs=6, shuffle=False, verbose=0, callbacks=callbacks)
-        np.savez(out, *model.get_weights())
+        assert model.optimizer is opt, type(model.optimizer)
+        np.savez(out, *model.get_weights(), *[keras.ops.convert_to_numpy(v) for v in opt.variables])
         stats = opt.gradient_statistics()
         np.save(out + ".stats.npy", np.array([stats[k] for k in sorted(stats)]))
+        iterations = int(keras.ops.convert_to_numpy(opt.iterations))
+        print("iterations", iterations)
+        return iterations
 
 
     if __name__ == "__main__":
@@ -160,37 +169,62 @@ _PREEMPTED = textwrap.dedent(
 )
 
 
-def test_preemption_writes_at_the_true_step(tmp_path):
-    # 4 steps per epoch, 24 in all, a backup at every epoch's end. Killed at
-    # step 15 in a fresh process, the backup holds step 12: the resumed run
-    # rewrites 13-15 and goes on. The uninterrupted run, here meanwhile.
+def test_preemption_ends_as_an_uninterrupted_run_and_writes_at_the_true_steps(tmp_path):
+    # 4 steps per epoch, 24 in all, a backup at every epoch's end. Killed
+    # (SIGKILL) at step 15 in a fresh process, the backup holds step 12: the
+    # resumed run, in another fresh process, rewrites 13-15 and goes on.
+    # The uninterrupted runs, with and without GradientBoard, here meanwhile:
+    # the resumed run ends with their weights, optimizer variables and
+    # gradient statistics, and writes what the uninterrupted board wrote, at
+    # the same steps.
     killing = start_python(_PREEMPTED, tmp_path / "logs", tmp_path / "b1", tmp_path / "r.npz", 15)
     try:
-        run_in_this_process(
-            _PREEMPTED,
-            "train",
-            str(tmp_path / "plain"),
-            str(tmp_path / "b0"),
-            str(tmp_path / "plain.npz"),
-            -1,
-        )
+        for name in ("plain", "bare"):
+            log_dir = str(tmp_path / name) if name == "plain" else "-"
+            run_in_this_process(
+                _PREEMPTED,
+                "train",
+                log_dir,
+                str(tmp_path / f"b_{name}"),
+                str(tmp_path / f"{name}.npz"),
+                -1,
+            )
     finally:
         killed = finish(killing)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "r.npz").exists()
     resumed = run_python(_PREEMPTED, tmp_path / "logs", tmp_path / "b1", tmp_path / "r.npz", -1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for a, b in zip(np.load(tmp_path / "plain.npz").values(), np.load(tmp_path / "r.npz").values()):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    np.testing.assert_allclose(
-        np.load(tmp_path / "plain.npz.stats.npy"), np.load(tmp_path / "r.npz.stats.npy"), rtol=1e-5
-    )
+    # Every variable of the backup found its place (Keras warns otherwise).
+    assert "Skipping variable loading" not in resumed.stdout + resumed.stderr, resumed.stderr[
+        -3000:
+    ]
+    assert "iterations 24" in resumed.stdout, resumed.stdout
+    got = np.load(tmp_path / "r.npz")
+    for name in ("plain", "bare"):
+        want = np.load(tmp_path / f"{name}.npz")
+        assert len(want.files) == len(got.files)
+        for key in want.files:  # the weights, then the optimizer's variables
+            np.testing.assert_allclose(
+                got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=f"{name} {key}"
+            )
+        np.testing.assert_allclose(
+            np.load(tmp_path / f"{name}.npz.stats.npy"),
+            np.load(tmp_path / "r.npz.stats.npy"),
+            rtol=1e-5,
+        )
     uninterrupted, preempted = read_events(tmp_path / "plain"), read_events(tmp_path / "logs")
     assert set(uninterrupted) == set(preempted)
     for tag in ("gradient_norm/global", "clipping/threshold", "clipping/clipped_fraction"):
         assert steps(preempted, tag) == steps(uninterrupted, tag) == list(range(1, 25)), tag
         want = [float(v) for _, v in uninterrupted[tag][1]]
-        got = [float(v) for _, v in preempted[tag][1]]
-        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=tag)
+        got_values = [float(v) for _, v in preempted[tag][1]]
+        np.testing.assert_allclose(got_values, want, rtol=1e-5, err_msg=tag)
+    # Histograms at epochs: 0-2 before the kill, 3-5 after the resume.
+    histograms = [tag for tag in preempted if tag.startswith("gradients/")]
+    assert histograms
+    for tag in histograms:
+        assert steps(preempted, tag) == steps(uninterrupted, tag) == list(range(6)), tag
 
 
 # ------------------------------------------------------------------ depth

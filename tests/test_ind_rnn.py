@@ -244,7 +244,10 @@ class TestFastLayerEqualsCell:
     def test_long_and_prime_lengths(self, steps, return_sequences, training):
         # 37 has no divisor to chunk by: it is padded with masked steps (to 48:
         # chunks of 16 forward, 24 backward when compiled). 50: chunks of 10
-        # forward, 25 backward when compiled.
+        # forward, 25 backward when compiled. Only TensorFlow's engine works
+        # in chunks; elsewhere 37 steps prove the long length.
+        if steps == 50 and BACKEND != "tensorflow":
+            pytest.skip("chunk sizes are TensorFlow's engine's; 37 steps cover the length")
         rng = np.random.default_rng(16)
         x = rng.normal(size=(2, steps, 3)).astype("float32")
         weights = random_weights(rng, 3, 4, recurrent_scale=1.0)

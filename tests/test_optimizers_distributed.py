@@ -1,7 +1,9 @@
-"""ClippedOptimizer under `tf.distribute.MirroredStrategy` with 2 logical CPU devices.
+"""ClippedOptimizer and GradientBoard under `tf.distribute.MirroredStrategy`
+with 2 logical CPU devices.
 
 Logical devices must be configured before TensorFlow initializes its devices,
-so the comparison runs in a fresh subprocess; it prints a JSON summary.
+so the comparison runs in a fresh subprocess (one for all the cases here); it
+prints a JSON summary.
 `jit_compile=True` is not covered: Keras 3.15 / TF 2.21 `fit` with XLA fails
 under `MirroredStrategy` on logical CPU devices even with a plain optimizer, and
 so does a plain optimizer with `gradient_accumulation_steps` (a `cond` around a
@@ -14,7 +16,9 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+from test_gradient_board import data, norm, numpy_dense_gradients, read_events, scalar
 
 pytestmark = pytest.mark.tensorflow_only
 
@@ -62,6 +66,21 @@ _SCRIPT = textwrap.dedent(
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     single = tf.distribute.get_strategy()
+
+    # GradientBoard in a plain fit under the strategy: what it logs is checked
+    # against NumPy by test_mirrored_strategy_logs_the_aggregated_gradient.
+    board_data = np.load("board_data.npz")
+    with mirrored.scope():
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential(
+            [keras.Input((3,)), keras.layers.Dense(4, activation="tanh", name="hidden"),
+             keras.layers.Dense(2, name="out")], name="net")
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    np.savez("board_w0.npz", *model.get_weights())
+    board = gk.callbacks.GradientBoard("board_logs")
+    model.fit(board_data["x"], board_data["y"], batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[board])
+    board_run = [type(model.optimizer).__name__, mirrored.num_replicas_in_sync]
+
     C = gk.optimizers.ClippedOptimizer
     cases = {
         "global_norm": (lambda: C(keras.optimizers.SGD(0.1), gk.clipping.ClipByGlobalNorm(1.0)), {}),
@@ -88,6 +107,7 @@ _SCRIPT = textwrap.dedent(
             "iterations": [i1, i2],
         }
     out["num_replicas"] = mirrored.num_replicas_in_sync
+    out["board_run"] = board_run
     print("RESULT " + json.dumps(out))
     """
 )
@@ -100,17 +120,22 @@ def mirrored_results(tmp_path_factory):
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out_dir = tmp_path_factory.mktemp("mirrored")
+    x, y = data(n=8)
+    np.savez(out_dir / "board_data.npz", x=x, y=y)
     result = subprocess.run(
         [sys.executable, "-c", _SCRIPT],
         capture_output=True,
         text=True,
-        cwd=str(tmp_path_factory.mktemp("mirrored")),
+        cwd=str(out_dir),
         env=env,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT ") :])
+    results = json.loads(line[len("RESULT ") :])
+    results["out_dir"] = out_dir
+    return results
 
 
 class TestMirroredStrategy:
@@ -136,3 +161,21 @@ class TestMirroredStrategy:
         assert r["unchanged_after_nan"] == [True, True]
         assert r["skipped_steps"] == [1.0, 1.0]
         assert r["iterations"] == [4, 4]
+
+
+# Moved here from test_gradient_board_integration.py so that it shares the
+# fresh process above (it needs the same 2 logical devices).
+def test_mirrored_strategy_logs_the_aggregated_gradient(mirrored_results):
+    out_dir = mirrored_results["out_dir"]
+    x, y = (np.load(out_dir / "board_data.npz")[k] for k in ("x", "y"))
+    assert mirrored_results["board_run"] == ["SGD", 2]  # given back after fit
+    w0 = np.load(out_dir / "board_w0.npz")
+    grads = numpy_dense_gradients([w0[f"arr_{i}"] for i in range(4)], x, y)
+    events = read_events(out_dir / "board_logs")
+    # The full-batch gradient, not one replica's half (Keras's own clipping sees that).
+    assert scalar(events, "gradient_norm/global") == pytest.approx(norm(grads), rel=1e-5)
+    buckets = events["gradients/net/hidden/kernel"][1][-1][1]
+    assert buckets[:, 2].sum() == 12
+    np.testing.assert_allclose(
+        [buckets[0, 0], buckets[-1, 1]], [grads[0].min(), grads[0].max()], rtol=1e-4
+    )

@@ -47,8 +47,9 @@ class ForwardMeasures:
         self.model = model
         self.batch = batch
 
-    def measure(self):
-        """`{"activations", "scales", "mismatches", "notes"}` for `checks.assemble`."""
+    def measure(self, eager=False):
+        """`{"activations", "scales", "mismatches", "notes"}` for `checks.assemble`;
+        `eager`: the pass op by op (`activations.measure_activations`)."""
         if self.batch is None:
             return {
                 "notes": [
@@ -59,7 +60,7 @@ class ForwardMeasures:
         x, y = self.batch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            measured = activations.measure_activations(self.model, x)
+            measured = activations.measure_activations(self.model, x, eager=eager)
         rows = len(keras.tree.flatten(x)[0])
         measured = checks.judgeable_activations(measured, rows)
         scales, scale_notes = data.input_scales(self.model, x, y)

@@ -471,7 +471,9 @@ class GradientBoard(keras.callbacks.Callback):
         names, norms = by_layer(latest.gradient_norms)
         weights = None if latest.weight_norms is None else by_layer(latest.weight_norms)[1]
         batch = self.probe if self.probe is not None else self.time_probe
-        forward = _doctor.ForwardMeasures(self.model, batch).measure()
+        # A gradient that is not finite: the forward pass op by op finds where.
+        eager = latest.global_norm is not None and not np.isfinite(float(latest.global_norm))
+        forward = _doctor.ForwardMeasures(self.model, batch).measure(eager=eager)
         training = self._training_measures(latest, counts, totals, by_layer)
         training = training._replace(**self._progress(counts, clip_totals, logs))
         found = checks.assemble(

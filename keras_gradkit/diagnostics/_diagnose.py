@@ -1,5 +1,7 @@
 """`keras_gradkit.diagnose`: one batch, one report."""
 
+import math
+
 import keras
 import numpy as np
 
@@ -21,13 +23,20 @@ def _is_probe_sequence(model, x):
     return (floating and x.ndim == 3) or (integer and x.ndim == 2)
 
 
-def _probe(model, x, y, sample_weight, time):
-    def signature(value):
-        if value is None:
-            return None
-        return tuple((a.shape, str(a.dtype)) for a in keras.tree.flatten(value))
+def _signature(value):
+    if value is None:
+        return None
+    return tuple((a.shape, str(a.dtype)) for a in keras.tree.flatten(value))
 
-    key = (signature(x), signature(y), signature(sample_weight), time)
+
+def _seen(model, x, y, sample_weight):
+    """Whether the probe kept for the model was made for batches of these shapes."""
+    cached = _cache.get(model, "diagnose_probe")
+    return cached is not None and cached[0][:3] == tuple(map(_signature, (x, y, sample_weight)))
+
+
+def _probe(model, x, y, sample_weight, time):
+    key = (_signature(x), _signature(y), _signature(sample_weight), time)
     # The probe of the latest call is kept for the model, so that a second
     # call on a batch of the same shapes reuses its trace.
     cached = _cache.get(model, "diagnose_probe")
@@ -116,7 +125,10 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
         )
     x, y, sample_weight = batch.first_batch(x, y, sample_weight)
     try:
-        x, y, sample_weight = batch.check_batch(model, x, y, sample_weight)
+        # Batches of shapes seen before were run through the model then;
+        # the traced passes below still raise a short error.
+        forward = not _seen(model, x, y, sample_weight)
+        x, y, sample_weight = batch.check_batch(model, x, y, sample_weight, forward=forward)
     except ValueError as error:
         # A batch the loss refuses because the output does not fit it is a
         # finding (labels outside the output's classes), not only an error.
@@ -139,12 +151,15 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
             "(batch, timesteps, features) or token ids (batch, timesteps)): not measured through time."
         )
     rows = len(keras.tree.flatten(x)[0])
-    measured = checks.judgeable_activations(activations.measure_activations(model, x), rows)
-    scales, scale_notes = data.input_scales(model, x, y)
-    mismatches, mismatch_notes = data.output_loss_mismatches(model, y)
     variable_norms, results = _probe(model, x, y, sample_weight, time).compute_all()
     names, by_layer = depth.layer_norms(model, variable_norms)
     total = norms.host_norm(list(variable_norms.values()))
+    # A gradient that is not finite: the forward pass op by op finds where.
+    eager = not math.isfinite(total)
+    measured = activations.measure_activations(model, x, eager=eager)
+    measured = checks.judgeable_activations(measured, rows)
+    scales, scale_notes = data.input_scales(model, x, y)
+    mismatches, mismatch_notes = data.output_loss_mismatches(model, y)
     return checks.assemble(
         model,
         names,

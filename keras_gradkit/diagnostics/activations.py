@@ -3,10 +3,14 @@ sigmoid and tanh units, and the first layer whose output is not finite.
 
 The measures of the gradient doctor's activation checks (issue 32); the
 checks turn them into findings. `measure_activations(model, x)` runs the
-model forward once on the batch `x`, eagerly, in a `keras.StatelessScope`:
-weights, moving statistics (`BatchNormalization`) and seed generators keep
-their values. An unbuilt model is first built on the batch's first example,
-in a scope of its own.
+model forward once on the batch `x`, in a `keras.StatelessScope`: weights,
+moving statistics (`BatchNormalization`) and seed generators keep their
+values. The pass is traced by the backend (the time probe's `Function`)
+and the trace is kept for the model, so later calls on batches of the same
+shapes reuse it: an eager pass costs several training steps on TensorFlow
+and JAX (a recurrent layer runs its loop op by op). A model that cannot be
+traced runs eagerly. An unbuilt model is first built on the batch's first
+example, in a scope of its own.
 
 Each layer's output is read by an instance-level wrapper of its `call`
 (`functools.wraps`, so Keras still reads the signature), removed again when
@@ -87,7 +91,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_gradkit import backend
+from keras_gradkit import _cache, backend
 from keras_gradkit.backend import keras_private
 from keras_gradkit.backend.common import hooks
 from keras_gradkit.diagnostics import graph
@@ -190,7 +194,7 @@ class _Kind(NamedTuple):
     origin: object
 
 
-def measure_activations(model, x, training=True):
+def measure_activations(model, x, training=True, eager=False):
     """Measures the activations of `model` on the batch `x` (see the module
     docstring for the definitions).
 
@@ -200,22 +204,93 @@ def measure_activations(model, x, training=True):
             the model takes them.
         training: bool, the mode of the forward pass. Defaults to `True`,
             as in a train step (dropout on, batch statistics).
+        eager: bool, run the pass op by op instead of traced. A traced
+            TensorFlow pass fuses `Dense`'s ReLU into its matmul, which
+            turns a NaN into 0, so the first non-finite layer is found
+            eagerly: callers ask for it when the gradient is not finite.
+            Defaults to `False`.
 
     Returns:
         An `ActivationMeasures`.
     """
     if not model.built:
         _build(model, x, training)
+    if eager:
+        return _measure(model, *_eager_pass(model, x, training))
+    key = (training, tuple(id(v) for v in model.variables))
+    traced = _cache.get(model, "activations_pass")
+    if traced is None or traced.key != key:
+        traced = _cache.put(model, "activations_pass", _TracedPass(model, training, key))
+    if traced.usable:
+        try:
+            return _measure(model, *traced(x))
+        except Exception:
+            found = _measure(model, *_eager_pass(model, x, training))
+            traced.usable = False  # it runs eagerly only: no new trace at each call
+            return found
+    return _measure(model, *_eager_pass(model, x, training))
+
+
+def _eager_pass(model, x, training):
+    with backend.get("probe").kept_random_state(), keras.StatelessScope():
+        return _recorded_pass(model, x, training)
+
+
+def _recorded_pass(model, x, training):
+    """`(calls, model outputs)` of one pass of `model` on `x`, each hooked
+    layer's call recorded as it returns. Run inside a `keras.StatelessScope`
+    (a scope of its own would hide the traced function's variable values
+    on JAX: a variable it does not map reads its value at trace time)."""
     calls, removals = [], []
     try:
         for layer in _hooked_layers(model):
             removals.append(hooks.wrap_method(layer, "call", _recording(layer, calls)))
-        with backend.get("probe").kept_random_state(), keras.StatelessScope():
-            outputs = model(x, training=training)
+        outputs = model(x, training=training)
     finally:
         for remove in reversed(removals):
             remove()
-    return _measure(model, calls, _tensors(outputs))
+    return calls, _tensors(outputs)
+
+
+class _TracedPass:
+    """`_recorded_pass` traced by the backend: returns the same calls and
+    outputs, with tensors that hold the values of this call.
+
+    The traced function returns each distinct tensor once; where each call's
+    outputs and input and the model's outputs are among them is read while
+    tracing, so a tensor that two calls share (a layer's output, the next
+    layer's input) is one object again, as in an eager pass.
+    """
+
+    def __init__(self, model, training, key):
+        self.model = model
+        self.training = training
+        self.key = key
+        self.usable = True
+        self._layout = None
+        self._function = backend.get("probe").Function(self._run, model.variables)
+
+    def _run(self, x):
+        calls, outputs = _recorded_pass(self.model, x, self.training)
+        distinct = {}
+
+        def index(tensor):
+            return distinct.setdefault(id(tensor), (len(distinct), tensor))[0]
+
+        slots = [[index(t) for t in call.outputs] for call in calls]
+        inputs = [distinct.get(id(call.input), (None,))[0] for call in calls]
+        returned = [distinct[i][0] for i in (id(t) for t in outputs) if i in distinct]
+        self._layout = ([call.layer for call in calls], slots, inputs, returned)
+        return [tensor for _, tensor in distinct.values()]
+
+    def __call__(self, x):
+        flat = self._function(keras.tree.map_structure(ops.convert_to_tensor, x))
+        layers, slots, inputs, returned = self._layout
+        calls = [
+            _Call(layer, None if i is None else flat[i], [flat[k] for k in ks])
+            for layer, ks, i in zip(layers, slots, inputs)
+        ]
+        return calls, [flat[k] for k in returned]
 
 
 def _build(model, x, training):

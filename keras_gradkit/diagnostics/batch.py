@@ -17,13 +17,16 @@ def is_dataset(x):
     return hasattr(x, "element_spec") and hasattr(x, "take")
 
 
-def check_batch(model, x, y=None, sample_weight=None):
+def check_batch(model, x, y=None, sample_weight=None, forward=True):
     """`(x, y, sample_weight)` of the first batch, as NumPy structures,
     checked against `model` before anything measures it.
 
     `first_batch`, then: `y` is given when the model's loss needs it, and
-    the model and its loss run on the batch's first example (the whole
-    batch for a model with a fixed batch size), changing no variable.
+    (`forward`) the model and its loss run on the batch's first example (the
+    whole batch for a model with a fixed batch size), changing no variable.
+    That pass is eager: on TensorFlow and JAX a recurrent layer runs its
+    loop op by op, the time of many training steps, so `diagnose` runs it
+    only for the first batch of each shape it sees for a model.
 
     Raises:
         ValueError: `y` is None but the model's compiled loss compares its
@@ -38,8 +41,9 @@ def check_batch(model, x, y=None, sample_weight=None):
             "predictions with them. Pass `diagnose(model, x, y)`, or a dataset or generator that "
             f"yields (x, y) batches. Received: y=None, x of shape {describe_shapes(x)}"
         )
-    described = f"Argument `x` holds inputs of shape {describe_shapes(x)}"
-    time_probe.check_forward(model, x, y, described)
+    if forward:
+        described = f"Argument `x` holds inputs of shape {describe_shapes(x)}"
+        time_probe.check_forward(model, x, y, described)
     return x, y, sample_weight
 
 

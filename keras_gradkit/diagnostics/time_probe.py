@@ -201,7 +201,10 @@ def check_forward(model, x, y, described):
         return ops.convert_to_tensor(a[:rows] if np.ndim(a) else a)
 
     kept = backend.get("probe").kept_random_state()
-    with warnings.catch_warnings(), kept, keras.StatelessScope():
+    # Mapped to themselves: in a scope that maps a variable to nothing, a
+    # weight regularizer reads None (Keras's `_get_regularization_losses`).
+    mapping = [(v, v.value) for v in model.variables]
+    with warnings.catch_warnings(), kept, keras.StatelessScope(state_mapping=mapping):
         warnings.simplefilter("ignore")
         try:
             inputs = keras.tree.map_structure(first, x)
@@ -552,7 +555,10 @@ class TimeProbe:
                 list(zip(trainable, values)) + others,
             )
 
-        grads = self._backend.gradients(loss, [ops.convert_to_tensor(v.value) for v in trainable])
+        values = [ops.convert_to_tensor(v.value) for v in trainable]
+        # A model with every layer frozen has no gradient to take (and
+        # torch.autograd.grad refuses an empty list).
+        grads = self._backend.gradients(loss, values) if values else []
         # Only the norms leave the device.
         return ops.stack(
             [norms.norm(g, overflow_safe=True) for g in grads] or [ops.zeros((), "float32")]

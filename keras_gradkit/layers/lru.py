@@ -5,16 +5,10 @@ import math
 import keras
 from keras import ops
 
-from keras_gradkit import _validation
+from keras_gradkit import _validation, backend
 from keras_gradkit.api_export import keras_gradkit_export
 
 _MODES = ("auto", "parallel", "sequential")
-
-# What `mode="auto"` runs: the parallel scan, faster in `model.fit` on
-# TensorFlow and PyTorch at 100 and 1,000 steps, by far at 1,000 (the LRU
-# section of `benchmarks/README.md`). On JAX the loop was a little faster on
-# the CPU; a choice per backend would live in `keras_gradkit/backend/`.
-_AUTO_MODE = "parallel"
 
 # |λ|² is drawn in [r_min², r_max²); its two ends would give ν_log = ±inf
 # (|λ| = 0 or 1, with γ = 0 at |λ| = 1), and a phase of 0 θ_log = -inf, so
@@ -119,11 +113,11 @@ class LRU(keras.layers.Layer):
     """Linear Recurrent Unit (LRU): a diagonal complex linear recurrence.
 
     Use it where an RNN must carry information over thousands of steps and
-    train fast: the recurrence is linear, so it is computed by a parallel
-    scan instead of a loop, and its eigenvalues are parameterized to stay
-    inside the unit circle. The layer is the recurrence alone; the paper's
-    LRU block wraps it with a normalization, a nonlinear position-wise
-    layer (an MLP or GLU) and a residual connection.
+    train fast: the recurrence is linear, so it can be computed by a
+    parallel scan instead of a loop (`mode`), and its eigenvalues are
+    parameterized to stay inside the unit circle. The layer is the
+    recurrence alone; the paper's LRU block wraps it with a normalization, a
+    nonlinear position-wise layer (an MLP or GLU) and a residual connection.
 
     Equation, with `u_t` the input of width `H` and `x_t` the complex state
     of size `N = state_dim`:
@@ -183,8 +177,10 @@ class LRU(keras.layers.Layer):
         mode: `"parallel"` (`keras.ops.associative_scan`), `"sequential"`
             (`keras.ops.scan`, one step after the other) or `"auto"`. Both
             compute the same outputs and gradients, to float32 rounding.
-            `"auto"` runs the parallel scan, which trained faster on
-            TensorFlow and PyTorch (on JAX the two were close on a CPU).
+            `"auto"` runs the mode that trained faster in `model.fit` on
+            the running backend, measured on a CPU
+            (`benchmarks/rnn_speed.py`): `"parallel"` on PyTorch,
+            `"sequential"` on TensorFlow and JAX.
             The parallel scan needs the number of steps: where it is
             unknown (an exported model's signature), the layer loops.
             Tracing it takes longer on TensorFlow and JAX. Defaults to
@@ -338,7 +334,10 @@ class LRU(keras.layers.Layer):
 
     @property
     def _resolved_mode(self):
-        return _AUTO_MODE if self.mode == "auto" else self.mode
+        # `mode="auto"`: what trained faster on the running backend.
+        if self.mode == "auto":
+            return backend.get("linear_recurrence").AUTO_MODE
+        return self.mode
 
     def _initial_state(self, initial_state):
         """The initial state as complex pairs `(batch, N, 2)`, or None."""

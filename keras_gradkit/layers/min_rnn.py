@@ -4,7 +4,7 @@ whole sequence is one parallel scan (Feng et al. 2024)."""
 import keras
 from keras import ops
 
-from keras_gradkit import _validation
+from keras_gradkit import _validation, backend
 from keras_gradkit.api_export import keras_gradkit_export
 
 # The mark `keras.layers.RNN` looks for to create a cell's dropout masks
@@ -13,12 +13,6 @@ from keras_gradkit.backend.keras_private import DropoutRNNCell
 from keras_gradkit.layers._ind_recurrence import masked_output_repeats_state
 
 MODES = ("auto", "parallel", "sequential")
-# What `mode="auto"` runs, one choice for every backend so that the layer
-# never asks which one runs. In `model.fit` on a CPU, at 100 and 1000 steps,
-# the parallel scan was faster on PyTorch (whose loop runs in Python) and at
-# least as fast on TensorFlow; JAX's compiled loop was faster there, but on an
-# accelerator a loop costs a kernel launch per step, a scan log2(T) of them.
-AUTO_MODE = "parallel"
 
 
 def _serialize_or_none(serialize, value):
@@ -541,9 +535,16 @@ class _MinRNN(keras.layers.RNN):
         if self.go_backwards:
             a, b = ops.flip(a, axis=0), ops.flip(b, axis=0)
             step_mask = None if step_mask is None else ops.flip(step_mask, axis=0)
-        parallel = (AUTO_MODE if self.mode == "auto" else self.mode) == "parallel"
+        parallel = self._resolved_mode == "parallel"
         states = _linear_recurrence(a, b, ops.cast(h0, a.dtype), parallel)
         return self._outputs(states, step_mask)
+
+    @property
+    def _resolved_mode(self):
+        # `mode="auto"`: what trained faster on the running backend.
+        if self.mode == "auto":
+            return backend.get("linear_recurrence").AUTO_MODE
+        return self.mode
 
     def _outputs(self, states, step_mask):
         """Keras's conventions for masked steps, as in `IndRNN`: the output
@@ -583,7 +584,7 @@ class _MinRNN(keras.layers.RNN):
 @keras_gradkit_export
 class MinGRU(_MinRNN):
     """minGRU layer: a GRU without recurrent weights in its gates, computed
-    over the whole sequence by a parallel scan.
+    over the whole sequence by a parallel scan or a loop.
 
     Use it for long sequences where a GRU's step-by-step loop is the
     bottleneck: the gate and the candidate read only the input, so every
@@ -621,11 +622,13 @@ class MinGRU(_MinRNN):
         mode: `"parallel"` (an associative scan over the pairs
             `(a_t, b_t)` of `h_t = a_t ⊙ h_{t-1} + b_t`, `log2(timesteps)`
             levels deep), `"sequential"` (a loop over the steps,
-            `keras.ops.scan`) or `"auto"` (`"parallel"`, on every
-            backend). Both compute the same values; when the number of
-            time steps is unknown while tracing (a TensorFlow SavedModel
-            signature), both run Keras's loop over the cell instead.
-            Defaults to `"auto"`.
+            `keras.ops.scan`) or `"auto"`: the mode that trained faster
+            in `model.fit` on the running backend, measured on a CPU
+            (`benchmarks/rnn_speed.py`): `"parallel"` on PyTorch,
+            `"sequential"` on TensorFlow and JAX. Both compute the same
+            values; when the number of time steps is unknown while
+            tracing (a TensorFlow SavedModel signature), both run Keras's
+            loop over the cell instead. Defaults to `"auto"`.
         update_bias: float, the initial bias of the update gate z, as in
             `keras_gradkit.layers.MinGRUCell`. Defaults to 0.
         candidate_bias: float, the initial bias of the candidate, as in
@@ -711,7 +714,7 @@ class MinGRU(_MinRNN):
 @keras_gradkit_export
 class MinLSTM(_MinRNN):
     """minLSTM layer: an LSTM without recurrent weights in its gates, computed
-    over the whole sequence by a parallel scan.
+    over the whole sequence by a parallel scan or a loop.
 
     Use it for long sequences where an LSTM's step-by-step loop is the
     bottleneck: the gates and the candidate read only the input, so every
@@ -751,11 +754,13 @@ class MinLSTM(_MinRNN):
         mode: `"parallel"` (an associative scan over the pairs
             `(a_t, b_t)` of `h_t = a_t ⊙ h_{t-1} + b_t`, `log2(timesteps)`
             levels deep), `"sequential"` (a loop over the steps,
-            `keras.ops.scan`) or `"auto"` (`"parallel"`, on every
-            backend). Both compute the same values; when the number of
-            time steps is unknown while tracing (a TensorFlow SavedModel
-            signature), both run Keras's loop over the cell instead.
-            Defaults to `"auto"`.
+            `keras.ops.scan`) or `"auto"`: the mode that trained faster
+            in `model.fit` on the running backend, measured on a CPU
+            (`benchmarks/rnn_speed.py`): `"parallel"` on PyTorch,
+            `"sequential"` on TensorFlow and JAX. Both compute the same
+            values; when the number of time steps is unknown while
+            tracing (a TensorFlow SavedModel signature), both run Keras's
+            loop over the cell instead. Defaults to `"auto"`.
         forget_bias: float, the initial bias of the forget gate, as in
             `keras_gradkit.layers.MinLSTMCell`. Defaults to 0.
         input_bias: float, the initial bias of the input gate, as in
