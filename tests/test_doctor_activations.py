@@ -414,7 +414,7 @@ class TestActivationMeasures:
 
         assert _cache.get(model, "activations_pass") is traced and traced.usable
         assert traced._function.trace_count == (0 if BACKEND == "torch" else 1)
-        eager = activations._measure(model, *activations._eager_pass(model, x, True))
+        eager = activations._eager_measure(model, x, True)
         assert second == eager and second != first
         relu_found = by_name(second)["relu"]
         assert relu_found.source == "hidden"
@@ -432,6 +432,74 @@ class TestActivationMeasures:
         traced = _cache.get(model, "activations_pass")
         assert traced.usable
         assert traced._function.trace_count == (0 if BACKEND == "torch" else 1)
+
+    def test_gradient_board_without_a_batch_measures_the_first_one_it_trains_on(self, tmp_path):
+        # No `probe`, no `time_probe`: the checks measure the first training
+        # batch, read from the train function without changing the run.
+        traces = []
+
+        class Counted(keras.Sequential):
+            def train_step(self, *args, **kwargs):
+                traces.append(1)  # once per trace on TensorFlow and JAX, per step on PyTorch
+                return super().train_step(*args, **kwargs)
+
+        bias = np.zeros(UNITS, "float32")
+        bias[:4] = -50.0  # four units dead on inputs in [0, 1)
+
+        def fitted(callbacks):
+            keras.utils.set_random_seed(4)
+            hidden = keras.layers.Dense(UNITS, "relu", name="hidden")
+            model = Counted([keras.Input((5,)), hidden, keras.layers.Dense(1)])
+            hidden.bias.assign(bias)
+            # Keras's PyTorch trainer takes one step per execution only.
+            model.compile("sgd", "mse", steps_per_execution=1 if BACKEND == "torch" else 2)
+            del traces[:]
+            model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=callbacks)
+            return model, len(traces)
+
+        x = np.random.default_rng(0).uniform(size=(48, 5)).astype("float32")
+        y = np.random.default_rng(1).normal(size=(48, 1)).astype("float32")
+        plain, plain_traces = fitted([])
+        board = gk.callbacks.GradientBoard(tmp_path, write_plots=False)
+        with pytest.warns(gk.diagnostics.GradientWarning, match="dead_units"):
+            model, board_traces = fitted([board])
+
+        for expected, found in zip(plain.get_weights(), model.get_weights()):
+            np.testing.assert_array_equal(found, expected)
+        assert board_traces == plain_traces
+        dead = {f.kind: f for f in board.findings}["dead_units"]
+        assert dead.where == "hidden"
+        # The last check measured the first batch (`shuffle=False`) with the final weights.
+        first = dead_fraction(numpy_dense(model.get_layer("hidden"), x[:16], "relu"))
+        assert dead.value == pytest.approx(first) and first >= 4 / UNITS
+        assert model.train_function is not None and "first_batch" not in repr(model.train_function)
+
+    def test_a_fit_that_ends_before_its_first_step_leaves_no_reader_behind(self, tmp_path):
+        # The board that waited for a batch never got one (no `on_train_end`
+        # after an exception): the next board removes its reader.
+        class Interrupted(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                raise RuntimeError("interrupted")
+
+        bias = np.zeros(UNITS, "float32")
+        bias[:4] = -50.0
+        hidden = keras.layers.Dense(UNITS, "relu", name="hidden")
+        model = keras.Sequential([keras.Input((5,)), hidden, keras.layers.Dense(1)])
+        hidden.bias.assign(bias)
+        model.compile("sgd", "mse")
+        x = np.random.default_rng(0).uniform(size=(16, 5)).astype("float32")
+        y = np.zeros((16, 1), "float32")
+        first = gk.callbacks.GradientBoard(tmp_path / "first", write_plots=False)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            model.fit(x, y, batch_size=16, verbose=0, callbacks=[first, Interrupted()])
+        assert hasattr(model.train_function, "_gradkit_plain")  # left behind
+
+        second = gk.callbacks.GradientBoard(tmp_path / "second", write_plots=False)
+        with pytest.warns(gk.diagnostics.GradientWarning, match="dead_units"):
+            model.fit(x, y, batch_size=16, verbose=0, callbacks=[second])
+        assert not hasattr(model.train_function, "_gradkit_plain")
+        model.fit(x, y, batch_size=16, verbose=0)
+        assert not hasattr(model.train_function, "_gradkit_plain")
 
     @pytest.mark.parametrize("activation", ["relu", "relu6"])
     def test_units_dead_by_their_bias_give_the_exact_fraction(self, activation):

@@ -1,7 +1,7 @@
 """What the guide "Recurrent layers for long sequences" relies on: each
 backend says which mode of the linear recurrences `mode="auto"` runs, the
-layers read it from there, and every model of `examples/adding_problem.py`
-builds."""
+layers read it from there, every model of `examples/adding_problem.py`
+builds, and GradientBoard's time probe measures each new layer."""
 
 import ast
 import importlib.util
@@ -9,11 +9,17 @@ import os
 import pathlib
 import sys
 
+import keras
+import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator as pea
+from tensorboard.util import tensor_util
 
+import keras_gradkit as gk
 from keras_gradkit import backend
-from keras_gradkit.layers import LRU, MinGRU, MinLSTM
+from keras_gradkit.layers import LRU, MUT1, MinGRU, MinLSTM
 from keras_gradkit.layers.min_rnn import MODES
+from tests.gradient_testing import value_and_gradients
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SEAM = ROOT / "keras_gradkit" / "backend"
@@ -64,3 +70,44 @@ def test_every_adding_problem_model_builds():
         assert args.lr == module.DEFAULT_LR[kind] and args.layers == 1
         model = module.build_model(kind, 6, 3, 2 if kind == "lru" else 1)
         assert tuple(model.output.shape) == (None, 1), kind
+
+
+def test_gradient_board_time_probe_measures_each_new_layer(tmp_path):
+    # The probe's n_t = mean_i |d loss_i / d h_{i,t}| for each recurrent
+    # layer's input sequence h, against the backend's own autograd of the
+    # rest of the model (`gradient_testing`), with the weights held (SGD 0).
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3, 6, 2)).astype("float32")
+    y = rng.normal(size=(3, 1)).astype("float32")
+    keras.utils.set_random_seed(7)
+    layers = [
+        MUT1(3, return_sequences=True, name="mut1"),
+        MinGRU(3, return_sequences=True, mode="parallel", name="min_gru"),
+        MinLSTM(3, return_sequences=True, mode="sequential", name="min_lstm"),
+        LRU(4, name="lru"),
+        keras.layers.Dense(1, name="head"),
+    ]
+    model = keras.Sequential([keras.Input((6, 2)), *layers])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    board = gk.callbacks.GradientBoard(tmp_path, time_probe=(x, y), write_plots=False)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[board])
+
+    acc = pea.EventAccumulator(str(tmp_path / "train"), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    hidden = x
+    for index, layer in enumerate(layers[:-1]):
+        rest = layers[index:]
+
+        def summed_loss(h, rest=rest):
+            for later in rest:
+                h = later(h, training=True)
+            error = keras.ops.subtract(h, keras.ops.convert_to_tensor(y))
+            return keras.ops.sum(keras.ops.mean(keras.ops.square(error), axis=-1))
+
+        _, (grad,), _ = value_and_gradients(summed_loss, [hidden])
+        expected = np.linalg.norm(grad, axis=-1).mean(axis=0)
+        (event,) = acc.Tensors(f"time_gradient/{layer.name}/norms")
+        found = tensor_util.make_ndarray(event.tensor_proto)
+        np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-9, err_msg=layer.name)
+        assert np.all(np.isfinite(found)) and found[-1] > 0.0, layer.name
+        hidden = keras.ops.convert_to_numpy(keras.ops.stop_gradient(layer(hidden, training=True)))

@@ -35,6 +35,14 @@ class _TracedStep:
         )
 
 
+def unwrapped(function):
+    """The train function under any wrapper GradientBoard put on it to read
+    the first batch (a `fit` that ended before its first step leaves it)."""
+    while hasattr(function, "_gradkit_plain"):
+        function = function._gradkit_plain
+    return function
+
+
 def _strategy_scope(model):
     """The model's `tf.distribute` strategy scope, or a null context."""
     strategy = getattr(model, "distribute_strategy", None)
@@ -57,6 +65,8 @@ class Attachment:
                 "GradientBoard needs a compiled model: call `model.compile(optimizer=...)` first."
             )
         self.model = model
+        if model.train_function is not None:
+            model.train_function = unwrapped(model.train_function)
         self._remove_hook = None
         self._enabled_gradients = None
         if not optimizer.built:  # as Keras builds it in `apply`: same variable paths

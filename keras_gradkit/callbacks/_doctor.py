@@ -40,6 +40,24 @@ def validate_probe(probe):
     return x, y
 
 
+# Rows of the first training batch that GradientBoard keeps as its probe batch
+# when given none: a few dozen, as the `probe` argument asks for.
+FIRST_BATCH_ROWS = 32
+
+
+def first_rows(batch, rows=FIRST_BATCH_ROWS):
+    """`(x, y)` of a training batch as `fit` made it (`x`, `(x, y)` or
+    `(x, y, sample_weight)`), its first `rows` rows as NumPy arrays."""
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+
+    def head(a):
+        return np.array(keras.ops.convert_to_numpy(a)[:rows])  # a copy: the batch is not kept
+
+    return keras.tree.map_structure(head, x), (
+        None if y is None else keras.tree.map_structure(head, y)
+    )
+
+
 class ForwardMeasures:
     """The measures of one forward pass over the probe batch, for `checks.assemble`."""
 
@@ -54,7 +72,8 @@ class ForwardMeasures:
             return {
                 "notes": [
                     "Dead and saturated units, non-finite outputs and the data's scale need a "
-                    "batch: give GradientBoard `probe=(x, y)` (or a `time_probe`)."
+                    "batch, and no training batch could be read here: give GradientBoard "
+                    "`probe=(x, y)` (or a `time_probe`)."
                 ]
             }
         x, y = self.batch

@@ -15,7 +15,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_gradkit import _validation
+from keras_gradkit import _validation, backend
 from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.callbacks import _doctor, _event_writer, _loop_writer, _summaries
 from keras_gradkit.callbacks._attach import Attachment
@@ -103,8 +103,9 @@ class GradientBoard(keras.callbacks.Callback):
       `keras_gradkit.diagnose` made from what this callback already computed
       (the latest step's gradient and weight norms per layer, the time probe
       when given), the forward measures of one pass over the `probe` batch
-      (or the time probe's; dead and saturated units, a non-finite output,
-      the data's scale, an output that does not fit the loss), and the
+      (else the time probe's, else the first batch of the first `fit`; dead
+      and saturated units, a non-finite output, the data's scale, an output
+      that does not fit the loss), and the
       training-time kinds: `large_updates` (the latest step's largest
       per-layer update ratio, or the root mean square of the update ratios
       since the previous check), `frequent_clipping` (when the clip
@@ -178,7 +179,12 @@ class GradientBoard(keras.callbacks.Callback):
         probe: None or a tuple `(x, y)`: one small batch (a few dozen rows)
             on which each check runs one forward pass for the activation
             and data measures. Defaults to None: the time probe's batch when
-            given, otherwise those measures are left out (a note says so).
+            given, otherwise the first 32 rows of the first batch the model
+            trains on in this callback's first `fit` (read once from the
+            train function, which trains on it unchanged; not under a
+            `tf.distribute` strategy, where those measures are left out and
+            a note says so). Dead units are judged on batches of at least 16
+            rows.
 
     Example:
 
@@ -227,6 +233,9 @@ class GradientBoard(keras.callbacks.Callback):
         self.exclude = exclude
         self.time_probe = validate_time_probe(time_probe)
         self.probe = _doctor.validate_probe(probe)
+        self._first_batch = None  # `(model, (x, y))`: the probe batch when given none
+        # `(model, plain train function, wrapper)` while the wrapper waits for a batch
+        self._peeking = None
         self.write_plots = write_plots
         self._include = _compile_patterns("include", include)
         self._exclude = _compile_patterns("exclude", exclude)
@@ -336,8 +345,34 @@ class GradientBoard(keras.callbacks.Callback):
             return None
 
     def _detach(self):
+        self._stop_peeking()
         if self._attachment is not None:
             self._attachment.detach()
+
+    def _peek_first_batch(self):
+        """Has the train function hand its first batch over, once, when the
+        checks have no batch of their own (`probe`, `time_probe`)."""
+        model, plain = self.model, self.model.train_function
+
+        def receive(batch):
+            self._stop_peeking()
+            read = lambda: _doctor.first_rows(batch)  # noqa: E731
+            rows = None if batch is None else self._guarded("the probe batch", read)
+            if rows is not None:
+                self._first_batch = (model, rows)
+
+        wrapped = backend.get("recording").first_batch(model, plain, receive)
+        wrapped._gradkit_plain = plain  # what `Attachment` unwraps if the wrapper is left
+        self._peeking = (model, plain, wrapped)
+        model.train_function = wrapped
+
+    def _stop_peeking(self):
+        """Puts the train function back as it was before the peek."""
+        if self._peeking is not None:
+            model, plain, wrapped = self._peeking
+            self._peeking = None
+            if model.train_function is wrapped:
+                model.train_function = plain
 
     # ----------------------------------------------------------- callbacks
     def on_train_begin(self, logs=None):
@@ -361,6 +396,9 @@ class GradientBoard(keras.callbacks.Callback):
         if self.diagnose and self.histogram_freq:
             self._digests = self._guarded("diagnosis", lambda: _doctor.weight_digests(self.model))
             self._loss.restart()
+            seen = self._first_batch is not None and self._first_batch[0] is self.model
+            if self.probe is None and self.time_probe is None and not seen:
+                self._peek_first_batch()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.update_freq == "epoch":
@@ -470,7 +508,9 @@ class GradientBoard(keras.callbacks.Callback):
 
         names, norms = by_layer(latest.gradient_norms)
         weights = None if latest.weight_norms is None else by_layer(latest.weight_norms)[1]
-        batch = self.probe if self.probe is not None else self.time_probe
+        seen = self._first_batch is not None and self._first_batch[0] is self.model
+        first = self._first_batch[1] if seen else None
+        batch = next((b for b in (self.probe, self.time_probe, first) if b is not None), None)
         # A gradient that is not finite: the forward pass op by op finds where.
         eager = latest.global_norm is not None and not np.isfinite(float(latest.global_norm))
         forward = _doctor.ForwardMeasures(self.model, batch).measure(eager=eager)

@@ -88,7 +88,6 @@ import functools
 from typing import NamedTuple
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_gradkit import _cache, backend
@@ -216,24 +215,22 @@ def measure_activations(model, x, training=True, eager=False):
     if not model.built:
         _build(model, x, training)
     if eager:
-        return _measure(model, *_eager_pass(model, x, training))
+        return _eager_measure(model, x, training)
     key = (training, tuple(id(v) for v in model.variables))
     traced = _cache.get(model, "activations_pass")
     if traced is None or traced.key != key:
         traced = _cache.put(model, "activations_pass", _TracedPass(model, training, key))
     if traced.usable:
         try:
-            return _measure(model, *traced(x))
+            return _assemble(*traced(x))
         except Exception:
-            found = _measure(model, *_eager_pass(model, x, training))
             traced.usable = False  # it runs eagerly only: no new trace at each call
-            return found
-    return _measure(model, *_eager_pass(model, x, training))
+    return _eager_measure(model, x, training)
 
 
-def _eager_pass(model, x, training):
+def _eager_measure(model, x, training):
     with backend.get("probe").kept_random_state(), keras.StatelessScope():
-        return _recorded_pass(model, x, training)
+        return _assemble(*_reduce(model, *_recorded_pass(model, x, training)))
 
 
 def _recorded_pass(model, x, training):
@@ -253,44 +250,26 @@ def _recorded_pass(model, x, training):
 
 
 class _TracedPass:
-    """`_recorded_pass` traced by the backend: returns the same calls and
-    outputs, with tensors that hold the values of this call.
-
-    The traced function returns each distinct tensor once; where each call's
-    outputs and input and the model's outputs are among them is read while
-    tracing, so a tensor that two calls share (a layer's output, the next
-    layer's input) is one object again, as in an eager pass.
-    """
+    """The pass and its reductions (`_reduce`) traced by the backend: each
+    call returns the plan read while tracing and the counts of this call,
+    one small integer tensor, so the layers' outputs never leave the
+    traced function."""
 
     def __init__(self, model, training, key):
         self.model = model
         self.training = training
         self.key = key
         self.usable = True
-        self._layout = None
+        self._plan = None
         self._function = backend.get("probe").Function(self._run, model.variables)
 
     def _run(self, x):
-        calls, outputs = _recorded_pass(self.model, x, self.training)
-        distinct = {}
-
-        def index(tensor):
-            return distinct.setdefault(id(tensor), (len(distinct), tensor))[0]
-
-        slots = [[index(t) for t in call.outputs] for call in calls]
-        inputs = [distinct.get(id(call.input), (None,))[0] for call in calls]
-        returned = [distinct[i][0] for i in (id(t) for t in outputs) if i in distinct]
-        self._layout = ([call.layer for call in calls], slots, inputs, returned)
-        return [tensor for _, tensor in distinct.values()]
+        self._plan, counts = _reduce(self.model, *_recorded_pass(self.model, x, self.training))
+        return counts
 
     def __call__(self, x):
-        flat = self._function(keras.tree.map_structure(ops.convert_to_tensor, x))
-        layers, slots, inputs, returned = self._layout
-        calls = [
-            _Call(layer, None if i is None else flat[i], [flat[k] for k in ks])
-            for layer, ks, i in zip(layers, slots, inputs)
-        ]
-        return calls, [flat[k] for k in returned]
+        counts = self._function(keras.tree.map_structure(ops.convert_to_tensor, x))
+        return self._plan, counts
 
 
 def _build(model, x, training):
@@ -334,15 +313,29 @@ def _tensors(structure):
     return [t for t in keras.tree.flatten(structure) if hasattr(t, "shape") and hasattr(t, "dtype")]
 
 
-def _measure(model, calls, model_outputs):
-    notes = []
+class _Plan(NamedTuple):
+    """What `_reduce` read from the layers and shapes: per measured layer a
+    `LayerActivation` without its fraction and the field that takes it;
+    per call with a float output, what names it if it is the first
+    non-finite one; the notes."""
+
+    layers: list
+    calls: list
+    notes: list
+
+
+def _reduce(model, calls, model_outputs):
+    """`(plan, counts)` of one recorded pass: `counts` is one int32 vector,
+    per measured layer its fraction's numerator and denominator (dead
+    units and units, or saturated entries and entries), then per call of
+    `plan.calls` 1 where its outputs are finite, else 0."""
+    notes, layers, numbers = [], [], []
     by_layer = {}
     for position, call in enumerate(calls):
         by_layer.setdefault(id(call.layer), []).append(position)
     called = set(by_layer)
     producers = _graph_producers(model)
     outputs = _output_layers(calls, model_outputs)
-    found = []
     for positions in by_layer.values():
         layer = calls[positions[0]].layer
         kind = _activation_of(layer, called, notes)
@@ -352,11 +345,32 @@ def _measure(model, calls, model_outputs):
         layer_calls = [calls[p] for p in positions]
         is_output = id(layer) in outputs
         try:
-            found.append(_layer_activation(kind, layer_calls, source, is_output, notes))
-        except Exception as e:  # an output that is no eager tensor
+            entry, fraction = _layer_activation(kind, layer_calls, source, is_output, notes)
+        except Exception as e:  # an output that is no tensor
             reason = (str(e).strip().splitlines() or [""])[0]
             notes.append(f"{layer.name}: not measured ({type(e).__name__}: {reason})")
-    return ActivationMeasures(found, *_non_finite(calls, called, producers), notes)
+            continue
+        layers.append((entry, None if fraction is None else fraction[0]))
+        numbers.extend(fraction[1:] if fraction else [])
+    named, flags = _finite_flags(calls, called, producers)
+    counts = [ops.cast(n, "int32") for n in numbers] + [ops.cast(f, "int32") for f in flags]
+    stacked = ops.stack(counts) if counts else ops.zeros((0,), "int32")
+    return _Plan(layers, named, notes), stacked
+
+
+def _assemble(plan, counts):
+    """The `ActivationMeasures` of a plan and its counts (to the host here)."""
+    counts = ops.convert_to_numpy(counts).tolist()
+    found, index = [], 0
+    for entry, field in plan.layers:
+        if field is not None:
+            numerator, denominator = counts[index : index + 2]
+            index += 2
+            entry = entry._replace(**{field: numerator / denominator if denominator else 0.0})
+        found.append(entry)
+    finite = counts[index:]
+    bad = [named for named, flag in zip(plan.calls, finite) if not flag]
+    return ActivationMeasures(found, *(bad[0] if bad else (None, None, None)), list(plan.notes))
 
 
 def _output_layers(calls, model_outputs):
@@ -412,7 +426,9 @@ def _kind(function, separate, origin):
 
 
 def _layer_activation(kind, layer_calls, source, is_output, notes):
-    """The `LayerActivation` of one layer over its calls."""
+    """`(entry, fraction)` of one layer over its calls: its `LayerActivation`
+    with no fraction yet, and None or `(field, numerator, denominator)`,
+    tensors or ints, of its dead or saturated fraction."""
     layer = layer_calls[0].layer
     outputs = [c.outputs[0] for c in layer_calls if c.outputs]
     rank = len(outputs[0].shape)
@@ -428,7 +444,7 @@ def _layer_activation(kind, layer_calls, source, is_output, notes):
             f"another number of units than {units}, and are left out"
         )
     kept = [_float32(y) for y in kept]
-    dead = saturated = None
+    fraction = None
     if kind.name in RELU_FAMILY and isinstance(layer, keras.layers.RNN):
         # Measured on make demo's IndRNN, which trains well on the adding
         # problem: 70-75% of its units are 0 on a whole probe batch (the
@@ -436,16 +452,24 @@ def _layer_activation(kind, layer_calls, source, is_output, notes):
         # sign of a bug as a Dense layer's are.
         notes.append(f"{layer.name}: dead units are not judged in recurrent layers")
     elif kind.name in RELU_FAMILY:
-        alive = np.count_nonzero(ops.convert_to_numpy(_alive_units(kept, axis % rank)))
-        dead = (units - int(alive)) / units
+        alive = ops.sum(ops.cast(_alive_units(kept, axis % rank), "int32"))
+        fraction = ("dead_fraction", units - alive, units)
     elif kind.name in SATURATION:
-        entries = sum(int(np.prod(y.shape)) for y in kept)
         counts = [ops.sum(ops.cast(SATURATION[kind.name](y), "int32")) for y in kept]
-        saturated = int(sum(ops.convert_to_numpy(c) for c in counts)) / entries
+        entries = [ops.size(y) for y in kept]
+        fraction = ("saturated_fraction", _total(counts), _total(entries))
     source_name = source.name if kind.separate and source is not None else None
-    return LayerActivation(
-        layer.name, kind.name, units, dead, saturated, is_output, kind.separate, source_name
+    entry = LayerActivation(
+        layer.name, kind.name, units, None, None, is_output, kind.separate, source_name
     )
+    return entry, fraction
+
+
+def _total(values):
+    total = values[0]
+    for value in values[1:]:
+        total = ops.add(total, value)
+    return total
 
 
 def _alive_units(outputs, axis):
@@ -464,26 +488,25 @@ def _float32(tensor):
     return ops.cast(tensor, "float32")
 
 
-def _non_finite(calls, called, producers):
-    """`(layer, activation, initializer)` of the first call whose output is
-    not finite, or three Nones."""
-    flags, positions = [], []
+def _finite_flags(calls, called, producers):
+    """`(named, flags)`: per call with an output the finiteness check can
+    read, `(layer, activation, initializer)` naming it, and a boolean
+    tensor, whether all its float outputs are finite."""
+    named, flags = [], []
     for position, call in enumerate(calls):
         try:
-            flags.append(_all_finite(call.outputs))
-        except Exception:  # no eager tensor: `_measure` notes it for a layer it measures
+            flag = _all_finite(call.outputs)
+        except Exception:  # no tensor: `_reduce` notes it for a layer it measures
             continue
-        positions.append(position)
-    finite = ops.convert_to_numpy(ops.stack(flags)) if flags else np.ones(0, bool)
-    bad = [positions[i] for i in np.flatnonzero(~finite.astype(bool))]
-    if not bad:
-        return None, None, None
-    layer = calls[bad[0]].layer
-    kind = _activation_of(layer, called, [])
-    if kind is None:
-        return layer.name, None, _initializer_name(layer)
-    source = _source(layer, kind, calls, bad[0], producers)
-    return layer.name, kind.name, _initializer_name(source or kind.origin)
+        layer = call.layer
+        kind = _activation_of(layer, called, [])
+        if kind is None:
+            named.append((layer.name, None, _initializer_name(layer)))
+        else:
+            source = _source(layer, kind, calls, position, producers)
+            named.append((layer.name, kind.name, _initializer_name(source or kind.origin)))
+        flags.append(flag)
+    return named, flags
 
 
 def _all_finite(tensors):

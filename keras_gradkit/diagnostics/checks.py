@@ -137,8 +137,10 @@ def assemble(
         )
     forward = non_finite_forward_finding(activations, at_initialization)
     non_finite = _non_finite(layer_names, gradient_norms, weight_norms, skipped, at_initialization)
-    if forward is not None:
-        # The forward pass explains a non-finite gradient.
+    weights_broken = weight_norms is not None and not all(map(math.isfinite, weight_norms))
+    if forward is not None and not (weights_broken and non_finite is not None):
+        # The forward pass explains a non-finite gradient, unless the weights
+        # are already not finite: then a non-finite update broke them.
         findings.append(forward)
     elif non_finite is not None:
         findings.append(non_finite)

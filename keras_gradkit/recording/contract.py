@@ -135,3 +135,10 @@ class RecordingBackend(Protocol):
 
     def make_train_function(self, model: Any, sinks: Sequence[Sink]) -> None:
         """Makes the model's train function anew, its steps publishing to `sinks`."""
+
+    def first_batch(
+        self, model: Any, train_function: Callable, receive: Callable[[Any], None]
+    ) -> Callable:
+        """`train_function` that hands the first batch it trains on (as `fit`
+        made it: `(x, y, sample_weight)` or part of it) to `receive`, or None
+        where it cannot be read, and otherwise trains exactly as the original."""

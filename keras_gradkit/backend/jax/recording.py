@@ -10,6 +10,8 @@ The monitor's hook wraps the optimizer's `stateless_apply`, which Keras's JAX
 trainer calls (private).
 """
 
+import itertools
+
 import jax
 import keras
 import numpy as np
@@ -205,3 +207,19 @@ def make_train_function(model, sinks):
         return logs, state
 
     model.train_function = keras_private.make_function(model, train_step)
+
+
+def first_batch(model, train_function, receive):
+    """`train_function` handing the first batch it trains on to `receive`.
+
+    Keras's JAX train function takes `(state, iterator)` and draws its
+    batches from the iterator; the first call draws one, hands it over and
+    puts it back in front, so the step trains on it as it would have."""
+    del model
+
+    def function(state, iterator):
+        first = next(iterator)  # StopIteration at the end, as the step's own
+        receive(first)
+        return train_function(state, itertools.chain([first], iterator))
+
+    return function

@@ -48,3 +48,40 @@ def make_train_function(model, sinks):
     """
     check_sinks(sinks)
     model.make_train_function(force=True)
+
+
+def first_batch(model, train_function, receive):
+    """`train_function` handing the first batch it trains on to `receive`.
+
+    Keras's TensorFlow train function takes the epoch's `tf.data` iterator.
+    The first call takes one execution's batches (`steps_per_execution`)
+    from it and trains on them through an iterator of the same element
+    spec, so the traced step is reused: the run trains on the same batches
+    in the same order (if `from_generator` cannot make that iterator, a
+    list of the batches, which Keras's train function steps through with a
+    trace of its own). A distributed iterator is passed on unread
+    (`receive(None)`): its batches are per-replica values.
+    """
+
+    def function(iterator):
+        if not isinstance(iterator, tf.data.Iterator):
+            receive(None)
+            return train_function(iterator)
+        batches = [iterator.get_next()]  # OutOfRangeError at the end, as the step's own
+        for _ in range(model.steps_per_execution - 1):
+            more = iterator.get_next_as_optional()
+            if not more.has_value():
+                break
+            batches.append(more.get_value())
+        receive(batches[0])
+        try:
+            replay = iter(
+                tf.data.Dataset.from_generator(
+                    lambda: iter(batches), output_signature=iterator.element_spec
+                )
+            )
+        except Exception:  # an element spec `from_generator` does not take
+            replay = batches  # Keras steps through a list too, with a trace of its own
+        return train_function(replay)
+
+    return function

@@ -30,3 +30,17 @@ def make_train_function(model, sinks):
     step). The sinks need no carrying: they are variables the step assigns."""
     check_sinks(sinks)
     model.make_train_function(force=True)
+
+
+def first_batch(model, train_function, receive):
+    """`train_function` handing the first batch it trains on to `receive`.
+
+    Keras's PyTorch train function takes a list of one batch, which it
+    reads only."""
+    del model
+
+    def function(data):
+        receive(data[0])
+        return train_function(data)
+
+    return function
