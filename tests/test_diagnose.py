@@ -400,9 +400,18 @@ def snapshot(variables):
 
 
 # ------------------------------------------------------------------- tests
+# The 12-block stack, the costliest family, at the first batch size only: the
+# other families prove the measures on a batch of another size.
+FAMILIES_AND_BATCHES = [
+    (family, batch_size)
+    for batch_size in BATCH_SIZES
+    for family in CASES
+    if batch_size == BATCH_SIZES[0] or family != "residual_ind_rnn_stack"
+]
+
+
 class TestDiagnose:
-    @pytest.mark.parametrize("batch_size", BATCH_SIZES)
-    @pytest.mark.parametrize("family", list(CASES))
+    @pytest.mark.parametrize("family,batch_size", FAMILIES_AND_BATCHES)
     def test_findings_follow_from_independent_gradients(self, family, batch_size):
         build, data, kinds = CASES[family]
         # One model takes each seed's initial weights in turn, so that it

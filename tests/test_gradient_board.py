@@ -172,7 +172,7 @@ class TestGradientBoard:
             jit_compile=jit,
             steps_per_execution=steps_per_execution,
         )
-        board = gk.callbacks.GradientBoard(tmp_path, update_freq="batch")
+        board = gk.callbacks.GradientBoard(tmp_path, update_freq="batch", diagnose=False)
         model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[board])
         g1 = numpy_dense_gradients(w0, x[:4], y[:4])
         if accumulation:  # one update with the mean of the two micro-batch gradients
@@ -227,7 +227,7 @@ class TestGradientBoard:
             record_gradients=True,
         )
         model.compile(optimizer=opt, loss="mse")
-        board = gk.callbacks.GradientBoard(tmp_path)
+        board = gk.callbacks.GradientBoard(tmp_path, diagnose=False)
         model.fit(x[:4], y[:4], batch_size=4, epochs=1, verbose=0, callbacks=[board])
         model.fit(
             x,
@@ -328,7 +328,9 @@ class TestGradientBoard:
         x, y = data()
         model = dense_model()
         model.compile(optimizer="sgd", loss="mse")
-        board = gk.callbacks.GradientBoard(tmp_path, include="kernel", exclude=["/out/"])
+        board = gk.callbacks.GradientBoard(
+            tmp_path, include="kernel", exclude=["/out/"], diagnose=False
+        )
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[board])
         per_variable = {
             t
@@ -369,7 +371,9 @@ class TestGradientBoard:
         read = keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: seen.update(opt.last_gradients())
         )
-        model.fit(x, y, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path), read])
+        model.fit(
+            x, y, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path, diagnose=False), read]
+        )
         events = read_events(tmp_path)
         assert_histogram_of(events, "gradients/net/out/kernel", seen["net/out/kernel"])
         assert opt.get_config()["record_gradients"] is False
@@ -394,7 +398,7 @@ class TestGradientBoard:
         opt = ClippedOptimizer(
             keras.optimizers.SGD(0.1), clipping.ClipByGlobalNorm(max_norm), record_gradients=True
         )
-        board = gk.callbacks.GradientBoard(tmp_path)
+        board = gk.callbacks.GradientBoard(tmp_path, diagnose=False)
         expected = []
         for step in range(1, 4):
             weights = [w.copy() for w in model.get_weights()]
@@ -417,12 +421,12 @@ class TestGradientBoard:
         assert steps(events, "gradients/net/hidden/kernel") == [3]
         assert {f"update_ratio/{path}" for path in VARIABLES} <= set(events)
         # A restarted loop on the same log_dir continues after step 3.
-        restarted = gk.callbacks.GradientBoard(tmp_path)
+        restarted = gk.callbacks.GradientBoard(tmp_path, diagnose=False)
         restarted.write_statistics(opt, 1)
         assert steps(read_events(tmp_path), "gradient_norm/global") == [1, 2, 3, 4]
 
     def test_write_statistics_rejects_bad_arguments(self, tmp_path):
-        board = gk.callbacks.GradientBoard(tmp_path)
+        board = gk.callbacks.GradientBoard(tmp_path, diagnose=False)
         plain = ClippedOptimizer(keras.optimizers.SGD(), clipping.NoClip())
         with pytest.raises(TypeError, match="optimizer"):
             board.write_statistics(keras.optimizers.SGD(), 1)

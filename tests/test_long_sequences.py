@@ -77,17 +77,17 @@ def test_gradient_board_time_probe_measures_each_new_layer(tmp_path):
     # layer's input sequence h, against the backend's own autograd of the
     # rest of the model (`gradient_testing`), with the weights held (SGD 0).
     rng = np.random.default_rng(7)
-    x = rng.normal(size=(3, 6, 2)).astype("float32")
-    y = rng.normal(size=(3, 1)).astype("float32")
+    x = rng.normal(size=(2, 5, 2)).astype("float32")
+    y = rng.normal(size=(2, 1)).astype("float32")
     keras.utils.set_random_seed(7)
     layers = [
         MUT1(3, return_sequences=True, name="mut1"),
-        MinGRU(3, return_sequences=True, mode="parallel", name="min_gru"),
-        MinLSTM(3, return_sequences=True, mode="sequential", name="min_lstm"),
-        LRU(4, name="lru"),
+        MinGRU(3, return_sequences=True, name="min_gru"),  # mode="auto"
+        MinLSTM(3, return_sequences=True, name="min_lstm"),
+        LRU(2, name="lru"),
         keras.layers.Dense(1, name="head"),
     ]
-    model = keras.Sequential([keras.Input((6, 2)), *layers])
+    model = keras.Sequential([keras.Input((5, 2)), *layers])
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
     board = gk.callbacks.GradientBoard(tmp_path, time_probe=(x, y), write_plots=False)
     model.fit(x, y, epochs=1, verbose=0, callbacks=[board])
