@@ -527,7 +527,7 @@ class TestGradientBoardTrust:
             batch_size=8,
             epochs=3,
             verbose=0,
-            callbacks=[gk.callbacks.GradientBoard(tmp_path)],
+            callbacks=[gk.callbacks.GradientBoard(tmp_path, diagnose=False)],
         )
         history, _ = numpy_sgd(w0, x, y, lr, 3)
         events = read_events(tmp_path)
@@ -562,7 +562,7 @@ class TestGradientBoardTrust:
             batch_size=8,
             epochs=2,
             verbose=0,
-            callbacks=[gk.callbacks.GradientBoard(tmp_path)],
+            callbacks=[gk.callbacks.GradientBoard(tmp_path, diagnose=False)],
         )
         history, final = numpy_sgd(w0, x, y, lr, 2, clipnorm=clip)
         assert all(norm(h[1]) > clip for h in history)  # every step is clipped
@@ -600,7 +600,7 @@ class TestGradientBoardTrust:
             batch_size=4,
             epochs=2,
             verbose=0,
-            callbacks=[gk.callbacks.GradientBoard(tmp_path / "logs")],
+            callbacks=[gk.callbacks.GradientBoard(tmp_path / "logs", diagnose=False)],
         )
         path = tmp_path / "m.keras"
         model.save(path)
@@ -727,7 +727,7 @@ class TestGradientBoardTrust:
             epochs=2,
             verbose=0,
             shuffle=False,
-            callbacks=[gk.callbacks.GradientBoard(tmp_path)],
+            callbacks=[gk.callbacks.GradientBoard(tmp_path, diagnose=False)],
         )
         assert model.optimizer is opt
         assert iterations(opt) == 4 and opt.gradient_statistics()["steps"] == 4.0

@@ -110,7 +110,7 @@ def test_steps_line_up_with_keras_tensorboard(tmp_path, update_freq):
     model.compile(optimizer="adam", loss="mse")
     callbacks = [
         keras.callbacks.TensorBoard(tmp_path, update_freq=update_freq, histogram_freq=1),
-        gk.callbacks.GradientBoard(tmp_path, update_freq=update_freq),
+        gk.callbacks.GradientBoard(tmp_path, update_freq=update_freq, diagnose=False),
     ]
     model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=callbacks)
     events = read_events(tmp_path)
@@ -279,7 +279,12 @@ def test_gradient_depth_equals_the_backends_own_gradient(tmp_path, name):
         optimizer=keras.optimizers.SGD(0.0), loss="mse"
     )  # the applied gradient is the batch gradient
     model.fit(
-        x, y, batch_size=16, epochs=1, verbose=0, callbacks=[gk.callbacks.GradientBoard(tmp_path)]
+        x,
+        y,
+        batch_size=16,
+        epochs=1,
+        verbose=0,
+        callbacks=[gk.callbacks.GradientBoard(tmp_path, diagnose=False)],
     )
     events = read_events(tmp_path)
     np.testing.assert_allclose(events["gradient_depth/norms"][1][-1][1], norms, rtol=1e-4)

@@ -17,7 +17,7 @@ from tensorboard.util import tensor_util
 
 import keras_gradkit as gk
 from keras_gradkit import backend
-from keras_gradkit.layers import LRU, MUT1, MinGRU, MinLSTM
+from keras_gradkit.layers import LRU, MinGRU, MinLSTM
 from keras_gradkit.layers.min_rnn import MODES
 from tests.gradient_testing import value_and_gradients
 
@@ -80,8 +80,9 @@ def test_gradient_board_time_probe_measures_each_new_layer(tmp_path):
     x = rng.normal(size=(2, 5, 2)).astype("float32")
     y = rng.normal(size=(2, 1)).astype("float32")
     keras.utils.set_random_seed(7)
+    # MUT1 is a `keras.layers.RNN`, probed as SimpleRNN and LSTM are
+    # (tests/test_gradient_board.py); the others are layers of their own.
     layers = [
-        MUT1(3, return_sequences=True, name="mut1"),
         MinGRU(3, return_sequences=True, name="min_gru"),  # mode="auto"
         MinLSTM(3, return_sequences=True, name="min_lstm"),
         LRU(2, name="lru"),
@@ -94,20 +95,26 @@ def test_gradient_board_time_probe_measures_each_new_layer(tmp_path):
 
     acc = pea.EventAccumulator(str(tmp_path / "train"), size_guidance={pea.TENSORS: 0})
     acc.Reload()
-    hidden = x
-    for index, layer in enumerate(layers[:-1]):
-        rest = layers[index:]
+    recurrent = layers[:-1]
+    hiddens = [x]  # each recurrent layer's input sequence
+    for layer in recurrent[:-1]:
+        output = layer(keras.ops.convert_to_tensor(hiddens[-1]), training=True)
+        hiddens.append(keras.ops.convert_to_numpy(keras.ops.stop_gradient(output)))
 
-        def summed_loss(h, rest=rest):
-            for later in rest:
+    def summed_losses(*inputs):
+        # Term i depends on the i-th input only: its gradient is term i's.
+        total = 0.0
+        for index, h in enumerate(inputs):
+            for later in layers[index:]:
                 h = later(h, training=True)
             error = keras.ops.subtract(h, keras.ops.convert_to_tensor(y))
-            return keras.ops.sum(keras.ops.mean(keras.ops.square(error), axis=-1))
+            total = total + keras.ops.sum(keras.ops.mean(keras.ops.square(error), axis=-1))
+        return total
 
-        _, (grad,), _ = value_and_gradients(summed_loss, [hidden])
+    _, grads, _ = value_and_gradients(summed_losses, hiddens)
+    for layer, grad in zip(recurrent, grads):
         expected = np.linalg.norm(grad, axis=-1).mean(axis=0)
         (event,) = acc.Tensors(f"time_gradient/{layer.name}/norms")
         found = tensor_util.make_ndarray(event.tensor_proto)
         np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-9, err_msg=layer.name)
         assert np.all(np.isfinite(found)) and found[-1] > 0.0, layer.name
-        hidden = keras.ops.convert_to_numpy(keras.ops.stop_gradient(layer(hidden, training=True)))
