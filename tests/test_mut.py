@@ -168,6 +168,20 @@ class TestMUT:
         np.testing.assert_allclose(_np(state), expected_state, atol=1e-5)
         np.testing.assert_allclose(_np(sequence)[mask], expected_sequence[mask], atol=1e-5)
 
+    def test_mixed_precision_follows_the_float32_equations(self, variant):
+        # `mixed_float16`: float32 weights, float16 compute and output; the
+        # output is the NumPy equations' (float64) to float16 rounding.
+        _, layer_cls = VARIANTS[variant]
+        x = _inputs(seed=11)
+        layer = layer_cls(U, return_sequences=True, dtype="mixed_float16")
+        layer.build(x.shape)
+        _randomize(layer)
+        assert {keras.backend.standardize_dtype(w.dtype) for w in layer.weights} == {"float32"}
+        sequence = _np(layer(x))
+        assert sequence.dtype == np.float16
+        expected, _ = numpy_mut(variant, x, _named_weights(layer))
+        np.testing.assert_allclose(sequence, expected, rtol=1e-2, atol=1e-2)
+
     def test_go_backwards(self, variant):
         _, layer_cls = VARIANTS[variant]
         x = _inputs(seed=8)
