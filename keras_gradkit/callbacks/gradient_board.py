@@ -366,6 +366,12 @@ class GradientBoard(keras.callbacks.Callback):
         self._peeking = (model, plain, wrapped)
         model.train_function = wrapped
 
+    def _seen_batch(self):
+        """The first training batch read for this model, or None."""
+        if self._first_batch is not None and self._first_batch[0] is self.model:
+            return self._first_batch[1]
+        return None
+
     def _stop_peeking(self):
         """Puts the train function back as it was before the peek."""
         if self._peeking is not None:
@@ -396,8 +402,7 @@ class GradientBoard(keras.callbacks.Callback):
         if self.diagnose and self.histogram_freq:
             self._digests = self._guarded("diagnosis", lambda: _doctor.weight_digests(self.model))
             self._loss.restart()
-            seen = self._first_batch is not None and self._first_batch[0] is self.model
-            if self.probe is None and self.time_probe is None and not seen:
+            if self.probe is None and self.time_probe is None and self._seen_batch() is None:
                 self._peek_first_batch()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -508,9 +513,8 @@ class GradientBoard(keras.callbacks.Callback):
 
         names, norms = by_layer(latest.gradient_norms)
         weights = None if latest.weight_norms is None else by_layer(latest.weight_norms)[1]
-        seen = self._first_batch is not None and self._first_batch[0] is self.model
-        first = self._first_batch[1] if seen else None
-        batch = next((b for b in (self.probe, self.time_probe, first) if b is not None), None)
+        candidates = (self.probe, self.time_probe, self._seen_batch())
+        batch = next((b for b in candidates if b is not None), None)
         # A gradient that is not finite: the forward pass op by op finds where.
         eager = latest.global_norm is not None and not np.isfinite(float(latest.global_norm))
         forward = _doctor.ForwardMeasures(self.model, batch).measure(eager=eager)
