@@ -420,6 +420,42 @@ class TestActivationMeasures:
         assert relu_found.source == "hidden"
         assert relu_found.dead_fraction == dead_fraction(numpy_dense(model.layers[1], x, "relu"))
 
+    def test_diagnose_measures_the_activations_in_its_gradient_pass(self, monkeypatch):
+        # `diagnose` reads the activations from the forward pass of the
+        # weights' gradient, with no pass of their own (as NumPy says).
+        inputs = keras.Input((5,))
+        hidden = keras.layers.Dense(UNITS, name="hidden")(inputs)
+        relu = keras.layers.ReLU(name="relu")(hidden)
+        tanh = keras.layers.Dense(UNITS, activation="tanh", name="tanh")(relu)
+        model = keras.Model(inputs, keras.layers.Dense(1, name="out")(tanh))
+        model.compile(optimizer="sgd", loss="mse")
+        x = positive_batch(5) * 3.0
+        y = np.ones((BATCH, 1), "float32")
+        kernel, bias = model.get_layer("hidden").get_weights()
+        bias[:2] = -50.0  # two dead units
+        model.get_layer("hidden").set_weights([kernel, bias])
+        kernel, bias = model.get_layer("tanh").get_weights()
+        kernel[:, :3] *= 8.0  # three units saturated on some rows
+        model.get_layer("tanh").set_weights([kernel, bias])
+        passes = []
+        separate = activations.measure_activations
+        monkeypatch.setattr(
+            activations,
+            "measure_activations",
+            lambda *a, **k: passes.append(1) or separate(*a, **k),
+        )
+
+        reports = [gk.diagnose(model, x, y) for _ in range(2)]
+
+        assert passes == []
+        dead = dead_fraction(numpy_dense(model.get_layer("hidden"), x, "relu"))
+        h = numpy_dense(model.get_layer("tanh"), numpy_dense(model.get_layer("hidden"), x, "relu"))
+        saturated = float(np.mean(1.0 - h**2 < 0.01))
+        assert dead == 2 / UNITS and 0.0 < saturated < 0.5
+        for report in reports:
+            assert report.measures["dead_units"] == {"relu": pytest.approx(dead)}
+            assert report.measures["saturated_units"]["tanh"] == pytest.approx(saturated)
+
     def test_gradient_board_traces_the_pass_once_for_all_its_checks(self, tmp_path):
         model = keras.Sequential(
             [keras.Input((5,)), keras.layers.Dense(UNITS, activation="relu"), keras.layers.Dense(1)]

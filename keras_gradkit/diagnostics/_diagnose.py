@@ -44,7 +44,7 @@ def _probe(model, x, y, sample_weight, time):
         cached[1].set_batch(x, y, sample_weight)  # traced again if the loss changed
         return cached[1]
     probe = time_probe.TimeProbe(
-        model, x, y, sample_weight, time=time, variables=True, argument="x"
+        model, x, y, sample_weight, time=time, variables=True, argument="x", activations=True
     )
     _cache.put(model, "diagnose_probe", (key, probe))
     return probe
@@ -151,15 +151,21 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
             "(batch, timesteps, features) or token ids (batch, timesteps)): not measured through time."
         )
     rows = len(keras.tree.flatten(x)[0])
-    variable_norms, results = _probe(model, x, y, sample_weight, time).compute_all()
-    names, by_layer = depth.layer_norms(model, variable_norms)
-    total = norms.host_norm(list(variable_norms.values()))
-    # A gradient that is not finite: the forward pass op by op finds where.
-    eager = not math.isfinite(total)
-    measured = activations.measure_activations(model, x, eager=eager)
-    measured = checks.judgeable_activations(measured, rows)
+    probe = _probe(model, x, y, sample_weight, time)
+    finish = probe.start()
+    # Measured on the host while the passes run.
     scales, scale_notes = data.input_scales(model, x, y)
     mismatches, mismatch_notes = data.output_loss_mismatches(model, y)
+    variable_norms, results = finish()
+    names, by_layer = depth.layer_norms(model, variable_norms)
+    total = norms.host_norm(list(variable_norms.values()))
+    # The activations come from the gradient pass's forward pass; a
+    # gradient that is not finite: the forward pass op by op finds where.
+    measured = probe.measured_activations
+    if measured is None or not math.isfinite(total):
+        eager = not math.isfinite(total)
+        measured = activations.measure_activations(model, x, eager=eager)
+    measured = checks.judgeable_activations(measured, rows)
     return checks.assemble(
         model,
         names,

@@ -10,7 +10,9 @@ and the trace is kept for the model, so later calls on batches of the same
 shapes reuse it: an eager pass costs several training steps on TensorFlow
 and JAX (a recurrent layer runs its loop op by op). A model that cannot be
 traced runs eagerly. An unbuilt model is first built on the batch's first
-example, in a scope of its own.
+example, in a scope of its own. A caller that runs the model anyway can
+measure that very pass (`measured_call`, then `assemble`): `diagnose`
+measures the forward pass of the weights' gradient.
 
 Each layer's output is read by an instance-level wrapper of its `call`
 (`functools.wraps`, so Keras still reads the signature), removed again when
@@ -222,7 +224,7 @@ def measure_activations(model, x, training=True, eager=False):
         traced = _cache.put(model, "activations_pass", _TracedPass(model, training, key))
     if traced.usable:
         try:
-            return _assemble(*traced(x))
+            return assemble(*traced(x))
         except Exception:
             traced.usable = False  # it runs eagerly only: no new trace at each call
     return _eager_measure(model, x, training)
@@ -230,7 +232,7 @@ def measure_activations(model, x, training=True, eager=False):
 
 def _eager_measure(model, x, training):
     with backend.get("probe").kept_random_state(), keras.StatelessScope():
-        return _assemble(*_reduce(model, *_recorded_pass(model, x, training)))
+        return assemble(*_reduce(model, *_recorded_pass(model, x, training)))
 
 
 def _recorded_pass(model, x, training):
@@ -246,7 +248,20 @@ def _recorded_pass(model, x, training):
     finally:
         for remove in reversed(removals):
             remove()
-    return calls, _tensors(outputs)
+    return calls, outputs
+
+
+def measured_call(model, x, training=True):
+    """`(outputs, plan, counts)`: `model(x, training=training)`, with the
+    activation reductions of that very pass, for a caller that runs the
+    pass for its own purpose (`keras_gradkit.diagnose`'s gradient pass, so
+    the activations cost no pass of their own). Call it where the model
+    would be called: inside the caller's `keras.StatelessScope`, traced or
+    differentiated or not. `assemble(plan, counts)` makes the
+    `ActivationMeasures` once the counts are on the host."""
+    calls, outputs = _recorded_pass(model, x, training)
+    plan, counts = _reduce(model, calls, outputs)
+    return outputs, plan, counts
 
 
 class _TracedPass:
@@ -335,7 +350,7 @@ def _reduce(model, calls, model_outputs):
         by_layer.setdefault(id(call.layer), []).append(position)
     called = set(by_layer)
     producers = _graph_producers(model)
-    outputs = _output_layers(calls, model_outputs)
+    outputs = _output_layers(calls, _tensors(model_outputs))
     for positions in by_layer.values():
         layer = calls[positions[0]].layer
         kind = _activation_of(layer, called, notes)
@@ -358,7 +373,7 @@ def _reduce(model, calls, model_outputs):
     return _Plan(layers, named, notes), stacked
 
 
-def _assemble(plan, counts):
+def assemble(plan, counts):
     """The `ActivationMeasures` of a plan and its counts (to the host here)."""
     counts = ops.convert_to_numpy(counts).tolist()
     found, index = [], 0

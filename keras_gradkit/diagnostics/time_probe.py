@@ -18,7 +18,7 @@ from keras import ops
 
 from keras_gradkit import backend
 from keras_gradkit.backend.common import norms
-from keras_gradkit.diagnostics import graph
+from keras_gradkit.diagnostics import activations, graph
 
 REACH_FRACTION = 1e-3
 
@@ -281,12 +281,30 @@ class TimeProbe:
         variables: bool, also compute the gradient of each trainable
             variable (one more backward pass, through the whole model).
         argument: str, the argument the errors name.
+        activations: bool, with `variables`, also measure the activations
+            (`keras_gradkit.diagnostics.activations`) in the forward pass
+            of the variables' gradient, so they cost no pass of their own:
+            after `compute_all`, `measured_activations` holds them. Where
+            that pass cannot be traced with the activations' hooks, or
+            the model has no trainable variable, `measured_activations`
+            stays None and the caller measures them apart.
     """
 
     def __init__(
-        self, model, x, y, sample_weight=None, time=True, variables=False, argument="time_probe"
+        self,
+        model,
+        x,
+        y,
+        sample_weight=None,
+        time=True,
+        variables=False,
+        argument="time_probe",
+        activations=False,
     ):
         self.model = model
+        self._measures_activations = activations and variables
+        self._activation_plan = None
+        self.measured_activations = None
         self._argument = argument
         self.x = np.asarray(x) if time else keras.tree.map_structure(np.asarray, x)
         self.y = y
@@ -337,13 +355,21 @@ class TimeProbe:
         self._backend = backend.get("probe")
         function = self._backend.Function(self._gradients, self.model.variables)
         try:
-            args = (_tensors(self.x), _tensors(self.y), _tensors(self.sample_weight))
+            for value in (self.x, self.y, self.sample_weight):
+                _tensors(value)
         except Exception as e:  # strings on JAX or PyTorch
             message = self._failure(e, "which the backend cannot convert to tensors", loss=False)
             raise ValueError(message) from e
+        # Traced for the arguments as `compute_all` passes them.
+        args = tuple(map(self._backend.arguments, (self.x, self.y, self.sample_weight)))
         try:
-            traced = function.trace(*args, ops.convert_to_tensor(1.0))
+            traced = function.trace(*args, self._backend.arguments(np.float32(1.0)))
         except Exception as e:
+            if self._measures_activations:
+                # Measured apart (eagerly if need be); the plain pass is
+                # traced, or raises the error to show.
+                self._measures_activations = False
+                return self.check()
             raise ValueError(self._failure(e)) from e
         if not traced:
             self._try_forward()
@@ -353,7 +379,7 @@ class TimeProbe:
         """Probes another batch of the same shapes (the trace is reused)."""
         self.check()
         self.x, self.y, self.sample_weight = x, y, sample_weight
-        self._args = (_tensors(x), _tensors(y), _tensors(sample_weight))
+        self._args = tuple(map(self._backend.arguments, (x, y, sample_weight)))
 
     def compute(self):
         """A list of `(name, norms, reach)`: the name (`"input"` or the
@@ -365,15 +391,38 @@ class TimeProbe:
         """`(variable_norms, time_results)`: `{variable path: the L2 norm of
         its gradient}` (empty unless `variables=True`) and the list of
         `compute`."""
+        return self.start()()
+
+    def start(self):
+        """Starts `compute_all` and returns a function of no argument that
+        finishes it: on JAX the passes run while the caller does other work
+        (the host reads their results only in that function)."""
         self.check()
         scale = _loss_scale(self.model)
         try:
-            outputs = self._function(*self._args, ops.convert_to_tensor(scale))
+            outputs = self._function(*self._args, self._backend.arguments(np.float32(scale)))
         except Exception as e:  # raised when the traced function runs (a token id out of range)
             raise ValueError(self._failure(e)) from e
+
+        def finish():
+            try:
+                return self._results(outputs, scale)
+            except ValueError:
+                raise
+            except Exception as e:  # raised while it ran (JAX dispatches asynchronously)
+                raise ValueError(self._failure(e)) from e
+
+        return finish
+
+    def _results(self, outputs, scale):
         variable_norms = {}
+        self.measured_activations = None
         if self.variables:
-            values, outputs = outputs[0], outputs[1:]
+            if self._measures_activations:
+                (values, counts), outputs = outputs[0], outputs[1:]
+                self.measured_activations = activations.assemble(self._activation_plan, counts)
+            else:
+                values, outputs = outputs[0], outputs[1:]
             values = np.asarray(ops.convert_to_numpy(values), "float64") / scale
             variable_norms = {
                 v.path: float(n) for v, n in zip(self.model.trainable_variables, values)
@@ -544,25 +593,41 @@ class TimeProbe:
         trainable = self.model.trainable_variables
         ids = {id(v) for v in trainable}
         others = [(v, v.value) for v in self.model.variables if id(v) not in ids]
+        measured = self._measures_activations and bool(trainable)
 
         def loss(*values):
-            return self._loss(
-                x,
-                y,
-                sample_weight,
-                scale,
-                lambda: self.model(x, training=True),
-                list(zip(trainable, values)) + others,
+            counts = []
+
+            def y_pred_of():
+                if not measured:
+                    return self.model(x, training=True)
+                y_pred, self._activation_plan, found = activations.measured_call(self.model, x)
+                counts.append(found)
+                return y_pred
+
+            value = self._loss(
+                x, y, sample_weight, scale, y_pred_of, list(zip(trainable, values)) + others
             )
+            return (value, counts[0]) if measured else value
 
         values = [ops.convert_to_tensor(v.value) for v in trainable]
         # A model with every layer frozen has no gradient to take (and
         # torch.autograd.grad refuses an empty list).
-        grads = self._backend.gradients(loss, values) if values else []
-        # Only the norms leave the device.
-        return ops.stack(
+        counts = None
+        if measured:
+            grads, counts = self._backend.gradients(loss, values, has_aux=True)
+        else:
+            grads = self._backend.gradients(loss, values) if values else []
+        # Only the norms (and the activations' counts) leave the device.
+        found = ops.stack(
             [norms.norm(g, overflow_safe=True) for g in grads] or [ops.zeros((), "float32")]
         )
+        if self._measures_activations:
+            if counts is None:  # no trainable variable: measured apart
+                self._measures_activations = False
+                return found
+            return found, counts
+        return found
 
     def _target_gradient(self, target, x, y, sample_weight, scale):
         seq, extras, mask = target.head(x)

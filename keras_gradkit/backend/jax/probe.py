@@ -45,9 +45,19 @@ class Function:
         return True
 
 
-def gradients(fn, xs):
-    """d fn(*xs) / d xs for a scalar `fn`: one array per entry of `xs`."""
-    return list(jax.grad(lambda args: fn(*args))(list(xs)))
+def arguments(value):
+    """`value` as `Function` takes it: a structure of NumPy arrays as it
+    is (a jitted function copies them to the device itself, with none of
+    the conversion ops, each a dispatch, that `convert_to_tensor` runs)."""
+    return value
+
+
+def gradients(fn, xs, has_aux=False):
+    """d fn(*xs) / d xs for a scalar `fn`: one array per entry of `xs`.
+    With `has_aux`, `fn` returns `(value, aux)` and the result is
+    `(gradients, aux)`."""
+    grads = jax.grad(lambda args: fn(*args), has_aux=has_aux)(list(xs))
+    return (list(grads[0]), grads[1]) if has_aux else list(grads)
 
 
 def gradient(fn, x):

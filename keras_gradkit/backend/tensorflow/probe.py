@@ -40,15 +40,23 @@ class Function:
         return True
 
 
-def gradients(fn, xs):
+def arguments(value):
+    """`value`, a structure of arrays (or None), as `Function` takes it: tensors."""
+    return None if value is None else keras.tree.map_structure(keras.ops.convert_to_tensor, value)
+
+
+def gradients(fn, xs, has_aux=False):
     """d fn(*xs) / d xs for a scalar `fn`: one dense tensor per entry of
-    `xs`, zeros where `fn` does not depend on it."""
+    `xs`, zeros where `fn` does not depend on it. With `has_aux`, `fn`
+    returns `(value, aux)` and the result is `(gradients, aux)`."""
     xs = list(xs)
     with tf.GradientTape() as tape:
         tape.watch(xs)
         value = fn(*xs)
+    value, aux = value if has_aux else (value, None)
     grads = tape.gradient(value, xs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return [tf.convert_to_tensor(g) for g in grads]  # an IndexedSlices after a gather
+    grads = [tf.convert_to_tensor(g) for g in grads]  # an IndexedSlices after a gather
+    return (grads, aux) if has_aux else grads
 
 
 def gradient(fn, x):

@@ -45,14 +45,22 @@ def kept_random_state():
     return torch.random.fork_rng(devices=devices)
 
 
-def gradients(fn, xs):
+def arguments(value):
+    """`value`, a structure of arrays (or None), as `Function` takes it: tensors."""
+    return None if value is None else keras.tree.map_structure(keras.ops.convert_to_tensor, value)
+
+
+def gradients(fn, xs, has_aux=False):
     """d fn(*xs) / d xs for a scalar `fn`: one tensor per entry of `xs`,
-    zeros where `fn` does not depend on it."""
+    zeros where `fn` does not depend on it. With `has_aux`, `fn` returns
+    `(value, aux)` and the result is `(gradients, aux)`."""
     xs = [x.detach().requires_grad_(True) for x in xs]
     with torch.enable_grad():
         value = fn(*xs)
+        value, aux = value if has_aux else (value, None)
         grads = torch.autograd.grad(value, xs, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, xs)]
+    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, xs)]
+    return (grads, aux) if has_aux else grads
 
 
 def gradient(fn, x):
