@@ -24,6 +24,7 @@ BACKEND_MODULES = (
     "distribute",
     "ind_recurrence",
     "linear_recurrence",
+    "norms",
     "probe",
     "recording",
     "sparse",

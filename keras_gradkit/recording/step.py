@@ -26,6 +26,8 @@ def as_gradients(grads):
 
 def scatter(indices, values, size):
     """A float32 vector of `size` entries, `values[j]` at `indices[j]`, 0 elsewhere."""
+    if list(indices) == list(range(size)) and all(v is not None for v in values):
+        return ops.stack([ops.cast(v, "float32") for v in values])  # each entry, in order
     out = [ops.zeros((), "float32")] * size
     for i, v in zip(indices, values):
         if v is not None:
@@ -165,7 +167,7 @@ def measure_step(optimizer, grads, variables, policy, state=(), replica_sum=None
     view = UpdateView(optimizer, as_gradients(grads), variables)
     # The all-reduced slices hold each replica's rows: summed again.
     full = view.full if replica_sum is None else as_gradients(replica_sum(view.full))
-    squares = [norms.squared_norm(g) for g in full]
+    squares = norms.squared_norms(full)
     with norms.reusing(full, squares):
         clipped, new_state, info = policy.apply(full, variables, list(state))
     return MeasuredStep(
@@ -207,8 +209,8 @@ def publish_step(recorder, indices, measured, scalars, counted, before=None, aft
     size = len(recorder.variables)
     update = None
     if recorder.update_norms:
-        deltas = [norms.norm(a - b) for a, b in zip(after, before)]
-        weights = [norms.norm(a) for a in after]
+        deltas = norms.norms([a - b for a, b in zip(after, before)])
+        weights = norms.norms(after)
         update = (scatter(indices, deltas, size), scatter(indices, weights, size))
     gradients = [None] * size
     for i, g in zip(indices, measured.gradients):

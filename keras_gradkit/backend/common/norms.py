@@ -33,6 +33,38 @@ def squared_norm(g):
     return ops.sum(ops.square(ops.cast(values, "float32")))
 
 
+def squared_norms(grads):
+    """`[squared_norm(g) for g in grads]`, the ones not known yet computed
+    by the backend's `norms.squared_norms` (on PyTorch, whose step runs
+    eagerly, with its own ops rather than Keras's, each of which converts
+    and checks its arguments first)."""
+    found = [None] * len(grads)
+    todo = []
+    for i, g in enumerate(grads):
+        if g is None:
+            continue
+        known = _known.get(id(g))
+        if known is not None and known[0] is g:
+            found[i] = known[1]
+        else:
+            todo.append(i)
+    if todo:
+        values = [backend.get("sparse").values_of(grads[i]) for i in todo]
+        for i, square in zip(todo, backend.get("norms").squared_norms(values)):
+            found[i] = square
+    return found
+
+
+def norms(tensors):
+    """`[norm(t) for t in tensors]`, computed as `squared_norms` does."""
+    return [None if s is None else ops.sqrt(s) for s in squared_norms(tensors)]
+
+
+def keras_squared_norms(tensors):
+    """The sum of the squares of each tensor's entries, in float32, with Keras ops."""
+    return [ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors]
+
+
 def norm(g, overflow_safe=False):
     """The L2 norm of `g` in float32 (None for a None gradient).
 
@@ -59,7 +91,7 @@ def global_norm_of_squares(squares):
 
 def global_norm(grads):
     """The L2 norm of all the non-None gradients of `grads` taken together."""
-    return global_norm_of_squares([squared_norm(g) for g in grads])
+    return global_norm_of_squares(squared_norms(grads))
 
 
 def host_norm(values):
