@@ -161,10 +161,10 @@ def diagnose(model, x, y=None, sample_weight=None, thresholds=None):
     total = norms.host_norm(list(variable_norms.values()))
     # The activations come from the gradient pass's forward pass; a
     # gradient that is not finite: the forward pass op by op finds where.
+    finite = math.isfinite(total)
     measured = probe.measured_activations
-    if measured is None or not math.isfinite(total):
-        eager = not math.isfinite(total)
-        measured = activations.measure_activations(model, x, eager=eager)
+    if measured is None or not finite:
+        measured = activations.measure_activations(model, x, eager=not finite)
     measured = checks.judgeable_activations(measured, rows)
     return checks.assemble(
         model,

@@ -24,20 +24,14 @@ _known = {}
 
 def squared_norm(g):
     """The sum of the squares of `g`'s entries, in float32 (None for None)."""
-    if g is None:
-        return None
-    known = _known.get(id(g))
-    if known is not None and known[0] is g:
-        return known[1]
-    values = backend.get("sparse").values_of(g)
-    return ops.sum(ops.square(ops.cast(values, "float32")))
+    return squared_norms([g])[0]
 
 
 def squared_norms(grads):
-    """`[squared_norm(g) for g in grads]`, the ones not known yet computed
-    by the backend's `norms.squared_norms` (on PyTorch, whose step runs
-    eagerly, with its own ops rather than Keras's, each of which converts
-    and checks its arguments first)."""
+    """`[squared_norm(g) for g in grads]`: the squares `reusing` made known
+    are reused, the others computed by the backend's `norms.squared_norms`
+    (Keras ops; on PyTorch, whose step runs eagerly, its own ops rather than
+    Keras's, each of which converts and checks its arguments first)."""
     found = [None] * len(grads)
     todo = []
     for i, g in enumerate(grads):
