@@ -1,6 +1,7 @@
 """Runs a benchmark script once per Keras backend, each in a process of its
 own (a process has one backend), for `--backend all`."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -48,3 +49,18 @@ def dispatch(backend, script, argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return False
+
+
+def parser(description, default=None, help=None):
+    """An argument parser for a script's `description` (its docstring) with
+    the `--backend` option every per-backend script takes."""
+    made = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    made.add_argument(
+        "--backend",
+        choices=BACKENDS + ("all",),
+        default=default,
+        help=help or "default: KERAS_BACKEND, else tensorflow; all: one subprocess per backend",
+    )
+    return made

@@ -67,7 +67,6 @@ Keras's logs).
     python benchmarks/diagnose_cost.py --backend jax --part cost --timesteps 500
 """
 
-import argparse
 import collections
 import cProfile
 import io
@@ -95,15 +94,7 @@ MODES = {"long": "one long fit", "repeated": "repeated 1-epoch fits"}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--backend",
-        choices=_per_backend.BACKENDS + ("all",),
-        default=None,
-        help="default: KERAS_BACKEND, else tensorflow; all: one subprocess per backend",
-    )
+    parser = _per_backend.parser(__doc__)
     parser.add_argument("--part", choices=("cost", "overhead", "all"), default="all")
     parser.add_argument(
         "--timesteps",

@@ -29,7 +29,6 @@ fix for at least 75%.
     python benchmarks/doctor_eval.py --advice               # each finding and its advice too
 """
 
-import argparse
 import json
 import os
 import sys
@@ -225,15 +224,7 @@ def format_table(rows, markdown=False):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--backend",
-        choices=_per_backend.BACKENDS + ("all",),
-        default=None,
-        help="default: KERAS_BACKEND, else tensorflow; all: one subprocess per backend",
-    )
+    parser = _per_backend.parser(__doc__)
     parser.add_argument(
         "--only", nargs="+", default=[], metavar="NAME", help="programs or pairs to run"
     )

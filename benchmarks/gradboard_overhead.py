@@ -37,7 +37,6 @@ writes without). Medians over `--rounds` x `--epochs` epochs.
     python benchmarks/gradboard_overhead.py --backend all --smoke   # tiny sizes: a quick check that it runs
 """
 
-import argparse
 import collections
 import contextlib
 import os
@@ -60,15 +59,7 @@ MODES = {"long": "one long fit", "repeated": "repeated 1-epoch fits"}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--backend",
-        choices=_per_backend.BACKENDS + ("all",),
-        default=None,
-        help="default: KERAS_BACKEND, else tensorflow; all: one subprocess per backend",
-    )
+    parser = _per_backend.parser(__doc__)
     parser.add_argument("--timesteps", type=int, default=50)
     parser.add_argument("--units", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)

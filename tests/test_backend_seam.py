@@ -28,6 +28,7 @@ BACKEND_MODULES = (
     "probe",
     "recording",
     "sparse",
+    "step_ops",
 )
 
 

@@ -357,6 +357,17 @@ def dense_model():
     return model
 
 
+def classifier(loss):
+    def make():
+        model = keras.Sequential(
+            [keras.Input((3,)), keras.layers.Dense(3, activation="softmax", name="probs")]
+        )
+        model.compile(optimizer="sgd", loss=loss)
+        return model
+
+    return make
+
+
 def sequence_model():
     model = keras.Sequential(
         [keras.Input((5, 2)), keras.layers.SimpleRNN(2), keras.layers.Dense(1)]
@@ -516,6 +527,24 @@ FORWARD_ERRORS = [
         {},
         ValueError,
         r"`x` holds inputs of shape \{'other': \(2, 3\)\}, which the model cannot take",
+    ),
+    # Refused by Keras with a shape error; the message names the other loss.
+    (
+        "class_indices_into_categorical",
+        classifier("categorical_crossentropy"),
+        (zeros(4, 3), np.array([[0], [2], [1], [2]])),
+        {},
+        ValueError,
+        r"(?s)cannot take.*class indices \(0..2\) for the 3 units of `probs`: use "
+        r'`loss="sparse_categorical_crossentropy"`.*to_categorical\(y, 3\)',
+    ),
+    (
+        "one_hot_into_sparse",
+        classifier("sparse_categorical_crossentropy"),
+        (zeros(4, 3), np.eye(3, dtype="float32")[[0, 2, 1, 2]]),
+        {},
+        ValueError,
+        r'(?s)cannot take.*look one-hot \(3 columns.*`loss="categorical_crossentropy"`',
     ),
     (
         "strings",

@@ -14,9 +14,17 @@ NAME = keras.backend.backend()
 _PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
+# {module name: module}, filled by `get` (a recorded PyTorch step asks many times).
+_loaded = {}
+
+
 def get(module):
     """The running backend's `keras_gradkit.backend.<name>.<module>`."""
+    found = _loaded.get(module)
+    if found is not None:
+        return found
     package = _PACKAGES.get(NAME)
     if package is None:
         raise NotImplementedError(f"keras_gradkit does not support the {NAME!r} Keras backend.")
-    return importlib.import_module(f"keras_gradkit.backend.{package}.{module}")
+    found = _loaded[module] = importlib.import_module(f"keras_gradkit.backend.{package}.{module}")
+    return found

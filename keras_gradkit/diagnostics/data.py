@@ -4,9 +4,11 @@ activation that does not fit its loss or its targets
 (`output_loss_mismatches`). Both read the model's graph and one batch, on
 the host, in NumPy; they judge nothing (`checks` turns them into findings).
 
-Not checked, because Keras 3 (3.15) refuses them on all three backends:
+Not findings, because Keras 3 (3.15) refuses them on all three backends:
 class indices (shape `(N,)` or `(N, 1)`) into `categorical_crossentropy`
-with a wider output, one-hot targets into `sparse_categorical_crossentropy`.
+with a wider output, one-hot targets into `sparse_categorical_crossentropy`;
+`diagnose`'s error about such a batch names the other loss
+(`refused_targets`).
 Checked although Keras warns (and trains on): a softmax over one unit, a
 categorical cross-entropy over one unit, and, on TensorFlow only, sigmoid or
 softmax probabilities into `from_logits=True`. Sparse labels out of range
@@ -353,6 +355,44 @@ def output_loss_mismatches(model, y):
         values = _finite(targets.get(key))
         mismatches += _check_output(where, loss, activation, _width(tensor, loss.axis), values)
     return mismatches, notes
+
+
+def refused_targets(model, y):
+    """The fix, as a sentence, for targets that Keras refuses for the loss of
+    a single-output model (see the module's docstring: Keras raises about
+    shapes, and the fix is the other loss), or "" when none applies.
+
+    Class indices (shape `(N,)` or `(N, 1)`, integers in `[0, units)`)
+    into a categorical cross-entropy over several units; one-hot rows into
+    `sparse_categorical_crossentropy`."""
+    outputs = _outputs(model)
+    if len(outputs) != 1:
+        return ""
+    key, tensor = outputs[0]
+    loss = _loss_spec(_losses(model, [key], []).get(key))
+    targets = _targets(y, [key], []).get(key)
+    if loss is None or targets is None:
+        return ""
+    a = np.asarray(targets)
+    width = _width(tensor, loss.axis)
+    if a.dtype.kind not in "biuf" or not a.size or not a.ndim or not width or width < 2:
+        return ""
+    integers = bool(np.all(np.isfinite(a)) and np.all(a == np.round(a)))
+    where = _layer_name(model, tensor, key)
+    if loss.kind == "categorical" and (a.ndim == 1 or a.shape[-1] == 1) and integers:
+        if a.min() >= 0 and a.max() < width:
+            return (
+                f"The targets look like class indices ({int(a.min())}..{int(a.max())}) for the "
+                f'{width} units of `{where}`: use `loss="sparse_categorical_crossentropy"`, or '
+                f"one-hot encode them with `keras.utils.to_categorical(y, {width})`."
+            )
+    if loss.kind == "sparse" and a.ndim >= 2 and a.shape[-1] == width and integers:
+        if a.min() >= 0 and a.max() <= 1 and np.all(a.sum(axis=-1) == 1):
+            return (
+                f"The targets look one-hot ({width} columns, one 1 per row) for `{where}`: use "
+                f'`loss="categorical_crossentropy"`, or pass `y.argmax(axis=-1)` as the targets.'
+            )
+    return ""
 
 
 def _check_output(where, loss, activation, width, targets):

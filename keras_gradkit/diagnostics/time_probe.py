@@ -18,7 +18,7 @@ from keras import ops
 
 from keras_gradkit import backend
 from keras_gradkit.backend.common import norms
-from keras_gradkit.diagnostics import activations, graph
+from keras_gradkit.diagnostics import activations, data, graph
 
 REACH_FRACTION = 1e-3
 
@@ -215,9 +215,11 @@ def check_forward(model, x, y, described):
             targets = None if y is None else keras.tree.map_structure(first, y)
             model.compute_loss(x=inputs, y=targets, y_pred=y_pred, training=True)
         except Exception as e:
-            raise ValueError(
-                failure_message(described, y, e, "which the model's loss cannot take")
-            ) from e
+            message = failure_message(described, y, e, "which the model's loss cannot take")
+            hint = "" if y is None else data.refused_targets(model, y)
+            if hint:
+                message += (" " if message.endswith((".", "!", "?")) else ". ") + hint
+            raise ValueError(message) from e
 
 
 def _fixed_batch_size(model):

@@ -10,9 +10,7 @@ keeps its class, its variables and its config.
 import weakref
 from typing import NamedTuple
 
-from keras import ops
-
-from keras_gradkit import _cache
+from keras_gradkit import _cache, backend
 from keras_gradkit.recording.recorder import Recorder
 from keras_gradkit.recording.step import (
     equivalent_policy,
@@ -20,6 +18,9 @@ from keras_gradkit.recording.step import (
     publish_step,
     scalars_of,
 )
+
+# The step's ops: Keras's, or (PyTorch, eager) the backend's own.
+step_ops = backend.get("step_ops")
 
 
 class _Pending(NamedTuple):
@@ -67,11 +68,11 @@ class Monitor:
         measured = measure_step(self._optimizer(), grads, tvs, self.policy, (), replica_sum)
         index = {id(v): i for i, v in enumerate(self.recorder.variables)}
         skipped = (
-            ops.logical_not(ops.isfinite(measured.global_norm))
+            step_ops.logical_not(step_ops.isfinite(measured.global_norm))
             if measured.view.loss_scale is not None
-            else ops.convert_to_tensor(False)
+            else step_ops.convert_to_tensor(False)
         )
-        clipped = ops.logical_and(measured.info["clipped"], ops.logical_not(skipped))
+        clipped = step_ops.logical_and(measured.info["clipped"], step_ops.logical_not(skipped))
         scalars = scalars_of(measured, clipped, skipped)
         return _Pending([index[id(v)] for v in tvs], measured, scalars)
 

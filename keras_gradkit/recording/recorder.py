@@ -4,12 +4,14 @@ inside its step through a backend `Sink` and read on the host."""
 import math
 
 import numpy as np
-from keras import ops
 
 from keras_gradkit import backend
 from keras_gradkit.backend.common import gradients as sparse_gradients
 from keras_gradkit.backend.common import norms
 from keras_gradkit.recording.contract import StepScalars, StepStatistics, Totals
+
+# The step's ops: Keras's, or (PyTorch, eager) the backend's own.
+step_ops = backend.get("step_ops")
 
 
 class Recorder:
@@ -61,20 +63,20 @@ class Recorder:
             gradients: list of gradients (None entries as zeros), when recorded.
         """
         values = {
-            "scalars": [ops.stack([ops.cast(s, "float32") for s in scalars])],
+            "scalars": [step_ops.stack([step_ops.cast(s, "float32") for s in scalars])],
             "gradient_norms": [gradient_norms],
         }
         if self.update_norms:
             values["update_norms"], values["weight_norms"] = [update[0]], [update[1]]
         if self.gradients:
             values["gradients"] = [
-                ops.zeros(v.shape, "float32")
+                step_ops.zeros(v.shape, "float32")
                 if g is None
-                else ops.cast(sparse_gradients.to_dense(g), "float32")
+                else step_ops.cast(sparse_gradients.to_dense(g), "float32")
                 for g, v in zip(gradients, self.variables)
             ]
         counts = _counts(scalars, update if self.update_norms else None)
-        self.sink.publish(ops.convert_to_tensor(when), values, counts)
+        self.sink.publish(step_ops.convert_to_tensor(when), values, counts)
 
     def latest(self):
         """The latest published step as `StepStatistics`, or None if none was."""
@@ -105,33 +107,37 @@ class Recorder:
 
 def _counts(scalars, update):
     """What one step adds to the running `Totals`, as a float32 vector."""
-    zero = ops.zeros((), "float32")
-    skipped = ops.cast(scalars.skipped, "bool")
-    applied = ops.logical_not(skipped)
-    total = ops.cast(scalars.global_norm, "float32")
-    after = ops.cast(scalars.global_norm_clipped, "float32")
-    finite = ops.logical_and(ops.isfinite(total), ops.isfinite(after))
-    summed = ops.logical_and(applied, finite)
+    zero = step_ops.zeros((), "float32")
+    skipped = step_ops.cast(scalars.skipped, "bool")
+    applied = step_ops.logical_not(skipped)
+    total = step_ops.cast(scalars.global_norm, "float32")
+    after = step_ops.cast(scalars.global_norm_clipped, "float32")
+    finite = step_ops.logical_and(step_ops.isfinite(total), step_ops.isfinite(after))
+    summed = step_ops.logical_and(applied, finite)
     ratio_steps, ratio_squares = False, zero
     if update is not None:
         # |w_new - w_old| / |w_new| over all variables together.
-        ratio = ops.divide(norms.norm(update[0]), ops.maximum(norms.norm(update[1]), 1e-30))
-        ratio_steps = ops.logical_and(applied, ops.isfinite(ratio))
-        ratio_squares = ops.where(ratio_steps, ops.square(ratio), zero)
+        ratio = step_ops.divide(
+            norms.norm(update[0]), step_ops.maximum(norms.norm(update[1]), 1e-30)
+        )
+        ratio_steps = step_ops.logical_and(applied, step_ops.isfinite(ratio))
+        ratio_squares = step_ops.where(ratio_steps, step_ops.square(ratio), zero)
     counts = Totals(
         steps=True,
         clipped_steps=scalars.clipped,
         skipped_steps=skipped,
         applied_steps=applied,
-        non_finite_applied_steps=ops.logical_and(applied, ops.logical_not(finite)),
+        non_finite_applied_steps=step_ops.logical_and(applied, step_ops.logical_not(finite)),
         update_ratio_steps=ratio_steps,
-        global_norm_sum=ops.where(summed, total, zero),
-        global_norm_clipped_sum=ops.where(summed, after, zero),
+        global_norm_sum=step_ops.where(summed, total, zero),
+        global_norm_clipped_sum=step_ops.where(summed, after, zero),
         update_ratio_square_sum=ratio_squares,
     )
     # Six counts, then three sums: one cast for the counts (fewer eager ops).
     flags, sums = counts[:6], counts[6:]
-    return ops.concatenate([ops.cast(ops.stack(flags), "float32"), ops.stack(sums)])
+    return step_ops.concatenate(
+        [step_ops.cast(step_ops.stack(flags), "float32"), step_ops.stack(sums)]
+    )
 
 
 def flat_statistics(latest, counts, variables, update_norms, threshold=math.nan):

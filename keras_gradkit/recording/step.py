@@ -6,13 +6,15 @@ import math
 from typing import Any, NamedTuple
 
 import keras
-from keras import ops
 
 from keras_gradkit import backend, clipping
 from keras_gradkit.backend import keras_private
 from keras_gradkit.backend.common import gradients as sparse_gradients
 from keras_gradkit.backend.common import norms
 from keras_gradkit.recording.contract import StepScalars
+
+# The step's ops: Keras's, or (PyTorch, eager) the backend's own.
+step_ops = backend.get("step_ops")
 
 
 def as_gradients(grads):
@@ -21,18 +23,18 @@ def as_gradients(grads):
     gradient's."""
     sparse = backend.get("sparse")
     grads = sparse.deduplicate(list(grads))
-    return [g if g is None or sparse.is_sparse(g) else ops.convert_to_tensor(g) for g in grads]
+    return [g if g is None or sparse.is_sparse(g) else step_ops.convert_to_tensor(g) for g in grads]
 
 
 def scatter(indices, values, size):
     """A float32 vector of `size` entries, `values[j]` at `indices[j]`, 0 elsewhere."""
     if list(indices) == list(range(size)) and all(v is not None for v in values):
-        return ops.stack([ops.cast(v, "float32") for v in values])  # each entry, in order
-    out = [ops.zeros((), "float32")] * size
+        return step_ops.stack([step_ops.cast(v, "float32") for v in values])  # each entry, in order
+    out = [step_ops.zeros((), "float32")] * size
     for i, v in zip(indices, values):
         if v is not None:
-            out[i] = ops.cast(v, "float32")
-    return ops.stack(out)
+            out[i] = step_ops.cast(v, "float32")
+    return step_ops.stack(out)
 
 
 def optimizer_chain(optimizer):
@@ -90,32 +92,32 @@ class UpdateView:
         self.micro, self.acc = full, None
         if self.steps:
             micro_step = keras_private.micro_step_count(base)
-            self.is_update = ops.equal(ops.mod(micro_step + 1, self.steps), 0)
+            self.is_update = step_ops.equal(step_ops.mod(micro_step + 1, self.steps), 0)
             self.acc = [
                 None if g is None else keras_private.accumulated_gradient(base, v)
                 for g, v in zip(full, tvs)
             ]
             full = [
-                None if g is None else (g + ops.cast(a, g.dtype)) / self.steps
+                None if g is None else (g + step_ops.cast(a, g.dtype)) / self.steps
                 for g, a in zip(full, self.acc)
             ]
         self.full = full
-        self.step = ops.cast(ops.convert_to_tensor(base.iterations), "float32")
+        self.step = step_ops.cast(step_ops.convert_to_tensor(base.iterations), "float32")
 
     def _rescaled(self, g, divide):
         scale = self.loss_scale
         if divide:
-            return sparse_gradients.map_values(g, lambda v: v / ops.cast(scale, v.dtype))
-        return sparse_gradients.map_values(g, lambda v: v * ops.cast(scale, v.dtype))
+            return sparse_gradients.map_values(g, lambda v: v / step_ops.cast(scale, v.dtype))
+        return sparse_gradients.map_values(g, lambda v: v * step_ops.cast(scale, v.dtype))
 
     @property
     def counted(self):
         """True on update steps (always, without accumulation)."""
-        return ops.convert_to_tensor(True) if self.is_update is None else self.is_update
+        return step_ops.convert_to_tensor(True) if self.is_update is None else self.is_update
 
     def loss_scale_value(self):
         if self.loss_scale is None:
-            return ops.convert_to_tensor(math.nan, "float32")
+            return step_ops.convert_to_tensor(math.nan, "float32")
         return self.loss_scale
 
     def to_inner(self, grads):
@@ -126,7 +128,7 @@ class UpdateView:
             grads = [
                 None
                 if g is None
-                else ops.where(self.is_update, g * self.steps - ops.cast(a, g.dtype), m)
+                else step_ops.where(self.is_update, g * self.steps - step_ops.cast(a, g.dtype), m)
                 for g, a, m in zip(grads, self.acc, self.micro)
             ]
         if self.loss_scale is not None:  # the inner LossScaleOptimizer unscales again
@@ -173,7 +175,7 @@ def measure_step(optimizer, grads, variables, policy, state=(), replica_sum=None
     return MeasuredStep(
         view=view,
         gradients=clipped,
-        norms=[None if s is None else ops.sqrt(s) for s in squares],
+        norms=[None if s is None else step_ops.sqrt(s) for s in squares],
         global_norm=norms.global_norm_of_squares(squares),
         global_norm_clipped=norms.global_norm(clipped),
         state=new_state,

@@ -51,7 +51,8 @@ def squared_norms(grads):
 
 def norms(tensors):
     """`[norm(t) for t in tensors]`, computed as `squared_norms` does."""
-    return [None if s is None else ops.sqrt(s) for s in squared_norms(tensors)]
+    sqrt = backend.get("step_ops").sqrt
+    return [None if s is None else sqrt(s) for s in squared_norms(tensors)]
 
 
 def keras_squared_norms(tensors):
@@ -72,15 +73,16 @@ def norm(g, overflow_safe=False):
         unit = ops.where(peak > 0, peak, ops.ones_like(peak))
         return peak * ops.sqrt(ops.sum(ops.square(g / unit)))
     square = squared_norm(g)
-    return None if square is None else ops.sqrt(square)
+    return None if square is None else backend.get("step_ops").sqrt(square)
 
 
 def global_norm_of_squares(squares):
     """`sqrt(sum(squares))` over the entries that are not None (0 if none)."""
+    xp = backend.get("step_ops")
     present = [s for s in squares if s is not None]
     if not present:
-        return ops.zeros((), "float32")
-    return ops.sqrt(ops.sum(ops.stack(present)))
+        return xp.zeros((), "float32")
+    return xp.sqrt(xp.sum(xp.stack(present)))
 
 
 def global_norm(grads):

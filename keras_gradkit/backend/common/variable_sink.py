@@ -10,6 +10,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gradkit import backend
+
+# The step's ops: Keras's, or (PyTorch, eager) the backend's own.
+_step_ops = backend.get("step_ops")
+
 
 class VariableSink:
     """The latest values a step published, and running totals of its counts.
@@ -41,11 +46,12 @@ class VariableSink:
         ]
 
     def publish(self, when, values, counts):
+        xp = _step_ops
         for name, tensors in values.items():
             for variable, value in zip(self._variables[name], tensors):
-                variable.assign(ops.where(when, value, variable))
-        self._published.assign(ops.where(when, 1.0, self._published))
-        self._totals.assign_add(ops.where(when, counts, ops.zeros_like(counts)))
+                xp.assign(variable, xp.where(when, value, variable))
+        xp.assign(self._published, xp.where(when, 1.0, self._published))
+        xp.assign_add(self._totals, xp.where(when, counts, xp.zeros_like(counts)))
 
     def read(self):
         published, totals, *flat = [

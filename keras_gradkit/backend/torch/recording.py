@@ -2,17 +2,16 @@
 optimizer's `apply` (private). The trainer runs eagerly, so the hook sees
 every step."""
 
-from keras import ops
-
 from keras_gradkit.backend.common import hooks
 from keras_gradkit.backend.common.variable_sink import VariableSink, check_sinks
+from keras_gradkit.backend.torch import step_ops
 
 Sink = VariableSink
 
 
 def snapshot(variable):
     """The variable's current value, copied now."""
-    return ops.copy(ops.convert_to_tensor(variable))
+    return step_ops.copy(variable)
 
 
 def install(optimizer, monitor):
