@@ -91,6 +91,14 @@ BOARD_PROBE = "GradientBoard, diagnose=True, probe"
 BOARDS = (BOARD_OFF, BOARD_ON, BOARD_PROBE)
 PROBE_ROWS = 32
 MODES = {"long": "one long fit", "repeated": "repeated 1-epoch fits"}
+CALLBACK_METHODS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+)
 
 
 def parse_args(argv=None):
@@ -518,6 +526,11 @@ class Overhead:
         # Per configuration, key -> [ms]: the board's own calls inside fit.
         self.inner = collections.defaultdict(lambda: collections.defaultdict(list))
         self.failures = collections.Counter()
+        # Per configuration, ms in total inside the timed fits: the callback's
+        # own methods, and (PyTorch) the monitor's work in the steps; epochs.
+        self.own = collections.Counter()
+        self.own_steps = collections.Counter()
+        self.epochs = collections.Counter()
 
     def build(self):
         keras.utils.set_random_seed(0)
@@ -547,6 +560,34 @@ class Overhead:
                 times.append((time.perf_counter() - start) * 1e3)
 
         setattr(obj, attribute, wrapper)
+
+    def add_time(self, counter, config, obj, attribute):
+        """Wraps `obj.<attribute>` so that its time adds to `counter[config]`."""
+        original = getattr(obj, attribute)
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                counter[config] += (time.perf_counter() - start) * 1e3
+
+        setattr(obj, attribute, wrapper)
+
+    def time_own(self, config, model, callbacks):
+        """Times each callback's own methods (those it overrides), and on
+        PyTorch the monitor's work in each step (`before_update`,
+        `after_update`, eager there; traced inside the step elsewhere)."""
+        for callback in callbacks:
+            for name in CALLBACK_METHODS:
+                if getattr(type(callback), name) is not getattr(keras.callbacks.Callback, name):
+                    self.add_time(self.own, config, callback, name)
+        if config in BOARDS and keras.backend.backend() == "torch":
+            from keras_gradkit.recording import monitor_for
+
+            monitor = monitor_for(model.optimizer)  # the one the board uses
+            for name in ("before_update", "after_update"):
+                self.add_time(self.own_steps, config, monitor, name)
 
     def callbacks(self, config, log_root):
         d = os.path.join(log_root, config.replace(" ", "_").replace(",", "").replace("=", "_"))
@@ -592,11 +633,14 @@ class Overhead:
         for config in (PLAIN, TENSORBOARD, *BOARDS):
             model = self.build()
             callbacks = self.callbacks(config, log_root)
+            self.time_own(config, model, callbacks)
             first, _ = timed(lambda: self.fit(model, callbacks, 1))  # noqa: B023  (called at once)
             runs[config] = (model, callbacks, first)
         for per_key in self.inner.values():  # the warm-up's calls are not counted
             for values in per_key.values():
                 del values[:]
+        self.own.clear()
+        self.own_steps.clear()
         names = list(runs)
         wall = collections.defaultdict(list)
         cpu = collections.defaultdict(list)
@@ -617,6 +661,7 @@ class Overhead:
                         steps = a.calls * a.steps
                     wall[mode, config].append(w / steps * 1e3)
                     cpu[mode, config].append(c / steps * 1e3)
+                    self.epochs[config] += steps // a.steps
         elapsed = time.perf_counter() - started
         traces = {n: self.traces[id(m)] - traces_before[n] for n, (m, _, _) in runs.items()}
         self.report(runs, wall, cpu, elapsed, traces)
@@ -680,6 +725,7 @@ class Overhead:
                     )
         for (config, key), count in self.failures.items():
             print(f"  FAILED: {config}: {key} raised {count} time(s); its times are not valid")
+        self.report_own()
         off = self.inner[BOARD_OFF]["on_epoch_end"]
         step = min(wall["long", PLAIN])
         for config in (BOARD_ON, BOARD_PROBE):
@@ -692,6 +738,31 @@ class Overhead:
                     f"{a.steps}-step epoch of the plain fit ({step:.2f} ms/step)"
                 )
         sys.stdout.flush()
+
+    def report_own(self):
+        torch = keras.backend.backend() == "torch"
+        print(
+            "\neach callback's own time inside the timed fits, ms per epoch (the total over all the "
+            "timed fits / their epochs): its callback methods"
+            + (
+                ", plus the monitor's work in the steps (before_update + after_update, eager)"
+                if torch
+                else "; the monitor's work runs inside the traced step and is not in these figures"
+            )
+        )
+        keras_own = self.own[TENSORBOARD] / max(self.epochs[TENSORBOARD], 1)
+        print(f"  {TENSORBOARD}: {keras_own:.1f} (methods)")
+        for config in BOARDS:
+            epochs = max(self.epochs[config], 1)
+            methods, steps = self.own[config] / epochs, self.own_steps[config] / epochs
+            total = methods + steps
+            verdict = ""
+            if torch:
+                verdict = f"; {'met' if total <= keras_own else 'NOT met'} (<= {keras_own:.1f})"
+            print(
+                f"  {config}: {total:.1f} = methods {methods:.1f} + steps {steps:.1f}"
+                f" ({total / keras_own:.2f}x Keras's){verdict}"
+            )
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ class Sink(Protocol):
     def publish(self, when: Any, values: Mapping[str, list], counts: Any) -> None:
         """Inside the step: keeps `values` and adds `counts` (a float32 vector
         in the order of `Totals`) to the running totals, if `when` (a boolean
-        tensor) is true."""
+        tensor, or the Python `True` when the step counts in any case) is true."""
 
     def read(self) -> tuple:
         """`(values, totals)` as NumPy; `values` is None before the first publish."""

@@ -56,7 +56,8 @@ class Recorder:
 
         Args:
             when: boolean scalar; False for a step that is not an update
-                (a gradient-accumulation micro-step).
+                (a gradient-accumulation micro-step). The Python `True` (every
+                step counts) lets a sink write without choosing.
             scalars: the step's `StepScalars`.
             gradient_norms: float32 vector, one entry per recorder variable.
             update: `(update_norms, weight_norms)` vectors, when recorded.
@@ -76,7 +77,9 @@ class Recorder:
                 for g, v in zip(gradients, self.variables)
             ]
         counts = _counts(scalars, update if self.update_norms else None)
-        self.sink.publish(step_ops.convert_to_tensor(when), values, counts)
+        self.sink.publish(
+            when if when is True else step_ops.convert_to_tensor(when), values, counts
+        )
 
     def latest(self):
         """The latest published step as `StepStatistics`, or None if none was."""

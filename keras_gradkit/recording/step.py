@@ -112,8 +112,9 @@ class UpdateView:
 
     @property
     def counted(self):
-        """True on update steps (always, without accumulation)."""
-        return step_ops.convert_to_tensor(True) if self.is_update is None else self.is_update
+        """True on update steps: the Python `True` without accumulation (known
+        before the step runs), else a boolean tensor."""
+        return True if self.is_update is None else self.is_update
 
     def loss_scale_value(self):
         if self.loss_scale is None:
@@ -204,7 +205,8 @@ def publish_step(recorder, indices, measured, scalars, counted, before=None, aft
         indices: the position of each of the step's variables among the recorder's.
         measured: the step's `MeasuredStep`.
         scalars: its `StepScalars`.
-        counted: boolean tensor, False for a gradient-accumulation micro-step.
+        counted: boolean tensor, False for a gradient-accumulation micro-step,
+            or the Python `True` when every step counts.
         before, after: the step's variables' values before and after the
             update, when the recorder keeps update norms.
     """

@@ -71,6 +71,7 @@ class Sink:
         self._newest = "device"
 
     def publish(self, when, values, counts):
+        when = ops.convert_to_tensor(when)
         if (
             _collecting is not None
             and self in _collecting
