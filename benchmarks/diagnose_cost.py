@@ -59,7 +59,11 @@ minimum over the rounds / the plain fit's minimum, as in
 Keras TensorBoard's. Inside the same fits, the board's `on_epoch_end` is timed
 per epoch, and with the checks its `_check` (the diagnosis and its Text
 summary, the forward pass included) and `_epoch_logs` (the keys added to
-Keras's logs).
+Keras's logs). Each callback's own work is also timed, as a total per epoch:
+its methods (those it overrides), and on PyTorch the monitor's work in every
+step (`before_update`, `after_update`; on TensorFlow and JAX that runs inside
+the traced step and is not timed apart). Those totals are less noisy than
+the wall-time ratios, whose differences here are a few percent.
 
     python benchmarks/diagnose_cost.py --backend all                # 1-2 min per backend on 2 quiet cores, PyTorch 2-5
     python benchmarks/diagnose_cost.py --backend all --quick        # small sizes, a check that it runs
