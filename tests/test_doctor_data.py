@@ -428,3 +428,46 @@ class TestKerasPremises:
         else:
             loss = keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(targets, outputs))
             assert loss[0] < 0  # unbounded below
+
+
+class TestRefusedTargets:
+    """The hint `diagnose` adds to Keras's shape error: only where the other
+    loss is the fix."""
+
+    def test_class_indices_into_categorical_names_the_sparse_loss(self):
+        model = _compiled(_sequential(_dense(3, "softmax")), "categorical_crossentropy")
+        hint = data.refused_targets(model, np.array([[0], [2], [1]]))
+        assert 'loss="sparse_categorical_crossentropy"' in hint and "(0..2)" in hint
+
+    def test_one_hot_into_sparse_names_the_categorical_loss(self):
+        model = _compiled(_sequential(_dense(3, "softmax")), "sparse_categorical_crossentropy")
+        hint = data.refused_targets(model, np.eye(3, dtype="float32")[[0, 2, 1]])
+        assert 'loss="categorical_crossentropy"' in hint
+
+    @pytest.mark.parametrize(
+        "loss,targets",
+        [
+            # The focal loss's fix is not the sparse loss (it would drop the focal term).
+            ("categorical_focal_crossentropy", np.array([[0], [2], [1]])),
+            # Indices beyond the output's units: not class indices of this output.
+            ("categorical_crossentropy", np.array([[0], [5], [1]])),
+            # Not integers.
+            ("categorical_crossentropy", np.array([[0.5], [2.0], [1.0]])),
+            # Rows that are not one-hot.
+            ("sparse_categorical_crossentropy", np.ones((3, 3), "float32")),
+        ],
+    )
+    def test_no_hint_where_the_other_loss_is_not_the_fix(self, loss, targets):
+        model = _compiled(_sequential(_dense(3, "softmax")), loss)
+        assert data.refused_targets(model, targets) == ""
+
+    def test_no_hint_for_sparse_labels_of_a_sequence_output(self):
+        # (N, T, C) with T == C: sparse labels of shape (N, T) that look one-hot are fine.
+        model = keras.Sequential([keras.Input((3, 2)), _dense(3, "softmax")])
+        _compiled(model, "sparse_categorical_crossentropy")
+        assert data.refused_targets(model, np.eye(3, dtype="float32")[[0, 2, 1]]) == ""
+
+    def test_no_hint_and_no_error_for_targets_it_cannot_read(self):
+        model = _compiled(_sequential(_dense(3, "softmax")), "categorical_crossentropy")
+        assert data.refused_targets(model, [[0], [1, 2]]) == ""  # ragged
+        assert data.refused_targets(model, None) == ""

@@ -101,3 +101,10 @@ def test_own_variables_are_an_optimizers_own_slots():
     wrapper.build(model.trainable_variables)
     inner = {id(v) for v in wrapper.inner_optimizer.variables}
     assert not any(id(v) in inner for v in keras_private.own_variables(wrapper))
+
+
+def test_in_stateless_scope():
+    assert not keras_private.in_stateless_scope()
+    with keras.StatelessScope():
+        assert keras_private.in_stateless_scope()
+    assert not keras_private.in_stateless_scope()

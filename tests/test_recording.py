@@ -125,3 +125,14 @@ def test_the_step_ops_give_keras_ops_results():
     np.testing.assert_array_equal(_as_numpy(copied), [7.0, 8.0, 9.0, 10.0])
     xp.assign_add(variable, b)
     np.testing.assert_array_equal(_as_numpy(variable), 2 * _as_numpy(b))
+
+
+def test_the_step_ops_leave_a_write_in_a_stateless_scope_to_the_scope():
+    xp = backend.get("step_ops")
+    variable = keras.Variable(np.ones((2,), "float32"))
+    with keras.StatelessScope() as scope:
+        xp.assign(variable, np.full((2,), 5.0, "float32"))
+        xp.assign_add(variable, np.full((2,), 2.0, "float32"))
+        kept = scope.get_current_value(variable)
+    np.testing.assert_array_equal(_as_numpy(variable), [1.0, 1.0])  # not written
+    np.testing.assert_array_equal(_as_numpy(kept), [7.0, 7.0])  # the scope has it

@@ -16,6 +16,7 @@ that `keras.layers.RNN` looks for.
 """
 
 from keras import ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope as _in_stateless_scope
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "compiled_loss",
     "compile_token",
     "flatten_layers",
+    "in_stateless_scope",
     "keras_mask",
     "make_function",
     "micro_step_count",
@@ -32,6 +34,15 @@ __all__ = [
     "trainable_variables_of",
     "variable_index",
 ]
+
+
+# ------------------------------------------------------------- variables
+def in_stateless_scope():
+    """Whether a `keras.StatelessScope` is open: a variable's `assign` there
+    is kept by the scope instead of written. Keras exports the scope, not
+    this test of it; PyTorch's step ops (`backend/torch/step_ops.py`), which
+    write variables in place, ask it so as to leave such writes to Keras."""
+    return _in_stateless_scope()
 
 
 # ------------------------------------------------------------- optimizers

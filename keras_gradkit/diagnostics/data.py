@@ -363,15 +363,23 @@ def refused_targets(model, y):
     shapes, and the fix is the other loss), or "" when none applies.
 
     Class indices (shape `(N,)` or `(N, 1)`, integers in `[0, units)`)
-    into a categorical cross-entropy over several units; one-hot rows into
-    `sparse_categorical_crossentropy`."""
+    into `categorical_crossentropy` over several units; one-hot rows into
+    `sparse_categorical_crossentropy`; the class axis last. Never raises:
+    it only adds to the message of an error being raised."""
+    try:
+        return _refused_targets(model, y)
+    except Exception:
+        return ""
+
+
+def _refused_targets(model, y):
     outputs = _outputs(model)
     if len(outputs) != 1:
         return ""
     key, tensor = outputs[0]
     loss = _loss_spec(_losses(model, [key], []).get(key))
     targets = _targets(y, [key], []).get(key)
-    if loss is None or targets is None:
+    if loss is None or targets is None or loss.axis != -1:
         return ""
     a = np.asarray(targets)
     width = _width(tensor, loss.axis)
@@ -379,15 +387,17 @@ def refused_targets(model, y):
         return ""
     integers = bool(np.all(np.isfinite(a)) and np.all(a == np.round(a)))
     where = _layer_name(model, tensor, key)
-    if loss.kind == "categorical" and (a.ndim == 1 or a.shape[-1] == 1) and integers:
+    one_column = a.ndim == 1 or a.shape[-1] == 1
+    if loss.name == "categorical_crossentropy" and one_column and integers:
         if a.min() >= 0 and a.max() < width:
             return (
                 f"The targets look like class indices ({int(a.min())}..{int(a.max())}) for the "
                 f'{width} units of `{where}`: use `loss="sparse_categorical_crossentropy"`, or '
                 f"one-hot encode them with `keras.utils.to_categorical(y, {width})`."
             )
-    if loss.kind == "sparse" and a.ndim >= 2 and a.shape[-1] == width and integers:
-        if a.min() >= 0 and a.max() <= 1 and np.all(a.sum(axis=-1) == 1):
+    rows = a.ndim == 2 and len(tensor.shape) == 2 and a.shape[-1] == width
+    if loss.name == "sparse_categorical_crossentropy" and rows:
+        if integers and a.min() >= 0 and a.max() <= 1 and np.all(a.sum(axis=-1) == 1):
             return (
                 f"The targets look one-hot ({width} columns, one 1 per row) for `{where}`: use "
                 f'`loss="categorical_crossentropy"`, or pass `y.argmax(axis=-1)` as the targets.'

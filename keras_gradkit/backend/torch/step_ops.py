@@ -14,6 +14,8 @@ import keras
 import torch
 from keras import ops as _keras_ops
 
+from keras_gradkit.backend import keras_private
+
 
 def _dtype(dtype):
     return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype))
@@ -121,7 +123,11 @@ def _target(variable, value):
 
 def assign(variable, value):
     """`variable.assign(value)` for a value of the variable's shape, written
-    in place outside autograd (as Keras does)."""
+    in place outside autograd (as Keras does); in a `keras.StatelessScope`,
+    Keras's own `assign`, which the scope keeps instead."""
+    if keras_private.in_stateless_scope():
+        variable.assign(value)
+        return
     target, value = _target(variable, value)
     with torch.no_grad():
         target.copy_(value)
@@ -129,6 +135,9 @@ def assign(variable, value):
 
 def assign_add(variable, value):
     """`variable.assign_add(value)`, in place as `assign`."""
+    if keras_private.in_stateless_scope():
+        variable.assign_add(value)
+        return
     target, value = _target(variable, value)
     with torch.no_grad():
         target.add_(value)
