@@ -77,9 +77,7 @@ class Recorder:
                 for g, v in zip(gradients, self.variables)
             ]
         counts = _counts(scalars, update if self.update_norms else None)
-        self.sink.publish(
-            when if when is True else step_ops.convert_to_tensor(when), values, counts
-        )
+        self.sink.publish(when, values, counts)
 
     def latest(self):
         """The latest published step as `StepStatistics`, or None if none was."""

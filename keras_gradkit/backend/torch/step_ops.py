@@ -110,34 +110,28 @@ def copy(x):
     return convert_to_tensor(x).detach().clone()
 
 
-def _target(variable, value):
-    target = variable.value
-    value = convert_to_tensor(value)
+def _write(variable, value, in_place, keras_method):
+    """Writes `value` into the variable with `in_place(target, value)`,
+    outside autograd (as Keras does); in a `keras.StatelessScope`, calls
+    Keras's own `keras_method` instead, whose write the scope keeps."""
+    if keras_private.in_stateless_scope():
+        keras_method(variable, value)
+        return
+    target, value = variable.value, convert_to_tensor(value)
     if target.shape != value.shape:
         raise ValueError(
             f"Cannot assign a value of shape {tuple(value.shape)} to the variable "
             f"{variable.path!r} of shape {tuple(target.shape)}."
         )
-    return target, value
+    with torch.no_grad():
+        in_place(target, value)
 
 
 def assign(variable, value):
-    """`variable.assign(value)` for a value of the variable's shape, written
-    in place outside autograd (as Keras does); in a `keras.StatelessScope`,
-    Keras's own `assign`, which the scope keeps instead."""
-    if keras_private.in_stateless_scope():
-        variable.assign(value)
-        return
-    target, value = _target(variable, value)
-    with torch.no_grad():
-        target.copy_(value)
+    """`variable.assign(value)` for a value of the variable's shape."""
+    _write(variable, value, torch.Tensor.copy_, keras.Variable.assign)
 
 
 def assign_add(variable, value):
-    """`variable.assign_add(value)`, in place as `assign`."""
-    if keras_private.in_stateless_scope():
-        variable.assign_add(value)
-        return
-    target, value = _target(variable, value)
-    with torch.no_grad():
-        target.add_(value)
+    """`variable.assign_add(value)` for a value of the variable's shape."""
+    _write(variable, value, torch.Tensor.add_, keras.Variable.assign_add)
