@@ -65,6 +65,18 @@ step (`before_update`, `after_update`; on TensorFlow and JAX that runs inside
 the traced step and is not timed apart). Those totals are less noisy than
 the wall-time ratios, whose differences here are a few percent.
 
+Then each callback's whole cost, on every backend (`_callback_cost.py`):
+its methods as above, plus its cost inside the steps, where GradientBoard's
+recording runs on TensorFlow and JAX. Each configuration's model is fitted
+with its callbacks and without any, interleaved (`--step-rounds` rounds of
+2-epoch fits), each step timed from the last callback's
+`on_train_batch_begin` to the first one's `on_train_batch_end`; the cost is
+the median step with minus the median step without on the same model (two
+instances of the same model differ by a few percent here, which the
+wall-time ratios above cannot tell from a callback's cost), with a 95%
+bootstrap interval. The plain fit's row (no callbacks either way) shows the
+noise. Target: GradientBoard's whole cost no more than Keras TensorBoard's.
+
     python benchmarks/diagnose_cost.py --backend all                # 1-2 min per backend on 2 quiet cores, PyTorch 2-5
     python benchmarks/diagnose_cost.py --backend all --quick        # small sizes, a check that it runs
     python benchmarks/diagnose_cost.py --backend torch --part cost --profile   # where diagnose's time goes
@@ -84,6 +96,7 @@ import time
 import traceback
 import warnings
 
+import _callback_cost
 import _per_backend
 
 MODELS = ("LSTM(32)", "2 x LSTM(32)", "MLP, 20 Dense", "small CNN")
@@ -95,14 +108,6 @@ BOARD_PROBE = "GradientBoard, diagnose=True, probe"
 BOARDS = (BOARD_OFF, BOARD_ON, BOARD_PROBE)
 PROBE_ROWS = 32
 MODES = {"long": "one long fit", "repeated": "repeated 1-epoch fits"}
-CALLBACK_METHODS = (
-    "on_train_begin",
-    "on_train_end",
-    "on_epoch_begin",
-    "on_epoch_end",
-    "on_train_batch_begin",
-    "on_train_batch_end",
-)
 
 
 def parse_args(argv=None):
@@ -126,6 +131,12 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=3, help="epochs of part 2's long fit")
     parser.add_argument("--calls", type=int, default=3, help="one-epoch fits of part 2")
     parser.add_argument(
+        "--step-rounds",
+        type=int,
+        default=8,
+        help="rounds of part 2's step times (each: one 2-epoch fit per configuration)",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         nargs="?",
@@ -142,6 +153,7 @@ def parse_args(argv=None):
     if args.quick:
         args.timesteps, args.rounds, args.fit_steps = [50], 3, 4
         args.overhead_rounds, args.steps, args.epochs, args.calls = 2, 5, 2, 2
+        args.step_rounds = 2
     return args
 
 
@@ -530,10 +542,10 @@ class Overhead:
         # Per configuration, key -> [ms]: the board's own calls inside fit.
         self.inner = collections.defaultdict(lambda: collections.defaultdict(list))
         self.failures = collections.Counter()
-        # Per configuration, ms in total inside the timed fits: the callback's
+        # Per configuration, ms in total inside the timed fits: the callbacks'
         # own methods, and (PyTorch) the monitor's work in the steps; epochs.
-        self.own = collections.Counter()
-        self.own_steps = collections.Counter()
+        self.methods = _callback_cost.MethodClock()
+        self.monitor = _callback_cost.MethodClock()
         self.epochs = collections.Counter()
 
     def build(self):
@@ -565,33 +577,17 @@ class Overhead:
 
         setattr(obj, attribute, wrapper)
 
-    def add_time(self, counter, config, obj, attribute):
-        """Wraps `obj.<attribute>` so that its time adds to `counter[config]`."""
-        original = getattr(obj, attribute)
-
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                counter[config] += (time.perf_counter() - start) * 1e3
-
-        setattr(obj, attribute, wrapper)
-
     def time_own(self, config, model, callbacks):
         """Times each callback's own methods (those it overrides), and on
         PyTorch the monitor's work in each step (`before_update`,
         `after_update`, eager there; traced inside the step elsewhere)."""
-        for callback in callbacks:
-            for name in CALLBACK_METHODS:
-                if getattr(type(callback), name) is not getattr(keras.callbacks.Callback, name):
-                    self.add_time(self.own, config, callback, name)
+        self.methods.attach(config, callbacks)
         if config in BOARDS and keras.backend.backend() == "torch":
             from keras_gradkit.recording import monitor_for
 
             monitor = monitor_for(model.optimizer)  # the one the board uses
             for name in ("before_update", "after_update"):
-                self.add_time(self.own_steps, config, monitor, name)
+                self.monitor.add(config, monitor, name)
 
     def callbacks(self, config, log_root):
         d = os.path.join(log_root, config.replace(" ", "_").replace(",", "").replace("=", "_"))
@@ -643,8 +639,8 @@ class Overhead:
         for per_key in self.inner.values():  # the warm-up's calls are not counted
             for values in per_key.values():
                 del values[:]
-        self.own.clear()
-        self.own_steps.clear()
+        self.methods.ms.clear()
+        self.monitor.ms.clear()
         names = list(runs)
         wall = collections.defaultdict(list)
         cpu = collections.defaultdict(list)
@@ -669,6 +665,22 @@ class Overhead:
         elapsed = time.perf_counter() - started
         traces = {n: self.traces[id(m)] - traces_before[n] for n, (m, _, _) in runs.items()}
         self.report(runs, wall, cpu, elapsed, traces)
+        methods = {c: self.methods.ms[c] / max(self.epochs[c], 1) for c in runs}
+        samples = _callback_cost.step_times(
+            {c: (m, cb) for c, (m, cb, _) in runs.items()}, self.fit, a.step_rounds, a.steps
+        )
+        fits_per_epoch = (1 + a.calls) / (a.epochs + a.calls)
+        _callback_cost.whole_cost(samples, methods, a.steps, fits_per_epoch, TENSORBOARD, BOARDS)
+        if keras.backend.backend() == "torch":
+            print(
+                "  (PyTorch: the monitor's before_update + after_update, timed in the rounds above, ms per "
+                "step: "
+                + ", ".join(
+                    f"{c} {self.monitor.ms[c] / max(self.epochs[c], 1) / a.steps:.3f}"
+                    for c in BOARDS
+                )
+                + ")"
+            )
 
     def report(self, runs, wall, cpu, elapsed, traces):
         a = self.args
@@ -754,11 +766,12 @@ class Overhead:
                 else "; the monitor's work runs inside the traced step and is not in these figures"
             )
         )
-        keras_own = self.own[TENSORBOARD] / max(self.epochs[TENSORBOARD], 1)
+        keras_own = self.methods.ms[TENSORBOARD] / max(self.epochs[TENSORBOARD], 1)
         print(f"  {TENSORBOARD}: {keras_own:.1f} (methods)")
         for config in BOARDS:
             epochs = max(self.epochs[config], 1)
-            methods, steps = self.own[config] / epochs, self.own_steps[config] / epochs
+            methods = self.methods.ms[config] / epochs
+            steps = self.monitor.ms[config] / epochs
             total = methods + steps
             verdict = ""
             if torch:

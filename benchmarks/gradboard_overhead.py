@@ -24,7 +24,25 @@ and the ratio of median CPU times (process CPU time, less sensitive to other
 load on the machine). Target: GradientBoard's ratio no more than Keras
 `TensorBoard(histogram_freq=1)`'s in the same run.
 
-Then, apart (they are not in the table above): the time probe
+Each callback's model is also timed without it (`callbacks=[]`) in every
+round, right next to its own fits (the order of the pair alternated): a
+second table gives each callback's ratio to its own model's plain fit. Two
+instances of the same model differ by a few percent in step time on this
+machine, which the first table's ratios (each model against the plain
+configuration's model) cannot tell from a callback's cost.
+
+Then each callback's whole cost per epoch, measured apart from the rest of
+`fit` (`_callback_cost.py`): its methods, timed inside the fits above, plus
+its cost inside the steps (GradientBoard's recording is traced into the
+step on TensorFlow and JAX): the median step of the configuration's model
+with its callbacks minus without any, interleaved 2-epoch fits
+(`--step-rounds` rounds), with a 95% bootstrap interval. The same model
+with and without: two instances of the same model differ by a few percent
+in step time on this machine, which the ratio of minima above cannot tell
+from a callback's cost. Target there: GradientBoard's whole cost no more
+than Keras TensorBoard's.
+
+Then, apart (they are not in the tables above): the time probe
 (`time_probe=(x[:8], y[:8])`) and the pictures (`write_plots=True`), timed
 inside `fit` on an Adam model: the probe's gradient (`compute`), one probe
 write (gradient, tensors and scalars, no picture) and the pictures of one
@@ -47,6 +65,7 @@ import tempfile
 import time
 import traceback
 
+import _callback_cost
 import _per_backend
 
 ADAM = "Adam, plain fit"
@@ -71,6 +90,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds over the configurations"
     )
+    parser.add_argument(
+        "--step-rounds",
+        type=int,
+        default=8,
+        help="rounds of the whole-cost measure (each: two 2-epoch fits per configuration)",
+    )
     parser.add_argument("--probe-batch", type=int, default=8, help="examples in the time probe")
     parser.add_argument(
         "--jit-compile",
@@ -90,6 +115,7 @@ def parse_args(argv=None):
     if args.smoke:
         args.timesteps, args.units, args.batch_size, args.steps = 6, 4, 4, 2
         args.epochs, args.calls, args.rounds, args.probe_batch = 2, 2, 1, 2
+        args.step_rounds = 1
     return args
 
 
@@ -129,6 +155,8 @@ class Benchmark:
             return original(model, *args, **kwargs)
 
         keras.Sequential.train_step = train_step
+        self.methods = _callback_cost.MethodClock()  # the callbacks' own methods, per configuration
+        self.epochs = collections.Counter()  # epochs timed per configuration
 
     # ------------------------------------------------------------ models
     def build(self, optimizer):
@@ -195,11 +223,20 @@ class Benchmark:
         for name, (make_optimizer, make_callbacks) in self.configs().items():
             model = self.build(make_optimizer())
             callbacks = make_callbacks()
+            self.methods.attach(name, callbacks)
             first, _ = self.timed(lambda: self.fit(model, callbacks, 1))  # trace, compile, warm up  # noqa: B023  (called at once, in this iteration)
             runs[name] = (model, callbacks, first)
+        # Each callback's model is also timed without it, next to its fits:
+        # the same model's plain fit, a baseline free of the differences
+        # between two instances of the same model.
+        for model, callbacks, _ in runs.values():
+            if callbacks:
+                self.fit(model, [], 1)  # its plain train function made, untimed
+        self.methods.ms.clear()  # the warm-up's calls are not counted
         names = list(runs)
-        wall = {(m, n): [] for m in MODES for n in names}
-        cpu = {(m, n): [] for m in MODES for n in names}
+        keys = [(n, True) for n in names] + [(n, False) for n in names if runs[n][1]]
+        wall = {(m, k): [] for m in MODES for k in keys}
+        cpu = {(m, k): [] for m in MODES for k in keys}
         traces_before = {name: self.traces[id(model)] for name, (model, _, _) in runs.items()}
         started = time.perf_counter()
         for r in range(a.rounds):
@@ -208,24 +245,37 @@ class Benchmark:
             for mode in modes:
                 for name in order:
                     model, callbacks, _ = runs[name]
-                    if mode == "long":
-                        w, c = self.timed(lambda: self.fit(model, callbacks, a.epochs))  # noqa: B023  (called at once, in this iteration)
-                        steps = a.epochs * a.steps
-                    else:
+                    pair = [True, False] if callbacks else [True]
+                    for with_callbacks in pair if r % 2 == 0 else pair[::-1]:
+                        used = callbacks if with_callbacks else []
+                        if mode == "long":
+                            w, c = self.timed(lambda: self.fit(model, used, a.epochs))  # noqa: B023  (called at once, in this iteration)
+                            steps = a.epochs * a.steps
+                        else:
 
-                        def repeated(model=model, callbacks=callbacks):
-                            return [self.fit(model, callbacks, 1) for _ in range(a.calls)]
+                            def repeated(model=model, used=used):
+                                return [self.fit(model, used, 1) for _ in range(a.calls)]
 
-                        w, c = self.timed(repeated)
-                        steps = a.calls * a.steps
-                    wall[mode, name].append(w / steps * 1e3)
-                    cpu[mode, name].append(c / steps * 1e3)
+                            w, c = self.timed(repeated)
+                            steps = a.calls * a.steps
+                        wall[mode, (name, with_callbacks)].append(w / steps * 1e3)
+                        cpu[mode, (name, with_callbacks)].append(c / steps * 1e3)
+                        if with_callbacks:
+                            self.epochs[name] += steps // a.steps
         elapsed = time.perf_counter() - started
         traces = {
             name: self.traces[id(model)] - traces_before[name]
             for name, (model, _, _) in runs.items()
         }
         self.report(runs, wall, cpu, elapsed, traces)
+        methods = {n: self.methods.ms[n] / max(self.epochs[n], 1) for n in runs}
+        samples = _callback_cost.step_times(
+            {n: (m, cb) for n, (m, cb, _) in runs.items()}, self.fit, a.step_rounds, a.steps
+        )
+        fits_per_epoch = (1 + a.calls) / (a.epochs + a.calls)
+        _callback_cost.whole_cost(
+            samples, methods, a.steps, fits_per_epoch, TENSORBOARD, (BOARD, CLIPPED_BOARD)
+        )
         ok = True
         try:
             self.probe_and_pictures()
@@ -290,10 +340,12 @@ class Benchmark:
             base = BASELINE[name]
             cells = []
             for mode in MODES:
-                t, b = wall[mode, name], wall[mode, base]
+                t, b = wall[mode, (name, True)], wall[mode, (base, True)]
                 ratio[mode, name] = min(t) / min(b)
                 paired = statistics.median(x / y for x, y in zip(t, b))
-                c = statistics.median(cpu[mode, name]) / statistics.median(cpu[mode, base])
+                c = statistics.median(cpu[mode, (name, True)]) / statistics.median(
+                    cpu[mode, (base, True)]
+                )
                 extra = (min(t) - min(b)) * a.steps
                 cells += [
                     f"{min(t):.2f}",
@@ -306,14 +358,38 @@ class Benchmark:
         print(
             "\ntarget (this run, ratio of minima): GradientBoard / its plain fit <= keras TensorBoard / plain fit"
         )
-        for mode, label in MODES.items():
-            limit = ratio[mode, TENSORBOARD]
-            checks = [
-                f"{n} {ratio[mode, n]:.3f} ({'met' if ratio[mode, n] <= limit else 'NOT met'})"
-                for n in (BOARD, CLIPPED_BOARD)
-            ]
-            print(f"  {label}: keras TensorBoard {limit:.3f}; " + "; ".join(checks))
+        print_target(ratio)
+        self.report_same_model(runs, wall)
         sys.stdout.flush()
+
+    def report_same_model(self, runs, wall):
+        """Each callback's fits against its own model's plain fits, timed
+        next to them (the differences between instances left out)."""
+        a = self.args
+        print(
+            "\nagainst the same model without the callback (its plain fits, timed next to its fits in "
+            "each round): ratio of minima / paired (median over the rounds of the round's ratio) / extra "
+            "ms per epoch from the minima"
+        )
+        cols = [
+            f"{mode} {what}" for mode in MODES for what in ("ratio", "paired", "extra ms/epoch")
+        ]
+        print("| configuration | " + " | ".join(cols) + " |")
+        print("|---|" + "---:|" * len(cols))
+        ratio = {}
+        for name, (_, callbacks, _) in runs.items():
+            if not callbacks:
+                continue
+            cells = []
+            for mode in MODES:
+                t, b = wall[mode, (name, True)], wall[mode, (name, False)]
+                ratio[mode, name] = min(t) / min(b)
+                paired = statistics.median(x / y for x, y in zip(t, b))
+                extra = (min(t) - min(b)) * a.steps
+                cells += [f"{ratio[mode, name]:.3f}", f"{paired:.3f}", f"{extra:+.0f}"]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print("target on this baseline: GradientBoard's ratio <= keras TensorBoard's")
+        print_target(ratio)
 
     # ------------------------------------------------------------ probe and pictures
     def probe_and_pictures(self):
@@ -407,6 +483,17 @@ class Benchmark:
             f"  pictures of one histogram epoch ({len(targets) + 1} images; write_plots=True minus False, the "
             f"probe's gradient left out): {extra[0]:.1f} ms (cpu {extra[1]:.1f} ms)"
         )
+
+
+def print_target(ratio):
+    """Per mode, GradientBoard's ratios against Keras TensorBoard's."""
+    for mode, label in MODES.items():
+        limit = ratio[mode, TENSORBOARD]
+        checks = [
+            f"{n} {ratio[mode, n]:.3f} ({'met' if ratio[mode, n] <= limit else 'NOT met'})"
+            for n in (BOARD, CLIPPED_BOARD)
+        ]
+        print(f"  {label}: keras TensorBoard {limit:.3f}; " + "; ".join(checks))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def _assign_if(variable, condition, value):
 
 
 class _Decisions(NamedTuple):
-    """What a step counts and whether its inner update runs (bool scalars)."""
+    """What a step counts and whether its inner update runs (bool scalars;
+    `count` is the Python `True` when every step counts)."""
 
     count: object  # an update step (not a gradient-accumulation micro-step)
     changed: object  # a counted, applied update that the policy changed
@@ -392,7 +393,7 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
             skip = ops.logical_and(skip, finite)
         else:
             skipped = skip
-        count = ops.convert_to_tensor(True) if view.is_update is None else view.is_update
+        count = view.counted  # the Python True without accumulation
         if view.is_update is not None:  # a micro-step is skipped only for its own non-finite values
             skip = ops.where(view.is_update, skip, self._report_policy.should_skip(view.micro))
         skipped = ops.logical_and(count, skipped)
@@ -406,7 +407,10 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         decisions = step.decisions
         count = decisions.count
         self._counters.assign_add(
-            ops.cast(ops.stack([count, decisions.changed, decisions.skipped]), "int32")
+            ops.cast(
+                ops.stack([ops.convert_to_tensor(count), decisions.changed, decisions.skipped]),
+                "int32",
+            )
         )
         for v, new in zip(self._policy_state, step.measured.state):
             v.assign(new)

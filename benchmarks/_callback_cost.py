@@ -1,0 +1,183 @@
+"""A callback's whole cost in `fit`, measured apart from the rest of `fit`
+(shared by `gradboard_overhead.py` and `diagnose_cost.py`).
+
+The wall-time ratio of a fit with a callback to a plain fit compares two
+model instances, and on this machine two instances of the same model differ
+by a few percent in their step time (on TensorFlow one read 0.4 ms a step,
+2%, faster than the other with no work of its own in the step). A callback's
+cost is therefore measured in two parts, each on its own model:
+
+- **its methods** (those it overrides: `on_train_begin`, `on_epoch_end`,
+  ...), timed inside the fits (`MethodClock`);
+- **its cost inside the steps** (GradientBoard's recording is traced into
+  the step on TensorFlow and JAX): each step is timed from the last
+  callback's `on_train_batch_begin` to the first one's `on_train_batch_end`
+  (`step_clocks`; Keras calls the callbacks in order and reads the step's
+  logs back before any `on_train_batch_end`), in fits of the same model with
+  its callbacks and without any, a pair per round (`step_times`). The cost
+  is the mean over the rounds of (the fit's median step with - without),
+  with a 95% bootstrap interval over the rounds; a fit's first step is
+  compared apart.
+
+Whole cost per epoch = methods + cost in the steps x steps per epoch + the
+first-step extra x fits per epoch (`whole_cost`).
+"""
+
+import collections
+import time
+
+import numpy as np
+
+CALLBACK_METHODS = (
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+)
+
+
+class MethodClock:
+    """Times the methods each callback overrides, as a total per key."""
+
+    def __init__(self):
+        self.ms = collections.Counter()
+
+    def attach(self, key, callbacks):
+        import keras
+
+        for callback in callbacks:
+            for name in CALLBACK_METHODS:
+                if getattr(type(callback), name) is not getattr(keras.callbacks.Callback, name):
+                    self.add(key, callback, name)
+
+    def add(self, key, obj, attribute):
+        """Wraps `obj.<attribute>` so that its time adds to `self.ms[key]`."""
+        original = getattr(obj, attribute)
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.ms[key] += (time.perf_counter() - start) * 1e3
+
+        setattr(obj, attribute, wrapper)
+
+
+def step_clocks(times):
+    """Two callbacks that time each training step into `times` (ms): put the
+    first first and the second last in the callback list."""
+    import keras
+
+    started = []
+    end, begin = keras.callbacks.Callback(), keras.callbacks.Callback()
+    begin.on_train_batch_begin = lambda batch, logs=None: started.append(time.perf_counter())
+    end.on_train_batch_end = lambda batch, logs=None: times.append(
+        (time.perf_counter() - started.pop()) * 1e3
+    )
+    return end, begin
+
+
+def step_times(runs, fit, rounds, steps_per_epoch):
+    """Step times of each configuration's model with its callbacks and
+    without any, in 2-epoch fits, a pair of fits per round (the order
+    rotated each round, and within the pair alternated).
+
+    Args:
+        runs: {configuration: (model, callbacks)}.
+        fit: `fit(model, callbacks, epochs)`.
+
+    Returns:
+        {(configuration, with_callbacks): [(first, [ms of the other steps])]},
+        one entry per round.
+    """
+    samples = collections.defaultdict(list)
+    names = list(runs)
+    for model, _ in runs.values():  # the plain train function made, untimed
+        fit(model, [], 1)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            model, callbacks = runs[name]
+            for with_callbacks in (True, False) if r % 2 == 0 else (False, True):
+                times = []
+                end, begin = step_clocks(times)
+                fit(model, [end, *(callbacks if with_callbacks else []), begin], 2)
+                if len(times) != 2 * steps_per_epoch:
+                    raise RuntimeError(
+                        f"{name}: {len(times)} steps timed, expected {2 * steps_per_epoch}"
+                    )
+                samples[name, with_callbacks].append((times[0], times[1:]))
+    return samples
+
+
+def _paired(on, off, rng, resamples=2000):
+    """Mean over the rounds of (with - without), and a 95% bootstrap interval
+    over the rounds (steps within a fit are not independent of each other)."""
+    d = np.asarray(on) - np.asarray(off)
+    boot = rng.choice(d, (resamples, d.size)).mean(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return d.mean(), low, high
+
+
+def whole_cost(samples, methods_per_epoch, steps_per_epoch, fits_per_epoch, keras_key, boards):
+    """Prints each configuration's cost in its steps and its whole cost per
+    epoch, and whether each of `boards` costs no more than `keras_key`.
+
+    Args:
+        samples: from `step_times`.
+        methods_per_epoch: {configuration: ms of its callbacks' methods per epoch}.
+        fits_per_epoch: fit calls per epoch where the methods were timed.
+
+    Returns:
+        {configuration: (total, low, high)}.
+    """
+    rng = np.random.default_rng(0)
+    names = list(dict.fromkeys(name for name, _ in samples))
+    rounds = len(samples[names[0], True])
+    print(
+        f"\nthe steps alone, each configuration's model with its callbacks and without any "
+        f"({rounds} rounds of a 2-epoch fit each way): ms per step, the fit's median step with "
+        "- without, mean over the rounds [95% bootstrap interval over the rounds]; a fit's first "
+        "step apart"
+    )
+    rows, totals = [], {}
+    for name in names:
+        on, off = samples[name, True], samples[name, False]
+        extra, low, high = _paired(
+            [np.median(steps) for _, steps in on], [np.median(steps) for _, steps in off], rng
+        )
+        first = float(np.mean([a for a, _ in on]) - np.mean([b for b, _ in off]))
+        typical = np.median([np.median(steps) for _, steps in off])
+        print(
+            f"  {name}: {extra:+.3f} [{low:+.3f}, {high:+.3f}] on {typical:.2f} without; "
+            f"first step {first:+.2f}"
+        )
+        methods = methods_per_epoch.get(name, 0.0)
+        fixed = methods + first * fits_per_epoch
+        total = tuple(fixed + v * steps_per_epoch for v in (extra, low, high))
+        totals[name] = total
+        rows.append((name, methods, extra * steps_per_epoch, first * fits_per_epoch, total))
+    print(
+        f"\neach callback's whole cost, ms per epoch of {steps_per_epoch} steps = its methods + its "
+        f"cost in the steps x {steps_per_epoch} + its first-step extra x {fits_per_epoch:.2f} fits "
+        "per epoch [interval from the steps']"
+    )
+    print(
+        "| configuration | methods | in the steps | first steps | whole cost | interval "
+        "| against Keras TensorBoard |"
+    )
+    print("|---|---:|---:|---:|---:|---|---|")
+    keras_total = totals.get(keras_key)
+    for name, methods, in_steps, firsts, (total, low, high) in rows:
+        verdict = ""
+        if name in boards and keras_total is not None:
+            met = "met" if total <= keras_total[0] else "NOT met"
+            apart = ", the intervals apart" if high < keras_total[1] else ""
+            verdict = f"{total / keras_total[0]:.2f}x, {met}{apart}"
+        print(
+            f"| {name} | {methods:.1f} | {in_steps:+.1f} | {firsts:+.1f} | **{total:.1f}** | "
+            f"{low:.1f} to {high:.1f} | {verdict} |"
+        )
+    return totals
