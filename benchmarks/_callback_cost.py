@@ -15,9 +15,10 @@ cost is therefore measured in two parts, each on its own model:
   (`step_clocks`; Keras calls the callbacks in order and reads the step's
   logs back before any `on_train_batch_end`), in fits of the same model with
   its callbacks and without any, a pair per round (`step_times`). The cost
-  is the mean over the rounds of (the fit's median step with - without),
-  with a 95% bootstrap interval over the rounds; a fit's first step is
-  compared apart.
+  is the mean over the rounds of (the fit's mean step with - without), so
+  occasional slow steps count, with a 95% bootstrap interval over the
+  rounds; the same with the fits' median steps is printed beside it, and a
+  fit's first step is compared apart.
 
 Whole cost per epoch = methods + cost in the steps x steps per epoch + the
 first-step extra x fits per epoch (`whole_cost`).
@@ -138,21 +139,24 @@ def whole_cost(samples, methods_per_epoch, steps_per_epoch, fits_per_epoch, kera
     rounds = len(samples[names[0], True])
     print(
         f"\nthe steps alone, each configuration's model with its callbacks and without any "
-        f"({rounds} rounds of a 2-epoch fit each way): ms per step, the fit's median step with "
-        "- without, mean over the rounds [95% bootstrap interval over the rounds]; a fit's first "
-        "step apart"
+        f"({rounds} rounds of a 2-epoch fit each way): ms per step, (the fit's mean step with - "
+        "without) and (its median step with - without), each a mean over the rounds [95% bootstrap "
+        "interval over the rounds]; a fit's first step apart"
     )
     rows, totals = [], {}
     for name in names:
         on, off = samples[name, True], samples[name, False]
-        extra, low, high = _paired(
+        median, m_low, m_high = _paired(
             [np.median(steps) for _, steps in on], [np.median(steps) for _, steps in off], rng
+        )
+        extra, low, high = _paired(
+            [np.mean(steps) for _, steps in on], [np.mean(steps) for _, steps in off], rng
         )
         first = float(np.mean([a for a, _ in on]) - np.mean([b for b, _ in off]))
         typical = np.median([np.median(steps) for _, steps in off])
         print(
-            f"  {name}: {extra:+.3f} [{low:+.3f}, {high:+.3f}] on {typical:.2f} without; "
-            f"first step {first:+.2f}"
+            f"  {name}: mean {extra:+.3f} [{low:+.3f}, {high:+.3f}], median {median:+.3f} "
+            f"[{m_low:+.3f}, {m_high:+.3f}], on a {typical:.2f} ms step; first step {first:+.2f}"
         )
         methods = methods_per_epoch.get(name, 0.0)
         fixed = methods + first * fits_per_epoch
@@ -161,7 +165,7 @@ def whole_cost(samples, methods_per_epoch, steps_per_epoch, fits_per_epoch, kera
         rows.append((name, methods, extra * steps_per_epoch, first * fits_per_epoch, total))
     print(
         f"\neach callback's whole cost, ms per epoch of {steps_per_epoch} steps = its methods + its "
-        f"cost in the steps x {steps_per_epoch} + its first-step extra x {fits_per_epoch:.2f} fits "
+        f"cost in the steps (mean) x {steps_per_epoch} + its first-step extra x {fits_per_epoch:.2f} fits "
         "per epoch [interval from the steps']"
     )
     print(
