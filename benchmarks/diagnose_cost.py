@@ -77,7 +77,7 @@ wall-time ratios above cannot tell from a callback's cost), with a 95%
 bootstrap interval. The plain fit's row (no callbacks either way) shows the
 noise. Target: GradientBoard's whole cost no more than Keras TensorBoard's.
 
-    python benchmarks/diagnose_cost.py --backend all                # 1-2 min per backend on 2 quiet cores, PyTorch 2-5
+    python benchmarks/diagnose_cost.py --backend all                # part 2 (--part overhead) alone: ~16 min for the three
     python benchmarks/diagnose_cost.py --backend all --quick        # small sizes, a check that it runs
     python benchmarks/diagnose_cost.py --backend torch --part cost --profile   # where diagnose's time goes
     python benchmarks/diagnose_cost.py --backend jax --part cost --timesteps 500
