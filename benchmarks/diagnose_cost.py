@@ -71,13 +71,13 @@ recording runs on TensorFlow and JAX. Each configuration's model is fitted
 with its callbacks and without any, interleaved (`--step-rounds` rounds of
 2-epoch fits), each step timed from the last callback's
 `on_train_batch_begin` to the first one's `on_train_batch_end`; the cost is
-the median step with minus the median step without on the same model (two
+the mean step with minus the mean step without on the same model (two
 instances of the same model differ by a few percent here, which the
 wall-time ratios above cannot tell from a callback's cost), with a 95%
 bootstrap interval. The plain fit's row (no callbacks either way) shows the
 noise. Target: GradientBoard's whole cost no more than Keras TensorBoard's.
 
-    python benchmarks/diagnose_cost.py --backend all                # part 2 (--part overhead) alone: ~16 min for the three
+    python benchmarks/diagnose_cost.py --backend all                # part 2 (--part overhead) alone: ~10 min for the three
     python benchmarks/diagnose_cost.py --backend all --quick        # small sizes, a check that it runs
     python benchmarks/diagnose_cost.py --backend torch --part cost --profile   # where diagnose's time goes
     python benchmarks/diagnose_cost.py --backend jax --part cost --timesteps 500
@@ -134,7 +134,7 @@ def parse_args(argv=None):
         "--step-rounds",
         type=int,
         default=8,
-        help="rounds of part 2's step times (each: one 2-epoch fit per configuration)",
+        help="rounds of part 2's step times (each: two 2-epoch fits per configuration, with and without its callbacks)",
     )
     parser.add_argument(
         "--profile",
@@ -666,6 +666,8 @@ class Overhead:
         traces = {n: self.traces[id(m)] - traces_before[n] for n, (m, _, _) in runs.items()}
         self.report(runs, wall, cpu, elapsed, traces)
         methods = {c: self.methods.ms[c] / max(self.epochs[c], 1) for c in runs}
+        # Read before the step times below, whose fits the monitor's clock also times.
+        monitor = {c: self.monitor.ms[c] / max(self.epochs[c], 1) / a.steps for c in BOARDS}
         samples = _callback_cost.step_times(
             {c: (m, cb) for c, (m, cb, _) in runs.items()}, self.fit, a.step_rounds, a.steps
         )
@@ -674,12 +676,7 @@ class Overhead:
         if keras.backend.backend() == "torch":
             print(
                 "  (PyTorch: the monitor's before_update + after_update, timed in the rounds above, ms per "
-                "step: "
-                + ", ".join(
-                    f"{c} {self.monitor.ms[c] / max(self.epochs[c], 1) / a.steps:.3f}"
-                    for c in BOARDS
-                )
-                + ")"
+                "step: " + ", ".join(f"{c} {monitor[c]:.3f}" for c in BOARDS) + ")"
             )
 
     def report(self, runs, wall, cpu, elapsed, traces):

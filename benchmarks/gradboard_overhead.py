@@ -34,7 +34,7 @@ configuration's model) cannot tell from a callback's cost.
 Then each callback's whole cost per epoch, measured apart from the rest of
 `fit` (`_callback_cost.py`): its methods, timed inside the fits above, plus
 its cost inside the steps (GradientBoard's recording is traced into the
-step on TensorFlow and JAX): the median step of the configuration's model
+step on TensorFlow and JAX): the mean step of the configuration's model
 with its callbacks minus without any, interleaved 2-epoch fits
 (`--step-rounds` rounds), with a 95% bootstrap interval. The same model
 with and without: two instances of the same model differ by a few percent

@@ -48,8 +48,9 @@ class VariableSink:
     def publish(self, when, values, counts):
         # The flag and the totals are assigned before the values: on
         # TensorFlow, 8 gradient copies assigned before them made a step of
-        # two LSTM(64) layers 1.5 ms (9%) slower in `fit`, after them 0.0 ms
-        # (benchmarks/README.md, "A callback's whole cost").
+        # two LSTM(64) layers 1.5 ms (9%) slower in `fit`; after them, no
+        # slower than without the copies (benchmarks/README.md, "A
+        # callback's whole cost").
         xp = _step_ops
         if when is True:  # known before the step runs: nothing to choose
             xp.assign(self._published, 1.0)
