@@ -665,19 +665,14 @@ class Overhead:
         elapsed = time.perf_counter() - started
         traces = {n: self.traces[id(m)] - traces_before[n] for n, (m, _, _) in runs.items()}
         self.report(runs, wall, cpu, elapsed, traces)
+        # The monitor's time on PyTorch is in `report`'s own-work lines, read
+        # before the step times below (whose fits its clock times too).
         methods = {c: self.methods.ms[c] / max(self.epochs[c], 1) for c in runs}
-        # Read before the step times below, whose fits the monitor's clock also times.
-        monitor = {c: self.monitor.ms[c] / max(self.epochs[c], 1) / a.steps for c in BOARDS}
         samples = _callback_cost.step_times(
             {c: (m, cb) for c, (m, cb, _) in runs.items()}, self.fit, a.step_rounds, a.steps
         )
         fits_per_epoch = (1 + a.calls) / (a.epochs + a.calls)
         _callback_cost.whole_cost(samples, methods, a.steps, fits_per_epoch, TENSORBOARD, BOARDS)
-        if keras.backend.backend() == "torch":
-            print(
-                "  (PyTorch: the monitor's before_update + after_update, timed in the rounds above, ms per "
-                "step: " + ", ".join(f"{c} {monitor[c]:.3f}" for c in BOARDS) + ")"
-            )
 
     def report(self, runs, wall, cpu, elapsed, traces):
         a = self.args
