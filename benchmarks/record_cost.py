@@ -110,12 +110,12 @@ def time_hook(keras, make, steps, order):
     monitor = monitor_module.Monitor(model.optimizer)
     monitor.prepare(variables, gradients=True)
     monitor.active = True
-    snapshot = get("recording").snapshot
+    snapshots = get("recording").snapshots
 
-    def hooked():
+    def hooked():  # as `backend/common/hooks.hook_apply`, without the update
         pending = monitor.before_update(grads, variables)
-        before = [snapshot(v) for v in variables]
-        monitor.after_update(pending, before, [snapshot(v) for v in variables])
+        before = snapshots(variables)
+        monitor.after_update(pending, before, snapshots(variables, copy=False))
 
     times = {}
     for name in order:

@@ -4,6 +4,7 @@ computed once."""
 
 import keras
 import numpy as np
+import pytest
 
 from keras_gradkit import backend, clipping, recording
 from keras_gradkit.backend.common import norms
@@ -136,3 +137,71 @@ def test_the_step_ops_leave_a_write_in_a_stateless_scope_to_the_scope():
         kept = scope.get_current_value(variable)
     np.testing.assert_array_equal(_as_numpy(variable), [1.0, 1.0])  # not written
     np.testing.assert_array_equal(_as_numpy(kept), [7.0, 7.0])  # the scope has it
+
+
+def test_the_backends_norms_of_several_tensors_match_numpy():
+    """`backend/<name>/norms` (on PyTorch one multi-tensor call each): float16
+    squares summed in float32, a scalar, an empty tensor, no tensor at all."""
+    xp = backend.get("norms")
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.normal(size=(5, 3)).astype("float32"),
+        np.full((4,), 1e3, "float16"),  # 1e6 per square: float16 would overflow
+        np.float32(-3.0),
+        np.zeros((0, 2), "float32"),
+    ]
+    tensors = [keras.ops.convert_to_tensor(a) for a in arrays]
+    squares = xp.squared_norms(tensors)
+    expected = [np.sum(np.square(a.astype("float64"))) for a in arrays]
+    for square, want in zip(squares, expected):
+        assert keras.backend.standardize_dtype(square.dtype) == "float32"
+        np.testing.assert_allclose(_as_numpy(square), want, rtol=1e-6)
+    roots = xp.sqrts(squares)
+    np.testing.assert_allclose([_as_numpy(r) for r in roots], np.sqrt(expected), rtol=1e-6)
+    others = [keras.ops.convert_to_tensor(np.ones_like(a)) for a in arrays]
+    for d, a in zip(xp.differences(tensors, others), arrays):
+        np.testing.assert_array_equal(_as_numpy(d), a - np.ones_like(a))
+    assert list(xp.squared_norms([])) == [] and list(xp.sqrts([])) == []
+    assert norms.roots([None, squares[2]])[0] is None
+    np.testing.assert_allclose(_as_numpy(norms.roots([None, squares[2]])[1]), 3.0)
+
+
+def test_snapshots_are_copies_unless_read_for_now():
+    variables = [keras.Variable(np.full((2,), 1.0, "float32")), keras.Variable(np.float32(4.0))]
+    snapshots = backend.get("recording").snapshots
+    copied = snapshots(variables)
+    for v in variables:
+        v.assign(v + 1.0)
+    now = snapshots(variables, copy=False)
+    np.testing.assert_array_equal(_as_numpy(copied[0]), [1.0, 1.0])
+    np.testing.assert_array_equal(_as_numpy(copied[1]), 4.0)
+    np.testing.assert_array_equal(_as_numpy(now[0]), [2.0, 2.0])
+    np.testing.assert_array_equal(_as_numpy(now[1]), 5.0)
+
+
+def test_a_sink_publishes_the_same_when_the_step_counts_in_any_case():
+    """`when=True` (PyTorch: one multi-tensor copy) and a true boolean tensor
+    (chosen with `where`) keep the same values and totals; a false one keeps
+    nothing; a value of the wrong shape is refused."""
+    spec = {"a": [(3,), ()], "b": [(2, 2)]}
+    counts = keras.ops.convert_to_tensor(np.arange(9, dtype="float32"))
+    values = {
+        "a": [keras.ops.convert_to_tensor([1.0, 2.0, 3.0]), keras.ops.convert_to_tensor(4.0)],
+        "b": [keras.ops.convert_to_tensor(np.eye(2, dtype="float32"))],
+    }
+    reads = []
+    for when in (True, keras.ops.convert_to_tensor(True)):
+        sink = backend.get("recording").Sink(spec, 9)
+        sink.publish(keras.ops.convert_to_tensor(False), values, counts)
+        assert sink.read()[0] is None
+        for _ in range(2):
+            sink.publish(when, values, counts)
+        reads.append(sink.read())
+    for (got, totals), want in zip(reads, (values, values)):
+        np.testing.assert_array_equal(totals, 2 * np.arange(9))
+        for name in spec:
+            for g, w in zip(got[name], want[name]):
+                np.testing.assert_array_equal(g, _as_numpy(w))
+    sink = backend.get("recording").Sink(spec, 9)
+    with pytest.raises(ValueError, match="shape"):
+        sink.publish(True, {"a": [values["b"][0], values["a"][1]]}, counts)

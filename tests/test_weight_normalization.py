@@ -248,7 +248,20 @@ class TestWeightNormalization:
         np.testing.assert_array_equal(_np(reloaded.g_offset), offsets[0])
         np.testing.assert_array_equal(_np(reloaded.bias_offset), offsets[1])
 
-    def test_jit_compiled_fit(self):
+    def test_jit_compiled_fit(self, monkeypatch):
+        if keras.backend.backend() == "torch":
+            # Keras compiles the step with `torch.compile`: TorchDynamo captures
+            # it (where a data-dependent branch would break or fail) and AOT
+            # autograd traces its backward pass; the "aot_eager" backend then
+            # runs the captured graphs instead of generating code with
+            # Inductor, which made this test take 54 s on a fresh machine
+            # instead of 26 s.
+            import torch
+
+            compile_ = torch.compile
+            monkeypatch.setattr(
+                torch, "compile", lambda f, **kw: compile_(f, **{"backend": "aot_eager", **kw})
+            )
         rng = np.random.default_rng(9)
         x = (rng.normal(size=(16, 4)) * 2 + 1).astype("float32")
         y = rng.normal(size=(16, 1)).astype("float32")

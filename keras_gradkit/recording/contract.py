@@ -110,7 +110,8 @@ class Sink(Protocol):
     def publish(self, when: Any, values: Mapping[str, list], counts: Any) -> None:
         """Inside the step: keeps `values` and adds `counts` (a float32 vector
         in the order of `Totals`) to the running totals, if `when` (a boolean
-        tensor, or the Python `True` when the step counts in any case) is true."""
+        tensor, or the Python `True` when the step counts in any case) is true.
+        A value whose shape is not its spec's raises `ValueError`."""
 
     def read(self) -> tuple:
         """`(values, totals)` as NumPy; `values` is None before the first publish."""
@@ -124,6 +125,11 @@ class RecordingBackend(Protocol):
 
     def snapshot(self, variable: Any) -> Any:
         """The variable's current value, read now (ordered before later updates)."""
+
+    def snapshots(self, variables: Sequence[Any], copy: bool = True) -> list:
+        """`[snapshot(v) for v in variables]`. With `copy=False` the values
+        serve only what is computed before any later update, so a backend
+        whose step runs eagerly may hand each variable's own storage."""
 
     def install(self, optimizer: Any, monitor: Any) -> Callable[[], None]:
         """Hooks `monitor` on the optimizer method the trainer calls; returns its removal."""

@@ -176,7 +176,7 @@ def measure_step(optimizer, grads, variables, policy, state=(), replica_sum=None
     return MeasuredStep(
         view=view,
         gradients=clipped,
-        norms=[None if s is None else step_ops.sqrt(s) for s in squares],
+        norms=norms.roots(squares),
         global_norm=norms.global_norm_of_squares(squares),
         global_norm_clipped=norms.global_norm(clipped),
         state=new_state,
@@ -213,7 +213,7 @@ def publish_step(recorder, indices, measured, scalars, counted, before=None, aft
     size = len(recorder.variables)
     update = None
     if recorder.update_norms:
-        deltas = norms.norms([a - b for a, b in zip(after, before)])
+        deltas = norms.norms(backend.get("norms").differences(after, before))
         weights = norms.norms(after)
         update = (scatter(indices, deltas, size), scatter(indices, weights, size))
     gradients = [None] * size

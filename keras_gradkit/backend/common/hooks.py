@@ -29,12 +29,13 @@ def wrap_method(optimizer, name, make_wrapper):
     return remove
 
 
-def hook_apply(optimizer, monitor, snapshot, replica_sum=lambda: None):
+def hook_apply(optimizer, monitor, snapshots, replica_sum=lambda: None):
     """Wraps `optimizer.apply` so that `monitor` records each step while
     active (the trainers of TensorFlow and PyTorch call `apply`).
 
     Args:
-        snapshot: the backend's read of a variable's current value.
+        snapshots: the backend's read of variables' current values
+            (`recording.snapshots(variables, copy=True)`).
         replica_sum: returns the cross-replica sum to use now, or None.
     Returns:
         A function that removes the wrapper.
@@ -51,9 +52,9 @@ def hook_apply(optimizer, monitor, snapshot, replica_sum=lambda: None):
                 else list(trainable_variables)
             )
             pending = monitor.before_update(grads, tvs, replica_sum())
-            before = [snapshot(v) for v in tvs]  # reads, ordered before the update
+            before = snapshots(tvs)  # reads, ordered before the update
             result = original(grads, trainable_variables)
-            monitor.after_update(pending, before, [snapshot(v) for v in tvs])
+            monitor.after_update(pending, before, snapshots(tvs, copy=False))
             return result
 
         return apply

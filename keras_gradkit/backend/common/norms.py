@@ -51,13 +51,29 @@ def squared_norms(grads):
 
 def norms(tensors):
     """`[norm(t) for t in tensors]`, computed as `squared_norms` does."""
-    sqrt = backend.get("step_ops").sqrt
-    return [None if s is None else sqrt(s) for s in squared_norms(tensors)]
+    return roots(squared_norms(tensors))
+
+
+def roots(squares):
+    """The square root of each entry of `squares` (None stays None), by the
+    backend's `norms.sqrts` (on PyTorch, one call for all)."""
+    present = iter(backend.get("norms").sqrts([s for s in squares if s is not None]))
+    return [None if s is None else next(present) for s in squares]
 
 
 def keras_squared_norms(tensors):
     """The sum of the squares of each tensor's entries, in float32, with Keras ops."""
     return [ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors]
+
+
+def keras_sqrts(tensors):
+    """The square root of each tensor, with Keras ops."""
+    return [ops.sqrt(t) for t in tensors]
+
+
+def keras_differences(xs, ys):
+    """`[x - y for x, y in zip(xs, ys)]`, with Keras ops."""
+    return [ops.subtract(x, y) for x, y in zip(xs, ys)]
 
 
 def norm(g, overflow_safe=False):

@@ -37,6 +37,7 @@ class VariableSink:
             trainable=False,
             dtype="float32",
             aggregation="only_first_replica",
+            autocast=False,  # read and written as the float32 it holds
             name=f"gradkit_recording_{name}",
         )
 

@@ -71,6 +71,13 @@ class Sink:
         self._newest = "device"
 
     def publish(self, when, values, counts):
+        for name, tensors in values.items():
+            for value, shape in zip(tensors, self._shapes[name]):
+                if tuple(value.shape) != shape:
+                    raise ValueError(
+                        f"Cannot publish a value of shape {tuple(value.shape)} as "
+                        f"{name!r}, of shape {shape}."
+                    )
         when = ops.convert_to_tensor(when)
         if (
             _collecting is not None
@@ -141,6 +148,12 @@ def _traced_with(trace, values):
 def snapshot(variable):
     """The variable's current value (in a StatelessScope, the mapped one)."""
     return ops.copy(ops.convert_to_tensor(variable))
+
+
+def snapshots(variables, copy=True):
+    """`[snapshot(v) for v in variables]` (the trace elides the copies)."""
+    del copy
+    return [snapshot(v) for v in variables]
 
 
 def install(optimizer, monitor):

@@ -29,10 +29,16 @@ def snapshot(variable):
     return tf.identity(value.read_value() if hasattr(value, "read_value") else value)
 
 
+def snapshots(variables, copy=True):
+    """`[snapshot(v) for v in variables]` (each read is a copy in the graph)."""
+    del copy
+    return [snapshot(v) for v in variables]
+
+
 def install(optimizer, monitor):
     """Hooks `monitor` on `optimizer.apply` (see `hooks.hook_apply`),
     summing the gradients over replicas under a strategy; returns its removal."""
-    return hooks.hook_apply(optimizer, monitor, snapshot, replica_sum=replica_sum)
+    return hooks.hook_apply(optimizer, monitor, snapshots, replica_sum=replica_sum)
 
 
 def collects_on_device():

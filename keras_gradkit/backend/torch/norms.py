@@ -1,14 +1,12 @@
 """Several squared norms at once on PyTorch (private).
 
 The PyTorch step runs eagerly, so a step's measures cost what their ops
-cost in Python: these use torch's own ops, the same arithmetic as
-`common.norms.keras_squared_norms` (a float32 cast, the squares, their
-sum) without Keras's conversion and checks of each argument.
+cost in Python: these take all of a step's tensors in one multi-tensor
+call (`foreach.py`), the same arithmetic as `common.norms.keras_squared_norms`
+(squares summed in float32) without a call per tensor, nor Keras's
+conversion and checks of each argument.
 """
 
-import torch
+from keras_gradkit.backend.torch.foreach import differences, sqrts, squared_norms
 
-
-def squared_norms(tensors):
-    """The sum of the squares of each tensor's entries, in float32."""
-    return [torch.sum(torch.square(torch.as_tensor(t).to(torch.float32))) for t in tensors]
+__all__ = ["differences", "sqrts", "squared_norms"]

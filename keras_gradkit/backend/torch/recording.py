@@ -2,11 +2,41 @@
 optimizer's `apply` (private). The trainer runs eagerly, so the hook sees
 every step."""
 
+from keras_gradkit.backend import keras_private
 from keras_gradkit.backend.common import hooks
 from keras_gradkit.backend.common.variable_sink import VariableSink, check_sinks
-from keras_gradkit.backend.torch import step_ops
+from keras_gradkit.backend.torch import foreach, step_ops
 
-Sink = VariableSink
+
+class Sink(VariableSink):
+    """A `VariableSink` whose step, when it counts in any case (`when` is
+    the Python `True`), writes all its variables with one multi-tensor copy.
+
+    The variables' storage is read once (they do not autocast, and outside a
+    `keras.StatelessScope` a variable's value is its storage, which Keras's
+    own `assign` writes in place); in a scope, the sink writes as Keras does.
+    """
+
+    def add(self, name, shapes):
+        super().add(name, shapes)
+        self._storage = None
+
+    def publish(self, when, values, counts):
+        if when is not True or keras_private.in_stateless_scope():
+            super().publish(when, values, counts)
+            return
+        if getattr(self, "_storage", None) is None:
+            self._storage = {
+                name: [v.value for v in variables] for name, variables in self._variables.items()
+            }
+            self._storage[None] = [self._published.value, self._totals.value]
+        published, totals = self._storage[None]
+        targets = [published, totals]
+        sources = [published.new_ones(()), totals + step_ops.convert_to_tensor(counts)]
+        for name, tensors in values.items():  # after the flag and the totals, as the base
+            targets += self._storage[name]
+            sources += [step_ops.convert_to_tensor(t) for t in tensors]
+        foreach.copy_into(targets, sources)
 
 
 def snapshot(variable):
@@ -14,9 +44,17 @@ def snapshot(variable):
     return step_ops.copy(variable)
 
 
+def snapshots(variables, copy=True):
+    """The variables' current values, copied now (one call for all); with
+    `copy=False`, their storage itself, outside autograd (the step runs
+    eagerly: what is computed from it now precedes any later update)."""
+    values = [step_ops.convert_to_tensor(v).detach() for v in variables]
+    return foreach.clones(values) if copy else values
+
+
 def install(optimizer, monitor):
     """Hooks `monitor` on `optimizer.apply` (see `hooks.hook_apply`); returns its removal."""
-    return hooks.hook_apply(optimizer, monitor, snapshot)
+    return hooks.hook_apply(optimizer, monitor, snapshots)
 
 
 def collects_on_device():
