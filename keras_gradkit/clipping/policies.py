@@ -30,9 +30,6 @@ from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.backend.common import gradients, norms
 
 _sparse = backend.get("sparse")
-# Keras's ops, or (PyTorch, whose step runs eagerly) the backend's own, which
-# pass a tensor through without Keras's checks of each argument.
-_step_ops = backend.get("step_ops")
 
 
 def _float32(x):
@@ -67,7 +64,7 @@ def global_norm(grads):
 
 def _as_tensors(values):
     """Backend tensors (NumPy inputs times a torch tensor fail); `None` stays."""
-    return [None if v is None else _step_ops.convert_to_tensor(v) for v in values]
+    return [None if v is None else ops.convert_to_tensor(v) for v in values]
 
 
 def _scale_one(g, scale):
