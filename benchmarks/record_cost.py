@@ -110,12 +110,12 @@ def time_hook(keras, make, steps, order):
     monitor = monitor_module.Monitor(model.optimizer)
     monitor.prepare(variables, gradients=True)
     monitor.active = True
-    snapshots = get("recording").snapshots
+    reads = get("recording")
 
     def hooked():  # as `backend/common/hooks.hook_apply`, without the update
         pending = monitor.before_update(grads, variables)
-        before = snapshots(variables)
-        monitor.after_update(pending, before, snapshots(variables, copy=False))
+        before = reads.snapshots(variables)
+        monitor.after_update(pending, before, reads.values_now(variables))
 
     times = {}
     for name in order:

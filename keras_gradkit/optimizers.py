@@ -415,13 +415,13 @@ class ClippedOptimizer(keras.optimizers.Optimizer):
         for v, new in zip(self._policy_state, step.measured.state):
             v.assign(new)
         indices = [keras_private.variable_index(self, v) for v in tvs]
-        snapshots = backend.get("recording").snapshots
-        before = snapshots(tvs) if self.record_update_norms else None
+        reads = backend.get("recording")
+        before = reads.snapshots(tvs) if self.record_update_norms else None
         # No variable is assigned inside a traced branch where the backend
         # forbids it (JAX): there a skipped update is run and undone.
         targets = list(tvs) + list(self.inner_optimizer.variables)
         backend.get("distribute").apply_unless(decisions.skip, inner_apply, targets)
-        after = snapshots(tvs, copy=False) if self.record_update_norms else None
+        after = reads.values_now(tvs) if self.record_update_norms else None
         recording.publish_step(
             self._recorder, indices, step.measured, step.scalars, count, before, after
         )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from keras_gradkit import backend, clipping, recording
-from keras_gradkit.backend.common import norms
+from keras_gradkit.backend.common import norms, variable_sink
 from keras_gradkit.recording import contract
 
 
@@ -139,9 +139,18 @@ def test_the_step_ops_leave_a_write_in_a_stateless_scope_to_the_scope():
     np.testing.assert_array_equal(_as_numpy(kept), [7.0, 7.0])  # the scope has it
 
 
-def test_the_backends_norms_of_several_tensors_match_numpy():
-    """`backend/<name>/norms` (on PyTorch one multi-tensor call each): float16
-    squares summed in float32, a scalar, an empty tensor, no tensor at all."""
+@pytest.mark.parametrize("fallback", [False, True], ids=["backend", "torch_fallback"])
+def test_the_backends_norms_of_several_tensors_match_numpy(fallback, monkeypatch):
+    """`backend/<name>/norms` (on PyTorch one multi-tensor call each, or the
+    per-tensor loop where torch lacks the op): float16 squares summed in
+    float32, a scalar, an empty tensor, no tensor at all."""
+    if fallback:
+        if keras.backend.backend() != "torch":
+            pytest.skip("the fallbacks are PyTorch's (backend/torch/foreach.py)")
+        from keras_gradkit.backend.torch import foreach
+
+        for op in ("_POWSUM", "_SQRT", "_SUB"):
+            monkeypatch.setattr(foreach, op, None)
     xp = backend.get("norms")
     rng = np.random.default_rng(0)
     arrays = [
@@ -166,23 +175,31 @@ def test_the_backends_norms_of_several_tensors_match_numpy():
     np.testing.assert_allclose(_as_numpy(norms.roots([None, squares[2]])[1]), 3.0)
 
 
-def test_snapshots_are_copies_unless_read_for_now():
+def test_snapshots_are_copies_and_values_now_the_current_values():
     variables = [keras.Variable(np.full((2,), 1.0, "float32")), keras.Variable(np.float32(4.0))]
-    snapshots = backend.get("recording").snapshots
-    copied = snapshots(variables)
+    reads = backend.get("recording")
+    copied = reads.snapshots(variables)
     for v in variables:
         v.assign(v + 1.0)
-    now = snapshots(variables, copy=False)
+    now = reads.values_now(variables)
     np.testing.assert_array_equal(_as_numpy(copied[0]), [1.0, 1.0])
     np.testing.assert_array_equal(_as_numpy(copied[1]), 4.0)
     np.testing.assert_array_equal(_as_numpy(now[0]), [2.0, 2.0])
     np.testing.assert_array_equal(_as_numpy(now[1]), 5.0)
 
 
-def test_a_sink_publishes_the_same_when_the_step_counts_in_any_case():
-    """`when=True` (PyTorch: one multi-tensor copy) and a true boolean tensor
-    (chosen with `where`) keep the same values and totals; a false one keeps
-    nothing; a value of the wrong shape is refused."""
+@pytest.mark.parametrize("fallback", [False, True], ids=["backend", "torch_fallback"])
+def test_a_sink_publishes_the_same_when_the_step_counts_in_any_case(fallback, monkeypatch):
+    """`when=True` (PyTorch: one multi-tensor copy, or a copy per tensor where
+    torch lacks the op) and a true boolean tensor (chosen with `where`) keep
+    the same values and totals; a false one keeps nothing; a value of the
+    wrong shape is refused either way, one that would broadcast too."""
+    if fallback:
+        if keras.backend.backend() != "torch":
+            pytest.skip("the fallbacks are PyTorch's (backend/torch/foreach.py)")
+        from keras_gradkit.backend.torch import foreach
+
+        monkeypatch.setattr(foreach, "_COPY", None)
     spec = {"a": [(3,), ()], "b": [(2, 2)]}
     counts = keras.ops.convert_to_tensor(np.arange(9, dtype="float32"))
     values = {
@@ -202,6 +219,38 @@ def test_a_sink_publishes_the_same_when_the_step_counts_in_any_case():
         for name in spec:
             for g, w in zip(got[name], want[name]):
                 np.testing.assert_array_equal(g, _as_numpy(w))
-    sink = backend.get("recording").Sink(spec, 9)
-    with pytest.raises(ValueError, match="shape"):
-        sink.publish(True, {"a": [values["b"][0], values["a"][1]]}, counts)
+    for when in (True, keras.ops.convert_to_tensor(True)):
+        sink = backend.get("recording").Sink(spec, 9)
+        with pytest.raises(ValueError, match="shape"):
+            sink.publish(when, {"a": [values["b"][0], values["a"][1]]}, counts)
+        with pytest.raises(ValueError, match="shape"):  # `where` would broadcast it
+            sink.publish(when, {"a": [values["a"][1], values["a"][1]]}, counts)
+
+
+def test_a_sink_gains_values_after_its_first_step():
+    """A sink extended after a step (GradientBoard switching the gradients
+    on) publishes the new values too: PyTorch's sink reads its variables'
+    storage again."""
+    sink = backend.get("recording").Sink({"a": [(2,)]}, 2)
+    counts = keras.ops.convert_to_tensor(np.ones(2, "float32"))
+    sink.publish(True, {"a": [keras.ops.convert_to_tensor([1.0, 2.0])]}, counts)
+    sink.add("b", [(3,)])
+    new = {"a": [keras.ops.convert_to_tensor([3.0, 4.0])], "b": [keras.ops.ones((3,))]}
+    sink.publish(True, new, counts)
+    values, totals = sink.read()
+    np.testing.assert_array_equal(values["a"][0], [3.0, 4.0])
+    np.testing.assert_array_equal(values["b"][0], [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(totals, [2.0, 2.0])
+
+
+def test_a_variable_sink_leaves_a_write_in_a_stateless_scope_to_the_scope():
+    sink = backend.get("recording").Sink({"a": [(2,)]}, 2)
+    if not isinstance(sink, variable_sink.VariableSink):
+        pytest.skip("JAX's sink is no variable: the step carries its state")
+    counts = keras.ops.convert_to_tensor(np.ones(2, "float32"))
+    value = keras.ops.convert_to_tensor([5.0, 6.0])
+    with keras.StatelessScope() as scope:
+        sink.publish(True, {"a": [value]}, counts)
+        kept = scope.get_current_value(sink._variables["a"][0])
+    assert sink.read()[0] is None  # nothing written outside the scope
+    np.testing.assert_array_equal(_as_numpy(kept), [5.0, 6.0])

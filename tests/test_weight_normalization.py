@@ -254,8 +254,8 @@ class TestWeightNormalization:
             # it (where a data-dependent branch would break or fail) and AOT
             # autograd traces its backward pass; the "aot_eager" backend then
             # runs the captured graphs instead of generating code with
-            # Inductor, which made this test take 54 s on a fresh machine
-            # instead of 26 s.
+            # Inductor (Inductor's code is torch's to test; its compile
+            # doubles this test's time: benchmarks/README.md, "Test time").
             import torch
 
             compile_ = torch.compile

@@ -126,10 +126,13 @@ class RecordingBackend(Protocol):
     def snapshot(self, variable: Any) -> Any:
         """The variable's current value, read now (ordered before later updates)."""
 
-    def snapshots(self, variables: Sequence[Any], copy: bool = True) -> list:
-        """`[snapshot(v) for v in variables]`. With `copy=False` the values
-        serve only what is computed before any later update, so a backend
-        whose step runs eagerly may hand each variable's own storage."""
+    def snapshots(self, variables: Sequence[Any]) -> list:
+        """`[snapshot(v) for v in variables]`."""
+
+    def values_now(self, variables: Sequence[Any]) -> list:
+        """The variables' current values, for what is computed from them
+        before any later update: a backend whose step runs eagerly hands
+        each variable's own storage, the others `snapshots(variables)`."""
 
     def install(self, optimizer: Any, monitor: Any) -> Callable[[], None]:
         """Hooks `monitor` on the optimizer method the trainer calls; returns its removal."""

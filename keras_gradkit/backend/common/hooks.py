@@ -29,13 +29,15 @@ def wrap_method(optimizer, name, make_wrapper):
     return remove
 
 
-def hook_apply(optimizer, monitor, snapshots, replica_sum=lambda: None):
+def hook_apply(optimizer, monitor, snapshots, values_now, replica_sum=lambda: None):
     """Wraps `optimizer.apply` so that `monitor` records each step while
     active (the trainers of TensorFlow and PyTorch call `apply`).
 
     Args:
-        snapshots: the backend's read of variables' current values
-            (`recording.snapshots(variables, copy=True)`).
+        snapshots: the backend's copy of variables' current values
+            (`recording.snapshots`), for the values before the update.
+        values_now: the backend's read of them for immediate use
+            (`recording.values_now`), for the values after it.
         replica_sum: returns the cross-replica sum to use now, or None.
     Returns:
         A function that removes the wrapper.
@@ -54,7 +56,7 @@ def hook_apply(optimizer, monitor, snapshots, replica_sum=lambda: None):
             pending = monitor.before_update(grads, tvs, replica_sum())
             before = snapshots(tvs)  # reads, ordered before the update
             result = original(grads, trainable_variables)
-            monitor.after_update(pending, before, snapshots(tvs, copy=False))
+            monitor.after_update(pending, before, values_now(tvs))
             return result
 
         return apply

@@ -58,13 +58,13 @@ class VariableSink:
             xp.assign_add(self._totals, counts)
             for name, tensors in values.items():
                 for variable, value in zip(self._variables[name], tensors):
-                    xp.assign(variable, value)
+                    xp.assign(variable, _checked(name, value, variable))
             return
         xp.assign(self._published, xp.where(when, 1.0, self._published))
         xp.assign_add(self._totals, xp.where(when, counts, xp.zeros_like(counts)))
         for name, tensors in values.items():
             for variable, value in zip(self._variables[name], tensors):
-                xp.assign(variable, xp.where(when, value, variable))
+                xp.assign(variable, xp.where(when, _checked(name, value, variable), variable))
 
     def read(self):
         published, totals, *flat = [
@@ -85,6 +85,18 @@ class VariableSink:
 
     def _read_tensors(self):
         return [ops.convert_to_tensor(v) for v in self._all()]
+
+
+def _checked(name, value, variable):
+    """`value`, refused (`ValueError`) when its static shape is not the
+    variable's: `where` would broadcast it."""
+    shape = tuple(value.shape)
+    if None not in shape and shape != tuple(variable.shape):
+        raise ValueError(
+            f"Cannot publish a value of shape {shape} as {name!r}, of shape "
+            f"{tuple(variable.shape)}."
+        )
+    return value
 
 
 def check_sinks(sinks):

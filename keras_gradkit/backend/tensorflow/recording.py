@@ -29,16 +29,19 @@ def snapshot(variable):
     return tf.identity(value.read_value() if hasattr(value, "read_value") else value)
 
 
-def snapshots(variables, copy=True):
-    """`[snapshot(v) for v in variables]` (each read is a copy in the graph)."""
-    del copy
+def snapshots(variables):
+    """`[snapshot(v) for v in variables]`."""
     return [snapshot(v) for v in variables]
+
+
+# A read in the graph is a value ordered where it was made: nothing to save.
+values_now = snapshots
 
 
 def install(optimizer, monitor):
     """Hooks `monitor` on `optimizer.apply` (see `hooks.hook_apply`),
     summing the gradients over replicas under a strategy; returns its removal."""
-    return hooks.hook_apply(optimizer, monitor, snapshots, replica_sum=replica_sum)
+    return hooks.hook_apply(optimizer, monitor, snapshots, values_now, replica_sum=replica_sum)
 
 
 def collects_on_device():

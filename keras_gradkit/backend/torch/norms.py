@@ -1,4 +1,4 @@
-"""Several squared norms at once on PyTorch (private).
+"""Several squared norms, square roots or differences at once on PyTorch (private).
 
 The PyTorch step runs eagerly, so a step's measures cost what their ops
 cost in Python: these take all of a step's tensors in one multi-tensor

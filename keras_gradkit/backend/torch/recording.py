@@ -17,6 +17,10 @@ class Sink(VariableSink):
     own `assign` writes in place); in a scope, the sink writes as Keras does.
     """
 
+    def __init__(self, spec, num_totals):
+        self._storage = None  # {name: the variables' storage}, read at the first write
+        super().__init__(spec, num_totals)
+
     def add(self, name, shapes):
         super().add(name, shapes)
         self._storage = None
@@ -25,7 +29,7 @@ class Sink(VariableSink):
         if when is not True or keras_private.in_stateless_scope():
             super().publish(when, values, counts)
             return
-        if getattr(self, "_storage", None) is None:
+        if self._storage is None:
             self._storage = {
                 name: [v.value for v in variables] for name, variables in self._variables.items()
             }
@@ -44,17 +48,20 @@ def snapshot(variable):
     return step_ops.copy(variable)
 
 
-def snapshots(variables, copy=True):
-    """The variables' current values, copied now (one call for all); with
-    `copy=False`, their storage itself, outside autograd (the step runs
-    eagerly: what is computed from it now precedes any later update)."""
-    values = [step_ops.convert_to_tensor(v).detach() for v in variables]
-    return foreach.clones(values) if copy else values
+def snapshots(variables):
+    """The variables' current values, copied now (one call for all)."""
+    return foreach.clones(values_now(variables))
+
+
+def values_now(variables):
+    """The variables' storage itself, outside autograd: the step runs
+    eagerly, so what is computed from it now precedes any later update."""
+    return [step_ops.convert_to_tensor(v).detach() for v in variables]
 
 
 def install(optimizer, monitor):
     """Hooks `monitor` on `optimizer.apply` (see `hooks.hook_apply`); returns its removal."""
-    return hooks.hook_apply(optimizer, monitor, snapshots)
+    return hooks.hook_apply(optimizer, monitor, snapshots, values_now)
 
 
 def collects_on_device():
