@@ -58,13 +58,13 @@ class VariableSink:
             xp.assign_add(self._totals, counts)
             for name, tensors in values.items():
                 for variable, value in zip(self._variables[name], tensors):
-                    xp.assign(variable, _checked(name, value, variable))
+                    xp.assign(variable, checked(name, value, variable.shape))
             return
         xp.assign(self._published, xp.where(when, 1.0, self._published))
         xp.assign_add(self._totals, xp.where(when, counts, xp.zeros_like(counts)))
         for name, tensors in values.items():
             for variable, value in zip(self._variables[name], tensors):
-                xp.assign(variable, xp.where(when, _checked(name, value, variable), variable))
+                xp.assign(variable, xp.where(when, checked(name, value, variable.shape), variable))
 
     def read(self):
         published, totals, *flat = [
@@ -87,14 +87,14 @@ class VariableSink:
         return [ops.convert_to_tensor(v) for v in self._all()]
 
 
-def _checked(name, value, variable):
-    """`value`, refused (`ValueError`) when its static shape is not the
-    variable's: `where` would broadcast it."""
-    shape = tuple(value.shape)
-    if None not in shape and shape != tuple(variable.shape):
+def checked(name, value, shape):
+    """`value`, refused (`ValueError`) when its static shape is not `shape`,
+    the one its sink keeps for `name` (`where` or a copy would broadcast it).
+    Every backend's sink checks with it."""
+    got = tuple(value.shape)
+    if None not in got and got != tuple(shape):
         raise ValueError(
-            f"Cannot publish a value of shape {shape} as {name!r}, of shape "
-            f"{tuple(variable.shape)}."
+            f"Cannot publish a value of shape {got} as {name!r}, of shape {tuple(shape)}."
         )
     return value
 

@@ -19,6 +19,7 @@ from keras import ops
 
 from keras_gradkit.backend import keras_private
 from keras_gradkit.backend.common import hooks
+from keras_gradkit.backend.common.variable_sink import checked
 
 # The sinks' states of the step being traced (or run eagerly) by a train
 # function of `make_train_function`: {sink: state}, or None outside one.
@@ -73,11 +74,7 @@ class Sink:
     def publish(self, when, values, counts):
         for name, tensors in values.items():
             for value, shape in zip(tensors, self._shapes[name]):
-                if tuple(value.shape) != shape:
-                    raise ValueError(
-                        f"Cannot publish a value of shape {tuple(value.shape)} as "
-                        f"{name!r}, of shape {shape}."
-                    )
+                checked(name, value, shape)
         when = ops.convert_to_tensor(when)
         if (
             _collecting is not None

@@ -55,13 +55,8 @@ def clones(tensors):
 
 
 def copy_into(targets, sources):
-    """Writes each source into its target (same shapes), outside autograd."""
-    for target, source in zip(targets, sources, strict=True):
-        if target.shape != source.shape:  # copy_ would broadcast
-            raise ValueError(
-                f"Cannot copy a value of shape {tuple(source.shape)} into a tensor of "
-                f"shape {tuple(target.shape)}."
-            )
+    """Writes each source into its target, outside autograd. The caller
+    checks the shapes (`copy_` would broadcast)."""
     if not targets:
         return
     with torch.no_grad():

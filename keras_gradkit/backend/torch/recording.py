@@ -4,7 +4,7 @@ every step."""
 
 from keras_gradkit.backend import keras_private
 from keras_gradkit.backend.common import hooks
-from keras_gradkit.backend.common.variable_sink import VariableSink, check_sinks
+from keras_gradkit.backend.common.variable_sink import VariableSink, check_sinks, checked
 from keras_gradkit.backend.torch import foreach, step_ops
 
 
@@ -38,8 +38,9 @@ class Sink(VariableSink):
         targets = [published, totals]
         sources = [published.new_ones(()), totals + step_ops.convert_to_tensor(counts)]
         for name, tensors in values.items():  # after the flag and the totals, as the base
-            targets += self._storage[name]
-            sources += [step_ops.convert_to_tensor(t) for t in tensors]
+            for target, value in zip(self._storage[name], tensors, strict=True):
+                targets.append(target)
+                sources.append(checked(name, step_ops.convert_to_tensor(value), target.shape))
         foreach.copy_into(targets, sources)
 
 
