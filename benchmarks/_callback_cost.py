@@ -77,6 +77,87 @@ class MethodClock:
         setattr(obj, attribute, wrapper)
 
 
+class ApplyClock:
+    """PyTorch (eager steps): times the optimizer's `apply` in every step of
+    the fits, from outside any hook that GradientBoard puts on it ("outer")
+    and from inside it ("inner": the optimizer's own `apply`).
+
+    Outer minus inner is the hook's whole work in the step, timed directly
+    (the monitor's measures, the copy of the weights before the update, the
+    read after it, the sink's writes, the hook's own call), without the
+    step-to-step noise of comparing whole steps. Without a hook it reads the
+    clock's own cost (a few microseconds). Not counted: what the hook's work
+    does to the rest of the step (the caches it evicts). A
+    `ClippedOptimizer` records in its own `apply`, with or without a board:
+    what a board adds there shows as the outer time with the board minus
+    without, on the same model.
+
+    `instrument(optimizer)` once per model, before its first fit; then
+    `callback(key, optimizer)` last in each timed fit's callback list (after
+    the board, whose `on_train_begin` installs its hook).
+    """
+
+    def __init__(self):
+        self.outer = collections.Counter()  # ms in total, per key
+        self.inner = collections.Counter()
+        self.steps = collections.Counter()
+        self._key = None
+
+    def instrument(self, optimizer):
+        original = optimizer.apply
+
+        def inner(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.inner[self._key] += (time.perf_counter() - start) * 1e3
+
+        optimizer.apply = inner  # an instance attribute: a board's hook wraps it
+
+    def callback(self, key, optimizer):
+        import keras
+
+        clock = self
+
+        class Outer(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                clock._key = key
+                hooked = optimizer.apply  # the board's hook, or the inner clock
+
+                def outer(*args, **kwargs):
+                    start = time.perf_counter()
+                    try:
+                        return hooked(*args, **kwargs)
+                    finally:
+                        clock.outer[key] += (time.perf_counter() - start) * 1e3
+                        clock.steps[key] += 1
+
+                self._hooked, self._outer = hooked, outer
+                optimizer.apply = outer
+
+            def on_train_end(self, logs=None):
+                # A board removing its hook has put the inner clock back already.
+                if optimizer.__dict__.get("apply") is self._outer:
+                    optimizer.apply = self._hooked
+                clock._key = None
+
+        return Outer()
+
+    def per_step(self, key):
+        """(outer, inner, outer - inner) ms per step for `key`, or None."""
+        n = self.steps[key]
+        if not n:
+            return None
+        outer, inner = self.outer[key] / n, self.inner[key] / n
+        return outer, inner, outer - inner
+
+    def clear(self):
+        self.outer.clear()
+        self.inner.clear()
+        self.steps.clear()
+
+
 def step_clocks(times):
     """Two callbacks that time each training step into `times` (ms): put the
     first first and the second last in the callback list."""

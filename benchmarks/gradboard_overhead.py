@@ -156,6 +156,8 @@ class Benchmark:
 
         keras.Sequential.train_step = train_step
         self.methods = _callback_cost.MethodClock()  # the callbacks' own methods, per configuration
+        # PyTorch: the optimizer's apply in each step, outside and inside the board's hook.
+        self.applies = _callback_cost.ApplyClock() if keras.backend.backend() == "torch" else None
         self.epochs = collections.Counter()  # epochs timed per configuration
 
     # ------------------------------------------------------------ models
@@ -224,6 +226,8 @@ class Benchmark:
             model = self.build(make_optimizer())
             callbacks = make_callbacks()
             self.methods.attach(name, callbacks)
+            if self.applies is not None:
+                self.applies.instrument(model.optimizer)
             first, _ = self.timed(lambda: self.fit(model, callbacks, 1))  # trace, compile, warm up  # noqa: B023  (called at once, in this iteration)
             runs[name] = (model, callbacks, first)
         # Each callback's model is also timed without it, next to its fits:
@@ -233,6 +237,8 @@ class Benchmark:
             if callbacks:
                 self.fit(model, [], 1)  # its plain train function made, untimed
         self.methods.ms.clear()  # the warm-up's calls are not counted
+        if self.applies is not None:
+            self.applies.clear()
         names = list(runs)
         keys = [(n, True) for n in names] + [(n, False) for n in names if runs[n][1]]
         wall = {(m, k): [] for m in MODES for k in keys}
@@ -248,6 +254,9 @@ class Benchmark:
                     pair = [True, False] if callbacks else [True]
                     for with_callbacks in pair if r % 2 == 0 else pair[::-1]:
                         used = callbacks if with_callbacks else []
+                        if self.applies is not None:
+                            clock = self.applies.callback((name, with_callbacks), model.optimizer)
+                            used = [*used, clock]
                         if mode == "long":
                             w, c = self.timed(lambda: self.fit(model, used, a.epochs))  # noqa: B023  (called at once, in this iteration)
                             steps = a.epochs * a.steps
@@ -269,6 +278,8 @@ class Benchmark:
         }
         self.report(runs, wall, cpu, elapsed, traces)
         methods = {n: self.methods.ms[n] / max(self.epochs[n], 1) for n in runs}
+        if self.applies is not None:
+            self.report_own(methods)
         samples = _callback_cost.step_times(
             {n: (m, cb) for n, (m, cb, _) in runs.items()}, self.fit, a.step_rounds, a.steps
         )
@@ -390,6 +401,46 @@ class Benchmark:
             print(f"| {name} | " + " | ".join(cells) + " |")
         print("target on this baseline: GradientBoard's ratio <= keras TensorBoard's")
         print_target(ratio)
+
+    def report_own(self, methods):
+        """PyTorch: each callback's own work, timed directly inside the timed
+        fits: its methods, plus the board's work in the optimizer's `apply`."""
+        a = self.args
+        print(
+            "\nPyTorch: each callback's own work inside the timed fits, ms per epoch: its methods "
+            "(per epoch), plus its work in the optimizer's apply x steps per epoch. Adam: the apply "
+            "timed from outside the board's hook minus from inside it, in every step. "
+            "ClippedOptimizer (it records in its own apply, with or without a board): its apply with "
+            "the board minus without, on the same model in the same rounds."
+        )
+        print("the optimizer's apply per step, outside / inside any hook (ms):")
+        for (name, with_callbacks), n in sorted(self.applies.steps.items(), key=str):
+            outer, inner, _ = self.applies.per_step((name, with_callbacks))
+            label = "with its callbacks" if with_callbacks else "without"
+            print(f"  {name}, {label}: {outer:.3f} / {inner:.3f} ({n} steps)")
+        own = {}
+        for name in (TENSORBOARD, BOARD, CLIPPED_BOARD):
+            with_ = self.applies.per_step((name, True))
+            without = self.applies.per_step((name, False))
+            if with_ is None or without is None:
+                continue
+            if name == CLIPPED_BOARD:
+                in_steps = (with_[0] - without[0]) * a.steps
+                how = "apply with - without"
+            else:
+                in_steps = with_[2] * a.steps
+                how = "outside - inside the hook"
+            own[name] = methods[name] + in_steps
+            print(
+                f"  {name}: {own[name]:.1f} = methods {methods[name]:.1f} + {in_steps:+.1f} ({how})"
+            )
+        if TENSORBOARD in own:
+            for name in (BOARD, CLIPPED_BOARD):
+                if name in own:
+                    verdict = "met" if own[name] <= own[TENSORBOARD] else "NOT met"
+                    print(
+                        f"  {name} / {TENSORBOARD}: {own[name] / own[TENSORBOARD]:.2f}x, {verdict}"
+                    )
 
     # ------------------------------------------------------------ probe and pictures
     def probe_and_pictures(self):

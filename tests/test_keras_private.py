@@ -108,3 +108,12 @@ def test_in_stateless_scope():
     with keras.StatelessScope():
         assert keras_private.in_stateless_scope()
     assert not keras_private.in_stateless_scope()
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="Keras's device on PyTorch")
+def test_torch_device_is_where_keras_puts_a_tensor():
+    import torch
+
+    assert torch.device(keras_private.torch_device()) == keras.ops.zeros(()).device
+    with keras.device("meta"):
+        assert torch.device(keras_private.torch_device()).type == "meta"

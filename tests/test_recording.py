@@ -61,6 +61,25 @@ def test_the_policy_reuses_the_norms_of_the_step():
     assert inside == 10.0 and outside == 5.0
 
 
+def test_a_policy_that_returns_the_gradients_as_they_were_reports_the_same_norm():
+    """No clipping: the norm after the policy is the norm before it (the
+    step reuses it rather than computing it again), on every kind of
+    gradient, None included."""
+    variables = [keras.Variable(np.zeros((2,), "float32")), keras.Variable(np.zeros((1,)))]
+    optimizer = keras.optimizers.SGD()
+    optimizer.build(variables)
+    as_float = lambda t: float(keras.ops.convert_to_numpy(t))
+    for grads in (
+        [np.array([3.0, 4.0], "float32"), np.array([12.0], "float32")],
+        [None, np.array([12.0], "float32")],
+    ):
+        measured = recording.measure_step(optimizer, grads, variables, clipping.NoClip())
+        expected = float(np.sqrt(sum(np.sum(np.square(g)) for g in grads if g is not None)))
+        assert as_float(measured.global_norm) == expected
+        assert as_float(measured.global_norm_clipped) == expected
+        assert not bool(keras.ops.convert_to_numpy(measured.info["clipped"]))
+
+
 def test_measure_step_matches_numpy():
     variables = [keras.Variable(np.zeros((2,), "float32")), keras.Variable(np.zeros((1,)))]
     optimizer = keras.optimizers.SGD()
@@ -97,6 +116,11 @@ def test_the_step_ops_give_keras_ops_results():
         "convert variable": (lambda m: m.convert_to_tensor(variable), "float32"),
         "convert python bool": (lambda m: m.convert_to_tensor(False), "bool"),
         "convert nan float32": (lambda m: m.convert_to_tensor(float("nan"), "float32"), "float32"),
+        "convert python float": (lambda m: m.convert_to_tensor(1.5), "float32"),
+        "convert python int": (lambda m: m.convert_to_tensor(3), "int32"),
+        "convert large int": (lambda m: m.convert_to_tensor(2**40), "int64"),
+        "convert bool as float32": (lambda m: m.convert_to_tensor(True, "float32"), "float32"),
+        "convert int as bool": (lambda m: m.convert_to_tensor(0, "bool"), "bool"),
         "where tensors": (lambda m: m.where(flag, a, b), "float32"),
         "where scalar, variable": (lambda m: m.where(flag[0], 1.0, variable), "float32"),
         "where vector, variable": (lambda m: m.where(flag[1], b, variable), "float32"),
@@ -116,6 +140,7 @@ def test_the_step_ops_give_keras_ops_results():
     if keras.backend.backend() == "jax":
         # Keras's own `where` refuses a variable on JAX; JAX's sink passes none.
         del cases["where scalar, variable"], cases["where vector, variable"]
+        del cases["convert large int"]  # JAX without x64 has no int64
     for name, (f, dtype) in cases.items():
         ours, keras_own = f(xp), f(ops)
         assert keras.backend.standardize_dtype(ours.dtype) == dtype, name
@@ -126,6 +151,47 @@ def test_the_step_ops_give_keras_ops_results():
     np.testing.assert_array_equal(_as_numpy(copied), [7.0, 8.0, 9.0, 10.0])
     xp.assign_add(variable, b)
     np.testing.assert_array_equal(_as_numpy(variable), 2 * _as_numpy(b))
+
+
+def test_the_step_ops_convert_a_list_as_keras_converts_each_entry():
+    """`convert_all`, what a step's gradients and a policy's arguments enter
+    by: None stays None, and every other entry is what Keras's conversion
+    makes of it (on PyTorch, a tensor already on Keras's device is passed
+    through as it is)."""
+    xp = backend.get("step_ops")
+    tensor = keras.ops.convert_to_tensor(np.array([1.0, 2.0], "float32"))
+    variable = keras.Variable(np.array([3.0], "float32"))
+    values = [None, tensor, variable, np.array([4.0, 5.0], "float64"), [6, 7]]
+    ours = xp.convert_all(values)
+    assert ours[0] is None and len(ours) == len(values)
+    for got, value in zip(ours[1:], values[1:]):
+        expected = keras.ops.convert_to_tensor(value)
+        assert keras.ops.is_tensor(got)
+        assert keras.backend.standardize_dtype(got.dtype) == keras.backend.standardize_dtype(
+            expected.dtype
+        )
+        np.testing.assert_array_equal(_as_numpy(got), _as_numpy(expected))
+    if keras.backend.backend() == "torch":
+        assert ours[1] is tensor  # on Keras's device: no copy
+
+
+def test_the_torch_step_ops_move_a_tensor_to_keras_device_as_keras_does():
+    """A tensor that is not on Keras's device (a `keras.device` scope) moves
+    there, as Keras's own conversion moves it; so do Python scalars."""
+    if keras.backend.backend() != "torch":
+        pytest.skip("PyTorch's step ops (backend/torch/step_ops.py)")
+    import torch
+
+    xp = backend.get("step_ops")
+    tensor = torch.ones((2,))
+    with keras.device("meta"):  # a device without data, on any machine
+        keras_own = keras.ops.convert_to_tensor(tensor)
+        (ours,) = xp.convert_all([tensor])
+        scalar = xp.convert_to_tensor(2.0, "float32")
+    assert keras_own.device.type == "meta"
+    assert ours.device == keras_own.device and scalar.device == keras_own.device
+    assert tuple(ours.shape) == (2,) and ours.dtype == keras_own.dtype
+    assert xp.convert_all([tensor])[0] is tensor  # back on the CPU: passed through
 
 
 def test_the_step_ops_leave_a_write_in_a_stateless_scope_to_the_scope():

@@ -31,6 +31,7 @@ __all__ = [
     "micro_step_count",
     "own_variables",
     "state_sharding_spec",
+    "torch_device",
     "trainable_variables_of",
     "variable_index",
 ]
@@ -43,6 +44,17 @@ def in_stateless_scope():
     this test of it; PyTorch's step ops (`backend/torch/step_ops.py`), which
     write variables in place, ask it so as to leave such writes to Keras."""
     return _in_stateless_scope()
+
+
+def torch_device():
+    """Keras's device on PyTorch: where its `convert_to_tensor` puts a tensor
+    (a `keras.device` scope's, else its default, `"cuda"` where there is a
+    GPU). Keras exports the scope, not the reading of it; PyTorch's step ops
+    ask it once per list of tensors, to move a tensor where Keras would
+    without Keras's checks of each argument. Call it on PyTorch only."""
+    from keras.src.backend.torch.core import get_device
+
+    return get_device()
 
 
 # ------------------------------------------------------------- optimizers

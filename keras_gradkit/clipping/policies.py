@@ -30,6 +30,9 @@ from keras_gradkit.api_export import keras_gradkit_export
 from keras_gradkit.backend.common import gradients, norms
 
 _sparse = backend.get("sparse")
+# Keras's ops, or (PyTorch, whose step runs eagerly) the backend's own, which
+# convert as Keras does without its checks of each argument.
+_step_ops = backend.get("step_ops")
 
 
 def _float32(x):
@@ -64,7 +67,7 @@ def global_norm(grads):
 
 def _as_tensors(values):
     """Backend tensors (NumPy inputs times a torch tensor fail); `None` stays."""
-    return [None if v is None else ops.convert_to_tensor(v) for v in values]
+    return _step_ops.convert_all(values)
 
 
 def _scale_one(g, scale):
@@ -79,9 +82,9 @@ def _scale(grads, scale):
 
 def _info(threshold=float("nan"), clipped=False, skip=False):
     return {
-        "threshold": ops.cast(ops.convert_to_tensor(threshold), "float32"),
-        "clipped": ops.convert_to_tensor(clipped, "bool"),
-        "skip": ops.convert_to_tensor(skip, "bool"),
+        "threshold": _step_ops.cast(_step_ops.convert_to_tensor(threshold), "float32"),
+        "clipped": _step_ops.convert_to_tensor(clipped, "bool"),
+        "skip": _step_ops.convert_to_tensor(skip, "bool"),
     }
 
 

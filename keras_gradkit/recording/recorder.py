@@ -118,9 +118,8 @@ def _counts(scalars, update):
     ratio_steps, ratio_squares = False, zero
     if update is not None:
         # |w_new - w_old| / |w_new| over all variables together.
-        ratio = step_ops.divide(
-            norms.norm(update[0]), step_ops.maximum(norms.norm(update[1]), 1e-30)
-        )
+        update_norm, weight_norm = norms.norms(update)  # one call for the two
+        ratio = step_ops.divide(update_norm, step_ops.maximum(weight_norm, 1e-30))
         ratio_steps = step_ops.logical_and(applied, step_ops.isfinite(ratio))
         ratio_squares = step_ops.where(ratio_steps, step_ops.square(ratio), zero)
     counts = Totals(

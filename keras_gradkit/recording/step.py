@@ -171,14 +171,19 @@ def measure_step(optimizer, grads, variables, policy, state=(), replica_sum=None
     # The all-reduced slices hold each replica's rows: summed again.
     full = view.full if replica_sum is None else as_gradients(replica_sum(view.full))
     squares = norms.squared_norms(full)
+    global_norm = norms.global_norm_of_squares(squares)
     with norms.reusing(full, squares):
         clipped, new_state, info = policy.apply(full, variables, list(state))
+        if len(clipped) == len(full) and all(c is g for c, g in zip(clipped, full)):
+            global_norm_clipped = global_norm  # the policy returned the gradients as they were
+        else:  # a gradient returned as it was keeps its square
+            global_norm_clipped = norms.global_norm(clipped)
     return MeasuredStep(
         view=view,
         gradients=clipped,
         norms=norms.roots(squares),
-        global_norm=norms.global_norm_of_squares(squares),
-        global_norm_clipped=norms.global_norm(clipped),
+        global_norm=global_norm,
+        global_norm_clipped=global_norm_clipped,
         state=new_state,
         info=info,
     )
@@ -213,8 +218,9 @@ def publish_step(recorder, indices, measured, scalars, counted, before=None, aft
     size = len(recorder.variables)
     update = None
     if recorder.update_norms:
-        deltas = norms.norms(backend.get("norms").differences(after, before))
-        weights = norms.norms(after)
+        deltas = backend.get("norms").differences(after, before)
+        both = norms.norms([*deltas, *after])  # one call for the two lists
+        deltas, weights = both[: len(deltas)], both[len(deltas) :]
         update = (scatter(indices, deltas, size), scatter(indices, weights, size))
     gradients = [None] * size
     for i, g in zip(indices, measured.gradients):

@@ -24,6 +24,11 @@ from keras.ops import (
 from keras.ops import copy as _copy
 
 
+def convert_all(values):
+    """`[convert_to_tensor(v) for v in values]`; None stays None."""
+    return [None if v is None else convert_to_tensor(v) for v in values]
+
+
 def copy(x):
     """A copy of `x` (a variable's current value, read now)."""
     return _copy(convert_to_tensor(x))
@@ -44,6 +49,7 @@ __all__ = [
     "assign_add",
     "cast",
     "concatenate",
+    "convert_all",
     "convert_to_tensor",
     "copy",
     "divide",

@@ -18,7 +18,7 @@ _SUB = getattr(torch, "_foreach_sub", None)
 def squared_norms(tensors):
     """The sum of the squares of each tensor's entries, accumulated and
     returned in float32 (float16 and bfloat16 entries included)."""
-    tensors = [torch.as_tensor(t) for t in tensors]
+    tensors = [t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in tensors]
     if not tensors:
         return []
     if _POWSUM is not None and all(t.is_floating_point() for t in tensors):

@@ -6,8 +6,11 @@ every argument first (5-40 µs a call here, against 1-3 µs for torch's own),
 which made the recording a few percent of a small model's step. These are
 the same functions under the same names, with the same results for the
 arguments the recording passes them: tensors, `keras.Variable`s and Python
-scalars, dtypes by name or as torch dtypes. Python scalars become tensors
-through Keras, on Keras's device.
+scalars, dtypes by name or as torch dtypes. Python scalars become tensors on
+Keras's device, as Keras makes them. A tensor passes through
+`convert_to_tensor` as it is (the step's own tensors are where Keras put
+them); `convert_all`, for what enters a step (the gradients, a policy's
+arguments), moves a tensor to Keras's device as Keras's conversion does.
 """
 
 import keras
@@ -16,9 +19,16 @@ from keras import ops as _keras_ops
 
 from keras_gradkit.backend import keras_private
 
+_DTYPES = {}  # dtype name -> torch dtype
+
 
 def _dtype(dtype):
-    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype))
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    found = _DTYPES.get(dtype)
+    if found is None:
+        found = _DTYPES[dtype] = getattr(torch, keras.backend.standardize_dtype(dtype))
+    return found
 
 
 def convert_to_tensor(x, dtype=None):
@@ -27,7 +37,33 @@ def convert_to_tensor(x, dtype=None):
         return x if dtype is None else cast(x, dtype)
     if isinstance(x, keras.Variable):
         return convert_to_tensor(x.value, dtype)
+    if isinstance(x, (bool, int, float)):  # what Keras's conversion makes of it
+        if dtype is not None:
+            dtype = _dtype(dtype)
+        elif isinstance(x, bool):
+            dtype = torch.bool
+        elif isinstance(x, int):
+            dtype = torch.int64 if x < -(2**31) or x >= 2**31 else torch.int32
+        else:
+            dtype = _dtype(keras.config.floatx())
+        return torch.as_tensor(x, dtype=dtype, device=keras_private.torch_device())
     return _keras_ops.convert_to_tensor(x, dtype)
+
+
+def convert_all(values):
+    """`[keras.ops.convert_to_tensor(v) for v in values]` (None stays None):
+    a tensor moves to Keras's device where it is elsewhere, as Keras's
+    conversion moves it; Keras's device is read once for the list."""
+    device = torch.device(keras_private.torch_device())
+    out = []
+    for v in values:
+        if isinstance(v, keras.Variable):
+            v = v.value
+        if v is None or (isinstance(v, torch.Tensor) and v.device == device):
+            out.append(v)
+        else:
+            out.append(_keras_ops.convert_to_tensor(v))
+    return out
 
 
 def cast(x, dtype):
