@@ -409,9 +409,11 @@ class Benchmark:
         print(
             "\nPyTorch: each callback's own work inside the timed fits, ms per epoch: its methods "
             "(per epoch), plus its work in the optimizer's apply x steps per epoch. Adam: the apply "
-            "timed from outside the board's hook minus from inside it, in every step. "
+            "timed from outside the board's hook minus from inside it, in every step (the clock's "
+            "own reading, a few microseconds a step, included, as in Keras TensorBoard's row). "
             "ClippedOptimizer (it records in its own apply, with or without a board): its apply with "
-            "the board minus without, on the same model in the same rounds."
+            "the board minus without, on the same model in the same rounds (the clock's reading "
+            "cancels there)."
         )
         print("the optimizer's apply per step, outside / inside any hook (ms):")
         for (name, with_callbacks), n in sorted(self.applies.steps.items(), key=str):

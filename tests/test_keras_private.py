@@ -114,6 +114,18 @@ def test_in_stateless_scope():
 def test_torch_device_is_where_keras_puts_a_tensor():
     import torch
 
-    assert torch.device(keras_private.torch_device()) == keras.ops.zeros(()).device
+    assert torch.device(keras_private.torch_device()).type == keras.ops.zeros(()).device.type
     with keras.device("meta"):
         assert torch.device(keras_private.torch_device()).type == "meta"
+
+
+def test_storage_of_is_what_value_reads_outside_the_scopes():
+    variable = keras.Variable(np.array([1.0, 2.0], "float32"))
+    (stored,) = keras_private.storage_of([variable])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(stored), [1.0, 2.0])
+    variable.assign([3.0, 4.0])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(keras_private.storage_of([variable])[0]), [3.0, 4.0]
+    )
+    if BACKEND == "torch":
+        assert keras_private.storage_of([variable])[0] is variable.value

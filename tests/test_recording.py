@@ -62,9 +62,10 @@ def test_the_policy_reuses_the_norms_of_the_step():
 
 
 def test_a_policy_that_returns_the_gradients_as_they_were_reports_the_same_norm():
-    """No clipping: the norm after the policy is the norm before it (the
-    step reuses it rather than computing it again), on every kind of
-    gradient, None included."""
+    """A policy that returns the gradients it was given (no clipping; a
+    skipped non-finite step): the norm after it is the norm before it,
+    reused rather than computed again; a policy that returns some of them
+    as they were and changes the others: the norm of what it returned."""
     variables = [keras.Variable(np.zeros((2,), "float32")), keras.Variable(np.zeros((1,)))]
     optimizer = keras.optimizers.SGD()
     optimizer.build(variables)
@@ -72,12 +73,40 @@ def test_a_policy_that_returns_the_gradients_as_they_were_reports_the_same_norm(
     for grads in (
         [np.array([3.0, 4.0], "float32"), np.array([12.0], "float32")],
         [None, np.array([12.0], "float32")],
+        [np.array([3.0, 4.0], "float16"), np.array([12.0], "float32")],
     ):
         measured = recording.measure_step(optimizer, grads, variables, clipping.NoClip())
-        expected = float(np.sqrt(sum(np.sum(np.square(g)) for g in grads if g is not None)))
+        expected = float(
+            np.sqrt(sum(np.sum(np.square(g, dtype="float32")) for g in grads if g is not None))
+        )
         assert as_float(measured.global_norm) == expected
         assert as_float(measured.global_norm_clipped) == expected
+        if keras.backend.backend() == "torch":  # the same tensors back: the norm reused
+            assert measured.global_norm_clipped is measured.global_norm
         assert not bool(keras.ops.convert_to_numpy(measured.info["clipped"]))
+    grads = [np.array([3.0, np.inf], "float32"), np.array([12.0], "float32")]
+    measured = recording.measure_step(optimizer, grads, variables, clipping.SkipNonFinite())
+    assert (
+        as_float(measured.global_norm) == np.inf
+        and as_float(measured.global_norm_clipped) == np.inf
+    )
+    assert bool(keras.ops.convert_to_numpy(measured.info["skip"]))
+
+    class HalveTheSecond(clipping.ClippingPolicy):
+        def apply(self, grads, variables, state):
+            grads = list(grads)
+            return (
+                [grads[0], grads[1] * 0.5],
+                [],
+                {"threshold": 1.0, "clipped": True, "skip": False},
+            )
+
+    grads = [np.array([3.0, 4.0], "float32"), np.array([12.0], "float32")]
+    measured = recording.measure_step(optimizer, grads, variables, HalveTheSecond())
+    assert as_float(measured.global_norm) == 13.0
+    np.testing.assert_allclose(
+        as_float(measured.global_norm_clipped), np.sqrt(25.0 + 36.0), rtol=1e-6
+    )
 
 
 def test_measure_step_matches_numpy():
@@ -183,7 +212,7 @@ def test_the_torch_step_ops_move_a_tensor_to_keras_device_as_keras_does():
     import torch
 
     xp = backend.get("step_ops")
-    tensor = torch.ones((2,))
+    tensor = keras.ops.ones((2,))  # on Keras's device
     with keras.device("meta"):  # a device without data, on any machine
         keras_own = keras.ops.convert_to_tensor(tensor)
         (ours,) = xp.convert_all([tensor])
@@ -191,7 +220,10 @@ def test_the_torch_step_ops_move_a_tensor_to_keras_device_as_keras_does():
     assert keras_own.device.type == "meta"
     assert ours.device == keras_own.device and scalar.device == keras_own.device
     assert tuple(ours.shape) == (2,) and ours.dtype == keras_own.dtype
-    assert xp.convert_all([tensor])[0] is tensor  # back on the CPU: passed through
+    assert xp.convert_all([tensor])[0] is tensor  # on Keras's device again: passed through
+    with keras.device("cpu:0"):  # the CPU named with an index: the same device
+        cpu = torch.ones((2,))
+        assert xp.convert_all([cpu])[0] is cpu
 
 
 def test_the_step_ops_leave_a_write_in_a_stateless_scope_to_the_scope():
@@ -252,6 +284,13 @@ def test_snapshots_are_copies_and_values_now_the_current_values():
     np.testing.assert_array_equal(_as_numpy(copied[1]), 4.0)
     np.testing.assert_array_equal(_as_numpy(now[0]), [2.0, 2.0])
     np.testing.assert_array_equal(_as_numpy(now[1]), 5.0)
+    # In a StatelessScope the reads are the scope's values, not the storage.
+    with keras.StatelessScope(state_mapping=[(variables[0], np.full((2,), 9.0, "float32"))]):
+        in_scope = reads.values_now(variables)
+        copied_in_scope = reads.snapshots(variables)
+    np.testing.assert_array_equal(_as_numpy(in_scope[0]), [9.0, 9.0])
+    np.testing.assert_array_equal(_as_numpy(copied_in_scope[0]), [9.0, 9.0])
+    np.testing.assert_array_equal(_as_numpy(in_scope[1]), 5.0)
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["backend", "torch_fallback"])

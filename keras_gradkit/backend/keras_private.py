@@ -30,6 +30,7 @@ __all__ = [
     "make_function",
     "micro_step_count",
     "own_variables",
+    "storage_of",
     "state_sharding_spec",
     "torch_device",
     "trainable_variables_of",
@@ -44,6 +45,15 @@ def in_stateless_scope():
     this test of it; PyTorch's step ops (`backend/torch/step_ops.py`), which
     write variables in place, ask it so as to leave such writes to Keras."""
     return _in_stateless_scope()
+
+
+def storage_of(variables):
+    """Each variable's own storage (`_value`), as its `value` returns it
+    outside a `keras.StatelessScope` and an autocast scope: the eager
+    PyTorch step reads every weight twice a step, and `value` checks both
+    scopes at each read. Keras has no public read without those checks.
+    Call it outside a `keras.StatelessScope` only."""
+    return [v._value for v in variables]
 
 
 def torch_device():

@@ -43,7 +43,8 @@ def squared_norms(grads):
         else:
             todo.append(i)
     if todo:
-        values = [backend.get("sparse").values_of(grads[i]) for i in todo]
+        sparse = backend.get("sparse")
+        values = [sparse.values_of(grads[i]) for i in todo]
         for i, square in zip(todo, backend.get("norms").squared_norms(values)):
             found[i] = square
     return found

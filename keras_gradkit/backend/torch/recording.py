@@ -56,8 +56,11 @@ def snapshots(variables):
 
 def values_now(variables):
     """The variables' storage itself, outside autograd: the step runs
-    eagerly, so what is computed from it now precedes any later update."""
-    return [step_ops.convert_to_tensor(v).detach() for v in variables]
+    eagerly, so what is computed from it now precedes any later update. In
+    a `keras.StatelessScope`, the values the scope holds."""
+    if keras_private.in_stateless_scope():
+        return [step_ops.convert_to_tensor(v).detach() for v in variables]
+    return [t.detach() for t in keras_private.storage_of(variables)]
 
 
 def install(optimizer, monitor):

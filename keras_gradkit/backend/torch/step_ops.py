@@ -9,8 +9,8 @@ arguments the recording passes them: tensors, `keras.Variable`s and Python
 scalars, dtypes by name or as torch dtypes. Python scalars become tensors on
 Keras's device, as Keras makes them. A tensor passes through
 `convert_to_tensor` as it is (the step's own tensors are where Keras put
-them); `convert_all`, for what enters a step (the gradients, a policy's
-arguments), moves a tensor to Keras's device as Keras's conversion does.
+them); `convert_all`, for the clipping policies' arguments, moves a tensor
+to Keras's device as Keras's conversion does.
 """
 
 import keras
@@ -19,16 +19,28 @@ from keras import ops as _keras_ops
 
 from keras_gradkit.backend import keras_private
 
-_DTYPES = {}  # dtype name -> torch dtype
+_DTYPES = {}  # dtype name -> the torch dtype Keras makes of it
 
 
 def _dtype(dtype):
     if isinstance(dtype, torch.dtype):
         return dtype
     found = _DTYPES.get(dtype)
-    if found is None:
-        found = _DTYPES[dtype] = getattr(torch, keras.backend.standardize_dtype(dtype))
+    if found is None:  # Keras's own mapping (torch has no uint16, ...), asked once
+        found = _DTYPES[dtype] = _keras_ops.zeros((), dtype).dtype
     return found
+
+
+def _resolved(device):
+    """Keras's device name as the `device` of a tensor on it: the CPU has no
+    index; a GPU named without one is the current one (where `.to` puts it)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.index is None:
+        index = torch.cuda.current_device() if device.type == "cuda" else 0
+        return torch.device(device.type, index)
+    return device
 
 
 def convert_to_tensor(x, dtype=None):
@@ -54,7 +66,7 @@ def convert_all(values):
     """`[keras.ops.convert_to_tensor(v) for v in values]` (None stays None):
     a tensor moves to Keras's device where it is elsewhere, as Keras's
     conversion moves it; Keras's device is read once for the list."""
-    device = torch.device(keras_private.torch_device())
+    device = _resolved(keras_private.torch_device())
     out = []
     for v in values:
         if isinstance(v, keras.Variable):
