@@ -49,6 +49,19 @@ CALLBACK_METHODS = (
 )
 
 
+def timed_calls(fn, add):
+    """`fn`, wrapped so that each call's time (ms) goes to `add(ms)`."""
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            add((time.perf_counter() - start) * 1e3)
+
+    return wrapper
+
+
 class MethodClock:
     """Times the methods each callback overrides, as a total per key."""
 
@@ -65,16 +78,11 @@ class MethodClock:
 
     def add(self, key, obj, attribute):
         """Wraps `obj.<attribute>` so that its time adds to `self.ms[key]`."""
-        original = getattr(obj, attribute)
 
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.ms[key] += (time.perf_counter() - start) * 1e3
+        def add(ms):
+            self.ms[key] += ms
 
-        setattr(obj, attribute, wrapper)
+        setattr(obj, attribute, timed_calls(getattr(obj, attribute), add))
 
 
 class ApplyClock:
@@ -104,16 +112,11 @@ class ApplyClock:
         self._key = None
 
     def instrument(self, optimizer):
-        original = optimizer.apply
+        def add(ms):
+            self.inner[self._key] += ms
 
-        def inner(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.inner[self._key] += (time.perf_counter() - start) * 1e3
-
-        optimizer.apply = inner  # an instance attribute: a board's hook wraps it
+        # An instance attribute: a board's hook wraps it.
+        optimizer.apply = timed_calls(optimizer.apply, add)
 
     def callback(self, key, optimizer):
         import keras
@@ -125,14 +128,11 @@ class ApplyClock:
                 clock._key = key
                 hooked = optimizer.apply  # the board's hook, or the inner clock
 
-                def outer(*args, **kwargs):
-                    start = time.perf_counter()
-                    try:
-                        return hooked(*args, **kwargs)
-                    finally:
-                        clock.outer[key] += (time.perf_counter() - start) * 1e3
-                        clock.steps[key] += 1
+                def add(ms):
+                    clock.outer[key] += ms
+                    clock.steps[key] += 1
 
+                outer = timed_calls(hooked, add)
                 self._hooked, self._outer = hooked, outer
                 optimizer.apply = outer
 

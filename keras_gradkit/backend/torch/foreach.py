@@ -45,12 +45,11 @@ def differences(xs, ys):
 
 
 def clones(tensors):
-    """A copy of each tensor, outside autograd."""
-    tensors = [t.detach() for t in tensors]
+    """A copy of each tensor (tensors outside autograd: detached ones)."""
     if not tensors:
         return []
     if _CLONE is not None:
-        return list(_CLONE(tensors))
+        return list(_CLONE(list(tensors)))
     return [t.clone() for t in tensors]
 
 
